@@ -1,0 +1,153 @@
+"""`learngene <verb>`: a thin layer over the Python API.
+
+Exit codes: 0 ok, 2 bad input (one line on stderr, no traceback), 1 internal error
+(set LEARNGENE_DEBUG=1 for the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from learngene.errors import UserError
+
+VERBS = {
+    "ancestor": "show the ancestor (training the embedded one when needed)",
+    "build-pool": "distil the ancestor into auxiliary models and store their blocks as a pool",
+    "pool": "inspect a pool: `pool info PATH`, `pool verify PATH`",
+    "assemble": "stitch pool instances into a descendant of the size you need",
+    "bench": "measure accuracy / params / FLOPs / latency of every descendant on this device",
+    "target": "pick the best descendant under a latency / size budget",
+    "grow": "make a model larger without changing what it computes",
+    "adapt": "fit a model to a new task with a small stored delta (LoRA / adapters)",
+}
+NOT_BUILT = {"build-pool": 3, "pool": 3, "assemble": 4, "bench": 5, "target": 5, "grow": 6, "adapt": 7}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def add_ancestor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ancestor", default=None, metavar="NAME",
+                   help="timm ViT name or local-dir:FOLDER (default: the embedded ancestor; "
+                   "deit_base_patch16_224 when --pretrained/--checkpoint is given)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")
+    w.add_argument("--checkpoint", metavar="FILE", help="weights file: .safetensors or a torch file (weights only)")
+    p.add_argument("--allow-download", action="store_true", help="let timm download pretrained weights (otherwise cache only)")
+
+
+def add_trainer_args(p: argparse.ArgumentParser) -> None:
+    """Lightning's own flags, passed through (GPUs, several nodes, precision)."""
+    g = p.add_argument_group("Lightning")
+    g.add_argument("--accelerator", default="auto")
+    g.add_argument("--devices", default="auto")
+    g.add_argument("--strategy", default="auto")
+    g.add_argument("--num-nodes", type=int, default=1)
+    g.add_argument("--precision", default=None)
+
+
+def trainer_args_from(ns: argparse.Namespace):
+    from learngene.training import TrainerArgs
+
+    devices = ns.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return TrainerArgs(accelerator=ns.accelerator, devices=devices, strategy=ns.strategy,
+                       num_nodes=ns.num_nodes, precision=ns.precision, progress=not ns.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="learngene",
+        description="Turn one pretrained ViT into a zoo of variable-sized models (Learngene Pool).",
+        epilog="Run `learngene VERB --help` for a verb's options.",
+    )
+    from learngene import __version__
+
+    parser.add_argument("--version", action="version", version=f"learngene {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for verb, helptext in VERBS.items():
+        sp = sub.add_parser(verb, help=helptext, description=helptext)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if verb == "ancestor":
+            add_ancestor_args(sp)
+            sp.add_argument("--data", metavar="DIR", help="evaluate the ancestor on this ImageFolder's test split")
+            sp.add_argument("--retrain", action="store_true", help="retrain the embedded ancestor even if cached")
+            sp.add_argument("--epochs", type=int, default=None, help="epochs for the embedded ancestor (default: its recipe's)")
+            sp.add_argument("--json", action="store_true", help="print the facts as JSON")
+            add_trainer_args(sp)
+        elif verb in NOT_BUILT:
+            sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def cmd_ancestor(ns: argparse.Namespace) -> int:
+    from learngene.ancestry import EMBEDDED, embedded_ancestor, load_ancestor
+
+    if ns.ancestor in (None, EMBEDDED) and not (ns.pretrained or ns.checkpoint):
+        anc = embedded_ancestor(retrain=ns.retrain, progress=not ns.quiet, trainer_args=trainer_args_from(ns), epochs=ns.epochs)
+    else:
+        if ns.retrain or ns.epochs is not None:
+            raise UserError("--retrain/--epochs apply to the embedded ancestor only")
+        anc = load_ancestor(ns.ancestor, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
+                            allow_download=ns.allow_download)
+    info = anc.info()
+    if ns.data:
+        from learngene.data import LearngeneDataModule
+        from learngene.training import evaluate
+
+        dm = LearngeneDataModule(ns.data, data_config=anc.data_config, augment=False)
+        if dm.num_classes != info["num_classes"]:
+            raise UserError(f"{ns.data} has {dm.num_classes} classes but the ancestor's head has {info['num_classes']}")
+        acc = evaluate(anc.model, dm.test_dataloader())
+        info.update({"data": str(ns.data), "data_top1": round(acc["top1"], 2), "data_top5": round(acc["top5"], 2)})
+    if ns.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        print(f"{k:<{width}}  {v}")
+    if "test_top1" not in info and "data_top1" not in info:
+        print(f"{'accuracy':<{width}}  unknown (pass --data DIR to measure it)")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.verb is None:
+        parser.print_help()
+        return 0
+    if ns.verb in NOT_BUILT:
+        print(f"learngene {ns.verb}: not built yet (see issue #{NOT_BUILT[ns.verb]})", file=sys.stderr)
+        return 1
+    return {"ancestor": cmd_ancestor}[ns.verb](ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = run(argv)
+    except UserError as e:
+        print(f"learngene: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("learngene: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:  # anything else is our bug, not the user's input
+        if os.environ.get("LEARNGENE_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"learngene: internal error: {type(e).__name__}: {first} (LEARNGENE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

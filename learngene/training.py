@@ -1,0 +1,161 @@
+"""Lightning pieces shared by every stage that trains: the optimiser/schedule recipe,
+a plain classifier module, the Trainer factory and evaluation.
+
+Lightning lives here and in the stages' own LightningModules; models stay plain nn.Modules.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Lightning flags a user may pass through from the CLI (GPUs, several nodes, precision).
+TRAINER_FLAGS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to zero: the DeiT recipe, scaled down."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.0
+
+
+def param_groups(modules: nn.Module | list[nn.Module], weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, tokens and position embeddings (as timm does)."""
+    mods = modules if isinstance(modules, list) else [modules]
+    decay, no_decay = [], []
+    for m in mods:
+        for name, p in m.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "dist_token", "reg_token")):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(round(warmup_fraction * total_steps)))
+    total = max(total_steps, warmup + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def configure_adamw(module: L.LightningModule, params, cfg: OptimConfig):
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    total = module.trainer.estimated_stepping_batches
+    sched = warmup_cosine(opt, int(total), cfg.warmup_fraction)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Classifier(L.LightningModule):
+    """Trains any image classifier with cross-entropy; logs train loss and val accuracy."""
+
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None):
+        super().__init__()
+        self.model = model
+        self.optim = optim or OptimConfig()
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y, label_smoothing=self.optim.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        acc = (self.model(x).argmax(-1) == y).float().mean()
+        self.log("val/top1", acc * 100, prog_bar=True, batch_size=len(y))
+
+    def configure_optimizers(self):
+        return configure_adamw(self, param_groups(self.model, self.optim.weight_decay), self.optim)
+
+
+@dataclass
+class TrainerArgs:
+    """What a user may tune of the Trainer from the CLI, with CPU-friendly defaults."""
+
+    max_epochs: int = 1
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None = None, **overrides) -> L.Trainer:
+    """A quiet Trainer: no logger files, no model summary, gradient clipping 1.0."""
+    kw = dict(
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=args.progress,
+        num_sanity_val_steps=0,
+        default_root_dir=default_root_dir,
+    )
+    if args.precision:
+        kw["precision"] = args.precision
+    kw.update(args.extra)
+    kw.update(overrides)
+    quiet_lightning()
+    return L.Trainer(**kw)
+
+
+def quiet_lightning() -> None:
+    """Lightning's tips about workers and GPUs are noise on the embedded data."""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=(1, 5)) -> dict[str, float]:
+    """top-k accuracy (percent) of a classifier over a loader."""
+    model.eval().to(device)
+    correct = {k: 0 for k in topk}
+    n = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        k_max = min(max(topk), logits.shape[-1])
+        pred = logits.topk(k_max, dim=-1).indices
+        hits = pred == y[:, None]
+        for k in topk:
+            correct[k] += hits[:, : min(k, k_max)].any(-1).sum().item()
+        n += len(y)
+    return {f"top{k}": 100.0 * correct[k] / max(n, 1) for k in topk}

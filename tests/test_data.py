@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from learngene.data import LearngeneDataModule, digits_data_config, digits_splits
+from learngene.errors import UserError
+
+from conftest import make_image_folder
+
+EVAL_CFG = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    a, b = digits_splits(), digits_splits()
+    assert [len(a[s]) for s in ("train", "val", "test")] == [1167, 180, 450]
+    for s in a:
+        assert torch.equal(a[s].images, b[s].images) and torch.equal(a[s].labels, b[s].labels)
+        assert a[s].images.shape[1:] == (3, 16, 16)
+        assert 0 <= a[s].images.min() and a[s].images.max() <= 1
+        # stratified: every class present in roughly the same share
+        counts = torch.bincount(a[s].labels, minlength=10).float()
+        assert counts.min() / counts.max() > 0.85
+    # disjoint: no test image equals a training image row-for-row by index bookkeeping
+    total = sum(len(a[s]) for s in a)
+    assert total == 1797
+
+
+def test_digits_datamodule_normalises_and_batches():
+    dm = LearngeneDataModule(batch_size=32)
+    assert dm.num_classes == 10 and dm.img_size == 16
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 3, 16, 16) and y.shape == (32,)
+    xt = torch.cat([b[0] for b in dm.test_dataloader()])
+    cfg = digits_data_config()
+    assert abs(xt.mean().item()) < 0.2, "normalised with the training mean"
+    assert cfg["mean"][0] == pytest.approx(digits_splits()["train"].images.mean().item())
+
+
+def test_train_fraction_keeps_a_fixed_stratified_subset():
+    a = LearngeneDataModule(train_fraction=0.2, seed=1).dataset("train")
+    b = LearngeneDataModule(train_fraction=0.2, seed=1).dataset("train")
+    assert len(a) == round(0.2 * 1167) and a.indices == b.indices
+
+
+def test_image_folder_single_folder_split(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", per_class=20)
+    dm = LearngeneDataModule(root, data_config=EVAL_CFG, batch_size=4, num_workers=0)
+    assert dm.classes == ["cat", "dog"]
+    sizes = [len(dm.dataset(s)) for s in ("train", "val", "test")]
+    assert sum(sizes) == 40 and sizes[2] == 8
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape[1:] == (3, 16, 16)
+    again = LearngeneDataModule(root, data_config=EVAL_CFG, num_workers=0)
+    assert again._samples == dm._samples, "split is deterministic"
+
+
+def test_image_folder_train_val_layout(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", per_class=4)
+    make_image_folder(tmp_path / "d" / "val", per_class=2, seed=1)
+    dm = LearngeneDataModule(tmp_path / "d", data_config=EVAL_CFG, num_workers=0)
+    assert len(dm.dataset("train")) == 8 and len(dm.dataset("val")) == 4
+
+
+def _flat_folder(path):
+    path.mkdir()
+    (path / "a.png").write_bytes(b"x")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "is empty"),
+        (lambda p: _flat_folder(p / "flat"), "no class subfolders"),
+        (lambda p: make_image_folder(p / "one", classes=("only",)), "at least 2 classes"),
+        (lambda p: (p / "noimg" / "a").mkdir(parents=True) or (p / "noimg" / "b").mkdir() or p / "noimg", "no images"),
+    ],
+)
+def test_bad_data_paths_are_one_line_errors(tmp_path, make, expected):
+    path = make(tmp_path)
+    with pytest.raises(UserError, match=expected) as e:
+        LearngeneDataModule(path, data_config=EVAL_CFG)
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "imgs")
+    bad = root / "dog" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(UserError, match="unreadable image .*broken.png"):
+        LearngeneDataModule(root, data_config=EVAL_CFG)
