@@ -37,7 +37,7 @@ EMBEDDED = "embedded"
 EMBEDDED_ARCH = "deit_tiny_patch16_224"
 EMBEDDED_MODEL_ARGS = dict(img_size=16, patch_size=4, embed_dim=128, depth=12, num_heads=4, num_classes=10)
 # Training recipe; part of the cache key, so changing it retrains.
-EMBEDDED_RECIPE = dict(epochs=40, lr=5e-4, weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.1, batch_size=64, seed=0)
+EMBEDDED_RECIPE = dict(epochs=30, lr=1e-3, weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.1, batch_size=64, seed=0)
 
 
 @dataclass
@@ -269,12 +269,14 @@ def embedded_dir() -> Path:
     return paths.home() / "ancestors" / EMBEDDED
 
 
-def _recipe(epochs: int | None = None) -> dict:
+def _recipe(epochs: int | None = None, seed: int | None = None) -> dict:
     r = dict(EMBEDDED_RECIPE)
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be >= 1, got {epochs}")
         r["epochs"] = epochs
+    if seed is not None:
+        r["seed"] = seed
     return r
 
 
@@ -326,7 +328,13 @@ def save_local_dir(
     return folder
 
 
-def train_embedded(folder: Path | None = None, progress: bool = True, epochs: int | None = None, trainer_args=None) -> Ancestor:
+def train_embedded(
+    folder: Path | None = None,
+    progress: bool = True,
+    epochs: int | None = None,
+    trainer_args=None,
+    seed: int | None = None,
+) -> Ancestor:
     """Train the embedded ancestor on the embedded digits and cache it as a timm local-dir."""
     import lightning as L
     import timm
@@ -335,7 +343,7 @@ def train_embedded(folder: Path | None = None, progress: bool = True, epochs: in
     from learngene.training import Classifier, OptimConfig, TrainerArgs, evaluate, make_trainer
 
     folder = Path(folder) if folder else embedded_dir()
-    r = _recipe(epochs)
+    r = _recipe(epochs, seed)
     L.seed_everything(r["seed"], verbose=False)
     data_cfg = digits_data_config()
     dm = LearngeneDataModule(None, data_config=data_cfg, batch_size=r["batch_size"], seed=r["seed"])
@@ -390,6 +398,7 @@ def embedded_ancestor(
     folder: Path | None = None,
     trainer_args=None,
     epochs: int | None = None,
+    seed: int | None = None,
 ) -> Ancestor:
     """The cached embedded ancestor; trained when missing, stale (another recipe, e.g. other
     epochs) or asked."""
@@ -400,9 +409,9 @@ def embedded_ancestor(
             meta = json.loads(cfg_file.read_text()).get("learngene", {})
         except json.JSONDecodeError:
             meta = {}
-        if meta.get("recipe_key") == _recipe_key(_recipe(epochs)):
+        if meta.get("recipe_key") == _recipe_key(_recipe(epochs, seed)):
             return _load_embedded(folder)
-    return train_embedded(folder, progress=progress, epochs=epochs, trainer_args=trainer_args)
+    return train_embedded(folder, progress=progress, epochs=epochs, trainer_args=trainer_args, seed=seed)
 
 
 def load_ancestor(

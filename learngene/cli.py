@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from learngene.errors import UserError
 
@@ -23,14 +24,15 @@ VERBS = {
     "grow": "make a model larger without changing what it computes",
     "adapt": "fit a model to a new task with a small stored delta (LoRA / adapters)",
 }
-NOT_BUILT = {"build-pool": 3, "pool": 3, "assemble": 4, "bench": 5, "target": 5, "grow": 6, "adapt": 7}
+NOT_BUILT = {"assemble": 4, "bench": 5, "target": 5, "grow": 6, "adapt": 7}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit 2."""
 
     def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
+        verb = self.prog.removeprefix("learngene").strip()
+        raise UserError(f"{verb}: {message}" if verb else message)
 
 
 def add_ancestor_args(p: argparse.ArgumentParser) -> None:
@@ -81,10 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--data", metavar="DIR", help="evaluate the ancestor on this ImageFolder's test split")
             sp.add_argument("--retrain", action="store_true", help="retrain the embedded ancestor even if cached")
             sp.add_argument("--epochs", type=int, default=None, help="epochs for the embedded ancestor (default: its recipe's)")
+            sp.add_argument("--seed", type=int, default=None, help="seed for the embedded ancestor (default: its recipe's)")
             sp.add_argument("--json", action="store_true", help="print the facts as JSON")
             add_trainer_args(sp)
-        elif verb in NOT_BUILT:
-            sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        elif verb == "build-pool":
+            sp.add_argument("--recipe", default=None, metavar="YAML",
+                            help="a recipe file, or the name of one in pools/ (default: embedded)")
+            add_ancestor_args(sp)
+            sp.add_argument("--data", metavar="DIR", help="ImageFolder to distil on (default: the embedded digits)")
+            sp.add_argument("--out", metavar="DIR", help="pool folder (default: pools/<recipe name>)")
+            sp.add_argument("--epochs", type=int, default=None, help="epochs for every auxiliary model")
+            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a recipe field, e.g. distill.alpha=0.2 or auxiliary.narrow.init=ancestor")
+            sp.add_argument("--resume", action="store_true", help="continue an interrupted build")
+            sp.add_argument("--force", action="store_true", help="replace an existing pool / discard an interrupted build")
+            sp.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 embedded, 8 ImageFolder)")
+            add_trainer_args(sp)
+        elif verb == "pool":
+            sp.add_argument("action", choices=["info", "verify"])
+            sp.add_argument("path", metavar="PATH")
+            sp.add_argument("--json", action="store_true")
     return parser
 
 
@@ -92,10 +110,10 @@ def cmd_ancestor(ns: argparse.Namespace) -> int:
     from learngene.ancestry import EMBEDDED, embedded_ancestor, load_ancestor
 
     if ns.ancestor in (None, EMBEDDED) and not (ns.pretrained or ns.checkpoint):
-        anc = embedded_ancestor(retrain=ns.retrain, progress=not ns.quiet, trainer_args=trainer_args_from(ns), epochs=ns.epochs)
+        anc = embedded_ancestor(retrain=ns.retrain, progress=not ns.quiet, trainer_args=trainer_args_from(ns), epochs=ns.epochs, seed=ns.seed)
     else:
-        if ns.retrain or ns.epochs is not None:
-            raise UserError("--retrain/--epochs apply to the embedded ancestor only")
+        if ns.retrain or ns.epochs is not None or ns.seed is not None:
+            raise UserError("--retrain/--epochs/--seed apply to the embedded ancestor only")
         anc = load_ancestor(ns.ancestor, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
                             allow_download=ns.allow_download)
     info = anc.info()
@@ -119,16 +137,73 @@ def cmd_ancestor(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_pool(ns: argparse.Namespace) -> int:
+    from learngene.ancestry import load_ancestor
+    from learngene.data import LearngeneDataModule
+    from learngene.pool import build_pool, load_recipe, resolve_recipe_path
+    from learngene.pool.build import _check_writable
+
+    path = resolve_recipe_path(ns.recipe)
+    recipe = load_recipe(path, ns.set)
+    out = Path(ns.out).expanduser() if ns.out else Path("pools") / recipe.name
+    if not ns.resume:
+        _check_writable(out, ns.force)  # before loading (or training) any ancestor
+    data = LearngeneDataModule(ns.data, num_workers=ns.workers)  # checks the folder now, too
+    name = ns.ancestor or (None if recipe.ancestor == "embedded" else recipe.ancestor)
+    ancestor = load_ancestor(name, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
+                             allow_download=ns.allow_download, progress=not ns.quiet)
+    pool = build_pool(path, out=out, ancestor=ancestor, data=data, epochs=ns.epochs, overrides=ns.set,
+                      resume=ns.resume, force=ns.force, trainer_args=trainer_args_from(ns), num_workers=ns.workers)
+    if pool is None:  # a DDP rank other than 0
+        return 0
+    print(f"pool written: {pool.path} ({len(pool.instances)} instances, {pool.stored_params() / 1e6:.2f}M stored parameters)")
+    anc_acc = pool.manifest["ancestor"].get("test_top1")
+    for name, meta in pool.auxiliary.items():
+        m = meta["metrics"]
+        print(f"  {name}: width {meta['model_args']['embed_dim']}, {meta['model_args']['depth']} blocks, "
+              f"{meta['params'] / 1e6:.2f}M params, test top1 {m['test_top1']:.2f}%, {m['seconds']:.0f} s")
+    if anc_acc is not None:
+        print(f"  ancestor: test top1 {anc_acc:.2f}%")
+    return 0
+
+
+def cmd_pool(ns: argparse.Namespace) -> int:
+    from learngene.pool import Pool
+
+    if ns.action == "verify":
+        pool = Pool.open(ns.path, verify=False)
+        n = pool.verify()
+        print(f"ok: {n} files in {pool.path} match their sha256")
+        return 0
+    pool = Pool.open(ns.path, verify=True)
+    rows = pool.info_rows()
+    if ns.json:
+        print(json.dumps({"path": str(pool.path), "ancestor": pool.manifest["ancestor"], "instances": rows,
+                          "auxiliary": pool.auxiliary, "stored_params": pool.stored_params()}, indent=2))
+        return 0
+    anc = pool.manifest["ancestor"]
+    print(f"pool {pool.path}: ancestor {anc['name']} ({anc['params'] / 1e6:.2f}M, sha256 {anc['sha256'][:12]}), "
+          f"{len(rows)} instances, {pool.stored_params() / 1e6:.2f}M stored parameters")
+    cols = ["id", "source", "width", "heads", "block", "params", "file"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.verb is None:
+    ns, unknown = parser.parse_known_args(argv)
+    if ns.verb is None and not unknown:
         parser.print_help()
         return 0
+    if unknown and ns.verb not in NOT_BUILT:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if ns.verb in NOT_BUILT:
         print(f"learngene {ns.verb}: not built yet (see issue #{NOT_BUILT[ns.verb]})", file=sys.stderr)
         return 1
-    return {"ancestor": cmd_ancestor}[ns.verb](ns)
+    return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool}[ns.verb](ns)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -236,9 +236,9 @@ class LearngeneDataModule(L.LightningDataModule):
             self.classes = [str(i) for i in range(10)]
             self.name = EMBEDDED
         else:
-            if data_config is None:
-                raise UserError("an ImageFolder needs the data config of the model that reads it")
-            self.data_config = dict(data_config)
+            # The transforms need the reading model's data config; it may be set later
+            # (the folder is checked now, before any model is loaded).
+            self.data_config = dict(data_config) if data_config else None
             self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
             self.name = str(self.root)
             self._scan()
@@ -279,6 +279,8 @@ class LearngeneDataModule(L.LightningDataModule):
         else:
             from timm.data import create_transform
 
+            if not self.data_config:
+                raise ValueError("set data_config (the reading model's timm data config) before setup()")
             cfg = {k: self.data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in self.data_config}
             train_tf = create_transform(**cfg, is_training=self.augment, auto_augment="rand-m9-mstd0.5-inc1" if self.augment else None)
             eval_tf = create_transform(**cfg, is_training=False)

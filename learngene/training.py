@@ -141,6 +141,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # distillation keeps its frozen teacher in eval mode on purpose
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
 
 
 @torch.no_grad()

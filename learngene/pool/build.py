@@ -1,0 +1,202 @@
+"""`build-pool`: distil the ancestor into each auxiliary model of a recipe, then store every
+block as a learngene instance.
+
+The build happens in a staging folder beside the output (``.<name>.partial``): finished
+auxiliary models are written there at once, the one in training keeps Lightning
+checkpoints there, and only when every model is done is the manifest written and the folder
+renamed into place. So an interrupted build never leaves a half-written pool, and
+``resume=True`` picks up where it stopped without losing a finished auxiliary model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from learngene import __version__
+from learngene.ancestry import Ancestor, load_ancestor
+from learngene.data import LearngeneDataModule
+from learngene.errors import UserError
+from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
+from learngene.pool.recipe import Recipe, load_recipe, validate
+from learngene.pool.store import FORMAT, FORMAT_VERSION, Pool, finalize, write_aux, write_json_atomic
+from learngene.training import TrainerArgs, evaluate, make_trainer
+
+RECIPES = Path(__file__).resolve().parents[2] / "pools"
+DEFAULT_RECIPE = "embedded"
+
+
+def resolve_recipe_path(recipe: str | os.PathLike | None) -> Path:
+    """A path, or the name of a recipe shipped in pools/ ('embedded', 'deit-base-d6')."""
+    if recipe is None:
+        recipe = DEFAULT_RECIPE
+    p = Path(recipe).expanduser()
+    if p.is_file():
+        return p
+    for base in (Path.cwd() / "pools", RECIPES):
+        cand = base / f"{recipe}.yaml"
+        if cand.is_file():
+            return cand
+    raise UserError(f"recipe not found: {recipe}")
+
+
+def _check_writable(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise UserError(f"pool exists: {out} (pass --force to replace it)")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output folder is not writable: {parent}")
+
+
+def _stage(out: Path, key: dict, resume: bool, force: bool) -> Path:
+    stage = out.with_name(f".{out.name}.partial")
+    if stage.exists():
+        saved = {}
+        try:
+            saved = json.loads((stage / "build.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+        if resume and saved == key:
+            return stage
+        if resume:
+            raise UserError(f"the interrupted build in {stage} used another recipe or ancestor: pass --force to start over")
+        if not force:
+            raise UserError(f"an interrupted build exists in {stage}: pass --resume to continue it or --force to start over")
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    write_json_atomic(stage / "build.json", key)
+    return stage
+
+
+def build_pool(
+    recipe: str | os.PathLike | Recipe | None = None,
+    out: str | os.PathLike | None = None,
+    ancestor: Ancestor | None = None,
+    data: str | os.PathLike | LearngeneDataModule | None = None,
+    epochs: int | None = None,
+    overrides: list[str] = (),
+    resume: bool = False,
+    force: bool = False,
+    trainer_args: TrainerArgs | None = None,
+    callbacks: list | None = None,
+    num_workers: int | None = None,
+) -> Pool | None:
+    """Build a pool and return it opened (None on DDP ranks other than 0)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if isinstance(recipe, Recipe):
+        rec, rec_source = recipe, "recipe"
+    else:
+        path = resolve_recipe_path(recipe)
+        rec, rec_source = load_recipe(path, list(overrides)), str(path)
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs must be >= 1, got {epochs}")
+        for a in rec.auxiliary:
+            a.epochs = epochs
+    out = Path(out).expanduser() if out else Path("pools") / rec.name
+    _check_writable(out, force)
+    if ancestor is None:
+        ancestor = load_ancestor(None if rec.ancestor == "embedded" else rec.ancestor)
+    validate(rec, ancestor.view.depth, rec_source)
+    if isinstance(data, LearngeneDataModule):
+        dm = data
+        dm.batch_size = rec.distill.batch_size
+    else:
+        dm = LearngeneDataModule(data, batch_size=rec.distill.batch_size, num_workers=num_workers)
+    if dm.root is not None:
+        dm.data_config = dict(ancestor.data_config)
+    elif ancestor.view.shape.img_size != dm.img_size:
+        raise UserError(f"the embedded digits are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
+                        f"{ancestor.view.shape.img_size}x{ancestor.view.shape.img_size} images: pass --data DIR")
+    n_cls = ancestor.view.shape.num_classes
+    if dm.num_classes != n_cls:
+        raise UserError(f"data {dm.name} has {dm.num_classes} classes but the ancestor's head has {n_cls}")
+
+    key = {"recipe": rec.to_dict(), "ancestor_sha256": ancestor.checksum, "data": dm.fingerprint()}
+    targs = trainer_args or TrainerArgs()
+    rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    stage = out.with_name(f".{out.name}.partial")
+    if rank0:
+        stage = _stage(out, key, resume, force)
+
+    fragments = {}
+    for spec in rec.auxiliary:
+        done = stage / f"{spec.name}.done.json"
+        if done.is_file():  # finished before an interruption: keep it
+            fragments[spec.name] = json.loads(done.read_text())
+            continue
+        L.seed_everything(rec.distill.seed, verbose=False)
+        student = make_student(spec, ancestor.model, rec.distill.seed)
+        module = DistillModule(student, ancestor.model, spec, rec.distill)
+        ckpt_dir = stage / "checkpoints" / spec.name
+        # The newest epoch only; last.ckpt links to it (no second copy of a large model).
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch}", save_last="link", save_top_k=1)
+        targs.max_epochs = spec.epochs
+        extra = {"max_steps": rec.distill.max_steps} if rec.distill.max_steps > 0 else {}
+        trainer = make_trainer(targs, default_root_dir=stage, enable_checkpointing=True,
+                               callbacks=[ckpt, *(callbacks or [])], **extra)
+        last = ckpt_dir / "last.ckpt"
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
+        seconds = time.perf_counter() - t0
+        if not trainer.is_global_zero:
+            continue
+        student = module.student.cpu().eval()
+        test = evaluate(student, dm.test_dataloader())
+        val = evaluate(student, dm.val_dataloader())
+        # Only the W maps (block outputs) are kept: they initialise stitches. The V maps
+        # served the attention loss alone.
+        maps = {f"W.{i}.{k}": v for i, m in enumerate(module.W) for k, v in m.state_dict().items()}
+        meta = {
+            "name": spec.name,
+            "architecture": STUDENT_ARCH,
+            "model_args": student_args(spec, ancestor.model),
+            "params": sum(p.numel() for p in student.parameters()),
+            "init": spec.init,
+            "pairs": [list(p) for p in distill_pairs(spec, ancestor.view.depth)],
+            "metrics": {
+                "test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2),
+                "val_top1": round(val["top1"], 2), "epochs": trainer.current_epoch,
+                "steps": trainer.global_step, "seconds": round(seconds, 1),
+                "devices": trainer.world_size,
+            },
+        }
+        fragments[spec.name] = write_aux(stage, spec.name, student, maps, meta)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    if not rank0:
+        return None
+    info = ancestor.info()
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "learngene": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ancestor": {
+            "name": ancestor.name, "source": ancestor.source, "sha256": ancestor.checksum,
+            "params": info["params"], "embed_dim": info["embed_dim"], "depth": info["depth"],
+            "heads": info["heads"], "test_top1": info.get("test_top1"),
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in ancestor.data_config.items()},
+        },
+        "data": dm.fingerprint(),
+        "recipe": rec.to_dict(),
+        "auxiliary": {n: f["aux"] for n, f in fragments.items()},
+        "instances": [e for f in fragments.values() for e in f["instances"]],
+        "components": [e for f in fragments.values() for e in f["components"]],
+        "stitches": [],
+        "descendants": [],
+        "torch": torch.__version__,
+    }
+    finalize(stage, out, manifest, force)
+    return Pool.open(out)

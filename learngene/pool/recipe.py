@@ -1,0 +1,160 @@
+"""Pool recipes: which auxiliary models to distil, and how. YAML in pools/, every field with
+a default, any field overridable from the command line (`--set distill.alpha=0.2`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from learngene.errors import UserError
+
+POSITIONS = ("end", "front,end")
+INITS = ("random", "ancestor")
+
+
+@dataclass
+class AuxSpec:
+    """One auxiliary model: a plain DeiT-style ViT with fewer blocks than the ancestor."""
+
+    name: str
+    embed_dim: int
+    num_heads: int
+    depth: int = 6
+    mlp_ratio: float = 4.0
+    positions: str = "end"  # which blocks are distilled: 'end' or 'front,end'
+    epochs: int = 20
+    lr: float = 5e-4
+    init: str = "random"  # 'ancestor': same-width student starts from evenly spaced ancestor blocks
+
+
+@dataclass
+class DistillSpec:
+    alpha: float = 0.1  # weight of the label CE; (1 - alpha) goes to KL + feature MSEs
+    temperature: float = 1.0
+    batch_size: int = 64
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    seed: int = 0
+    max_steps: int = -1  # > 0 caps every auxiliary model's training (smoke runs)
+
+
+@dataclass
+class Recipe:
+    name: str
+    ancestor: str = "embedded"
+    auxiliary: list[AuxSpec] = field(default_factory=list)
+    distill: DistillSpec = field(default_factory=DistillSpec)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["auxiliary"] = {a.pop("name"): a for a in d["auxiliary"]}
+        return d
+
+
+def _typed(cls, values: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise UserError(f"unknown recipe field {where}.{unknown[0]} (known: {', '.join(n for n in names if n != 'name')})")
+    out = {}
+    for k, v in values.items():
+        default = names[k].default
+        if isinstance(default, bool) or default is dataclasses.MISSING and k in ("name",):
+            out[k] = v
+        elif isinstance(default, float) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(default, int) and not isinstance(default, bool) and isinstance(v, float) and v.is_integer():
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: a recipe is a YAML mapping")
+    unknown = sorted(set(d) - {"name", "ancestor", "auxiliary", "distill"})
+    if unknown:
+        raise UserError(f"{source}: unknown recipe field {unknown[0]} (known: name, ancestor, auxiliary, distill)")
+    aux = d.get("auxiliary") or {}
+    if not isinstance(aux, dict) or not aux:
+        raise UserError(f"{source}: 'auxiliary' must map names to auxiliary model settings")
+    try:
+        specs = []
+        for name, vals in aux.items():
+            vals = dict(vals or {})
+            for req in ("embed_dim", "num_heads"):
+                if req not in vals:
+                    raise UserError(f"{source}: auxiliary.{name} needs {req}")
+            specs.append(AuxSpec(name=str(name), **_typed(AuxSpec, vals, f"auxiliary.{name}")))
+        distill = DistillSpec(**_typed(DistillSpec, dict(d.get("distill") or {}), "distill"))
+    except TypeError as e:
+        raise UserError(f"{source}: {e}") from None
+    r = Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")), auxiliary=specs, distill=distill)
+    return r
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe not found: {p}")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    d = apply_overrides(d or {}, overrides, str(p))
+    return recipe_from_dict(d, str(p))
+
+
+def apply_overrides(d: dict, overrides, source: str) -> dict:
+    """`key.sub=value` strings; values parsed as YAML scalars. `auxiliary.*.epochs=5` sets all."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        parts = key.strip().split(".")
+        targets = [d]
+        for part in parts[:-1]:
+            nxt = []
+            for t in targets:
+                if part == "*" and isinstance(t, dict):
+                    nxt.extend(v for v in t.values() if isinstance(v, dict))
+                elif isinstance(t, dict):
+                    nxt.append(t.setdefault(part, {}))
+                else:
+                    raise UserError(f"--set {key}: {part} is not a section")
+            targets = nxt
+        for t in targets:
+            t[parts[-1]] = value
+    return d
+
+
+def validate(recipe: Recipe, ancestor_depth: int, source: str = "recipe") -> None:
+    names = [a.name for a in recipe.auxiliary]
+    if len(set(names)) != len(names):
+        raise UserError(f"{source}: auxiliary model names must be unique")
+    for a in recipe.auxiliary:
+        where = f"{source}: auxiliary.{a.name}"
+        for k in ("embed_dim", "num_heads", "depth", "epochs"):
+            v = getattr(a, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{where}.{k} must be a positive integer, got {v!r}")
+        if a.embed_dim % a.num_heads:
+            raise UserError(f"{where}: width {a.embed_dim} is not divisible by its {a.num_heads} heads")
+        if a.depth > ancestor_depth:
+            raise UserError(f"{where}: depth {a.depth} is deeper than the ancestor's {ancestor_depth} blocks")
+        if a.positions not in POSITIONS:
+            raise UserError(f"{where}.positions must be one of {', '.join(POSITIONS)}, got {a.positions!r}")
+        if a.init not in INITS:
+            raise UserError(f"{where}.init must be one of {', '.join(INITS)}, got {a.init!r}")
+        if not (isinstance(a.lr, float) and a.lr > 0):
+            raise UserError(f"{where}.lr must be a positive number, got {a.lr!r}")
+    d = recipe.distill
+    if not 0 <= d.alpha <= 1:
+        raise UserError(f"{source}: distill.alpha must be in [0, 1], got {d.alpha}")
+    if d.temperature <= 0 or d.batch_size < 1:
+        raise UserError(f"{source}: distill.temperature and distill.batch_size must be positive")
