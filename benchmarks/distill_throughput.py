@@ -55,18 +55,37 @@ def _sync():
 
 
 def loader_for(args, ancestor, batch):
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
 
     from learngene.data import LearngeneDataModule
 
     if args.deit_base:
-        # Random 224x224 images already in memory: the model's speed, not the disk's.
-        n = batch * 8
-        ds = TensorDataset(torch.randn(n, 3, 224, 224), torch.randint(0, 1000, (n,)))
-        return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True)
+        # Eight random 224x224 batches made once on the device: this measures the training
+        # loop, not image decoding or host-to-device copies (both loops get the same list).
+        g = torch.Generator().manual_seed(0)
+        return Batches([(torch.randn(batch, 3, 224, 224, generator=g).to(args.device),
+                         torch.randint(0, 1000, (batch,), generator=g).to(args.device)) for _ in range(8)])
     dm = LearngeneDataModule(None, data_config=ancestor.data_config, batch_size=batch)
     dm.setup()
     return DataLoader(dm.dataset("train"), batch_size=batch, shuffle=True, drop_last=True)
+
+
+class Batches:
+    """A fixed list of batches as one iterable (Lightning reads a plain list as several loaders)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.batch_size = len(batches[0][1])
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _batch(loader) -> int:
+    return loader.batch_size
 
 
 def cycle(loader, steps):
@@ -87,7 +106,7 @@ def run_lightning(module, loader, steps, warmup, device, precision):
                         enable_progress_bar=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[t.callback], precision=precision)
     trainer.fit(module, train_dataloaders=loader)
-    return (steps - warmup) * loader.batch_size / (t.t1 - t.t0)
+    return (steps - warmup) * _batch(loader) / (t.t1 - t.t0)
 
 
 def run_bare(module, loader, steps, warmup, device, precision):
@@ -113,7 +132,7 @@ def run_bare(module, loader, steps, warmup, device, precision):
         opt.step()
         sched.step()
     _sync()
-    return (steps - warmup) * loader.batch_size / (time.perf_counter() - t0)
+    return (steps - warmup) * _batch(loader) / (time.perf_counter() - t0)
 
 
 def main():

@@ -168,6 +168,10 @@ def test_shipped_recipes_parse():
         assert [a.embed_dim for a in r.auxiliary] == widths
     r = load_recipe(resolve_recipe_path("embedded"), ["auxiliary.*.epochs=3", "distill.alpha=0.5"])
     assert [a.epochs for a in r.auxiliary] == [3, 3] and r.distill.alpha == 0.5
+    # YAML reads 1e-3 as a string: it still becomes a float
+    assert load_recipe(resolve_recipe_path("embedded"), ["auxiliary.narrow.lr=1e-3"]).auxiliary[0].lr == 0.001
+    with pytest.raises(UserError, match="auxiliary.narrow.lr must be a number"):
+        load_recipe(resolve_recipe_path("embedded"), ["auxiliary.narrow.lr=fast"])
 
 
 def test_ancestor_init_copies_spaced_blocks(digits_ancestor):

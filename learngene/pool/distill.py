@@ -84,6 +84,12 @@ class DistillModule(L.LightningModule):
         self.pairs = distill_pairs(spec, ViTView(ancestor).depth)
         self.W = nn.ModuleList(nn.Linear(a_dim, spec.embed_dim) for _ in self.pairs)
         self.V = nn.ModuleList(nn.Linear(a_dim, spec.embed_dim) for _ in self.pairs)
+        if a_dim == spec.embed_dim:
+            # Same width: start the maps at identity, so a student initialised from the
+            # ancestor's blocks starts with (near) zero feature loss instead of a random target.
+            for m in [*self.W, *self.V]:
+                nn.init.eye_(m.weight)
+                nn.init.zeros_(m.bias)
         self.optim = OptimConfig(lr=spec.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction)
 
     def train(self, mode: bool = True):
@@ -108,7 +114,10 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self.losses(*batch)
-        self.log_dict({f"train/{k}": v for k, v in out.items() if k in ("loss", "ce", "kl")}, prog_bar=True, batch_size=len(batch[1]))
+        # Epoch means, accumulated on the device: per-step logging would force a GPU sync
+        # every step (measured: 0.81x a bare loop's throughput for base6 on an H100).
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items() if k in ("loss", "ce", "kl")},
+                      prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch[1]))
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):

@@ -62,14 +62,15 @@ def _typed(cls, values: dict, where: str):
     out = {}
     for k, v in values.items():
         default = names[k].default
-        if isinstance(default, bool) or default is dataclasses.MISSING and k in ("name",):
-            out[k] = v
-        elif isinstance(default, float) and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
-        elif isinstance(default, int) and not isinstance(default, bool) and isinstance(v, float) and v.is_integer():
-            out[k] = int(v)
-        else:
-            out[k] = v
+        # YAML reads 1e-3 as a string and 2.0 as a float: coerce to the field's number type.
+        if isinstance(default, float) and not isinstance(v, bool):
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise UserError(f"recipe field {where}.{k} must be a number, got {v!r}") from None
+        elif type(default) is int and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[k] = v
     return out
 
 
