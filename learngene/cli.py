@@ -141,19 +141,18 @@ def cmd_build_pool(ns: argparse.Namespace) -> int:
     from learngene.ancestry import load_ancestor
     from learngene.data import LearngeneDataModule
     from learngene.pool import build_pool, load_recipe, resolve_recipe_path
-    from learngene.pool.build import _check_writable
+    from learngene.pool.build import check_output
 
-    path = resolve_recipe_path(ns.recipe)
-    recipe = load_recipe(path, ns.set)
+    recipe = load_recipe(resolve_recipe_path(ns.recipe), ns.set)
     out = Path(ns.out).expanduser() if ns.out else Path("pools") / recipe.name
     if not ns.resume:
-        _check_writable(out, ns.force)  # before loading (or training) any ancestor
+        check_output(out, ns.force)  # before loading (or training) any ancestor
     data = LearngeneDataModule(ns.data, num_workers=ns.workers)  # checks the folder now, too
     name = ns.ancestor or (None if recipe.ancestor == "embedded" else recipe.ancestor)
     ancestor = load_ancestor(name, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
                              allow_download=ns.allow_download, progress=not ns.quiet)
-    pool = build_pool(path, out=out, ancestor=ancestor, data=data, epochs=ns.epochs, overrides=ns.set,
-                      resume=ns.resume, force=ns.force, trainer_args=trainer_args_from(ns), num_workers=ns.workers)
+    pool = build_pool(recipe, out=out, ancestor=ancestor, data=data, epochs=ns.epochs, resume=ns.resume,
+                      force=ns.force, trainer_args=trainer_args_from(ns), num_workers=ns.workers)
     if pool is None:  # a DDP rank other than 0
         return 0
     print(f"pool written: {pool.path} ({len(pool.instances)} instances, {pool.stored_params() / 1e6:.2f}M stored parameters)")

@@ -45,7 +45,8 @@ def resolve_recipe_path(recipe: str | os.PathLike | None) -> Path:
     raise UserError(f"recipe not found: {recipe}")
 
 
-def _check_writable(out: Path, force: bool) -> None:
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an existing pool (without --force) or an unwritable place, before any work."""
     if out.exists() and not force:
         raise UserError(f"pool exists: {out} (pass --force to replace it)")
     parent = out.parent
@@ -83,7 +84,7 @@ def build_pool(
     ancestor: Ancestor | None = None,
     data: str | os.PathLike | LearngeneDataModule | None = None,
     epochs: int | None = None,
-    overrides: list[str] = (),
+    overrides: list[str] = (),  # --set KEY=VALUE, when `recipe` is a name or path
     resume: bool = False,
     force: bool = False,
     trainer_args: TrainerArgs | None = None,
@@ -94,21 +95,17 @@ def build_pool(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    if isinstance(recipe, Recipe):
-        rec, rec_source = recipe, "recipe"
-    else:
-        path = resolve_recipe_path(recipe)
-        rec, rec_source = load_recipe(path, list(overrides)), str(path)
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(resolve_recipe_path(recipe), list(overrides))
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs must be >= 1, got {epochs}")
         for a in rec.auxiliary:
             a.epochs = epochs
     out = Path(out).expanduser() if out else Path("pools") / rec.name
-    _check_writable(out, force)
+    check_output(out, force)
     if ancestor is None:
         ancestor = load_ancestor(None if rec.ancestor == "embedded" else rec.ancestor)
-    validate(rec, ancestor.view.depth, rec_source)
+    validate(rec, ancestor.view.depth)
     if isinstance(data, LearngeneDataModule):
         dm = data
         dm.batch_size = rec.distill.batch_size

@@ -47,9 +47,11 @@ class Recipe:
     ancestor: str = "embedded"
     auxiliary: list[AuxSpec] = field(default_factory=list)
     distill: DistillSpec = field(default_factory=DistillSpec)
+    source: str = "recipe"  # where it was read from, for error messages
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d.pop("source")
         d["auxiliary"] = {a.pop("name"): a for a in d["auxiliary"]}
         return d
 
@@ -94,8 +96,8 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         distill = DistillSpec(**_typed(DistillSpec, dict(d.get("distill") or {}), "distill"))
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None
-    r = Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")), auxiliary=specs, distill=distill)
-    return r
+    return Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")),
+                  auxiliary=specs, distill=distill, source=source)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -134,7 +136,8 @@ def apply_overrides(d: dict, overrides, source: str) -> dict:
     return d
 
 
-def validate(recipe: Recipe, ancestor_depth: int, source: str = "recipe") -> None:
+def validate(recipe: Recipe, ancestor_depth: int) -> None:
+    source = recipe.source
     names = [a.name for a in recipe.auxiliary]
     if len(set(names)) != len(names):
         raise UserError(f"{source}: auxiliary model names must be unique")
