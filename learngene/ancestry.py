@@ -350,7 +350,7 @@ def train_embedded(
     model = timm.create_model(EMBEDDED_ARCH, **EMBEDDED_MODEL_ARGS)
     optim = OptimConfig(lr=r["lr"], weight_decay=r["weight_decay"], warmup_fraction=r["warmup_fraction"], label_smoothing=r["label_smoothing"])
     targs = trainer_args or TrainerArgs()
-    targs.max_epochs, targs.progress = r["epochs"], progress
+    targs.max_epochs, targs.progress = r["epochs"], progress and targs.progress
     t0 = time.perf_counter()
     make_trainer(targs).fit(Classifier(model, optim), datamodule=dm)
     wall = time.perf_counter() - t0

@@ -61,8 +61,9 @@ def trainer_args_from(ns: argparse.Namespace):
     devices = ns.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    return TrainerArgs(accelerator=ns.accelerator, devices=devices, strategy=ns.strategy,
-                       num_nodes=ns.num_nodes, precision=ns.precision, progress=not ns.quiet)
+    # Progress bars only on a terminal: in a log file they are thousands of lines.
+    return TrainerArgs(accelerator=ns.accelerator, devices=devices, strategy=ns.strategy, num_nodes=ns.num_nodes,
+                       precision=ns.precision, progress=not ns.quiet and sys.stderr.isatty())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +152,9 @@ def cmd_build_pool(ns: argparse.Namespace) -> int:
     name = ns.ancestor or (None if recipe.ancestor == "embedded" else recipe.ancestor)
     ancestor = load_ancestor(name, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
                              allow_download=ns.allow_download, progress=not ns.quiet)
+    if ancestor.source == "random-init":
+        raise UserError(f"ancestor {ancestor.name} has no weights: pass --pretrained or --checkpoint FILE "
+                        "(distilling a random-init model would build a meaningless pool)")
     pool = build_pool(recipe, out=out, ancestor=ancestor, data=data, epochs=ns.epochs, resume=ns.resume,
                       force=ns.force, trainer_args=trainer_args_from(ns), num_workers=ns.workers)
     if pool is None:  # a DDP rank other than 0

@@ -74,6 +74,7 @@ def test_pool_verify_names_the_altered_file(setup_dir, tmp_path):
         (["--recipe", "/no/recipe.yaml"], ["recipe not found", "/no/recipe.yaml"]),
         (["--ancestor", "no_such_vit_xyz"], ["unknown timm model"]),
         (["--ancestor", "resnet18"], ["not a ViT"]),
+        (["--ancestor", "deit_tiny_patch16_224"], ["has no weights", "--pretrained"]),
         (["--data", "/no/such/data"], ["/no/such/data", "does not exist"]),
         (["--out", "/proc/forbidden/pool"], ["/proc/forbidden"]),
         (["--set", "distill.nope=1"], ["unknown recipe field distill.nope"]),
