@@ -1,11 +1,50 @@
 """learngene: one pretrained ViT -> a zoo of variable-sized models.
 
 The package imports lightly: torch/timm/lightning are imported by the submodules that need
-them, so `learngene --help` answers fast.
+them, so `learngene --help` answers fast. The stitched descendant architecture is
+registered with timm as soon as timm is imported (now, if it already is), so that after
+``import learngene`` ``timm.create_model('local-dir:pools/NAME/children/ID', pretrained=True)``
+loads an exported child.
 """
 
 __version__ = "0.1.0"
 
+import sys  # noqa: E402
+
 from learngene.errors import UserError  # noqa: E402
 
 __all__ = ["UserError", "__version__"]
+
+
+def _register_with_timm() -> None:
+    import learngene.assemble.model  # noqa: F401  (its @register_model runs on import)
+
+
+class _AfterTimmImport:
+    """A meta-path finder that lets timm import as usual, then registers learngene's models.
+    It removes itself at once, so it fires at most once."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "timm":
+            return None
+        import importlib.util
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_with_timm()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "timm" in sys.modules:
+    _register_with_timm()
+else:
+    sys.meta_path.insert(0, _AfterTimmImport())

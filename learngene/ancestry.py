@@ -294,9 +294,11 @@ def save_local_dir(
     model_args: dict,
     pretrained_cfg: dict,
     extra: dict | None = None,
+    write_more=None,
 ) -> Path:
     """Write a timm local-dir folder (config.json + model.safetensors) atomically: it is
-    built in a temp folder beside the target and renamed into place."""
+    built in a temp folder beside the target and renamed into place. ``write_more(tmp)``
+    may add files before the rename and returns more metadata for config.json."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -305,6 +307,8 @@ def save_local_dir(
     try:
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"))
+        if write_more is not None:
+            extra = {**(extra or {}), **(write_more(tmp) or {})}
         cfg = {
             "architecture": architecture,
             "num_classes": model_args.get("num_classes", pretrained_cfg.get("num_classes")),

@@ -24,7 +24,7 @@ VERBS = {
     "grow": "make a model larger without changing what it computes",
     "adapt": "fit a model to a new task with a small stored delta (LoRA / adapters)",
 }
-NOT_BUILT = {"assemble": 4, "bench": 5, "target": 5, "grow": 6, "adapt": 7}
+NOT_BUILT = {"bench": 5, "target": 5, "grow": 6, "adapt": 7}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,6 +100,35 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="replace an existing pool / discard an interrupted build")
             sp.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 embedded, 8 ImageFolder)")
             add_trainer_args(sp)
+        elif verb == "assemble":
+            sp.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
+            pick = sp.add_argument_group("the child to export (one of)")
+            pick.add_argument("--size", help="tiny | small | base: parameter budget scaled from DeiT-Ti/S/B to the ancestor")
+            pick.add_argument("--params", type=float, metavar="N", help="at most N parameters")
+            pick.add_argument("--flops", type=float, metavar="N", help="at most N FLOPs per image")
+            pick.add_argument("--config", metavar="J,K", help="narrow blocks 0..J, stitch, wide blocks K..; or narrow / wide")
+            t = sp.add_argument_group("training")
+            t.add_argument("--all", action="store_true", help="train every descendant jointly (same as --train all)")
+            t.add_argument("--train", default="auto", choices=["auto", "all", "target", "none"],
+                           help="auto (default): whatever is not trained yet (everything, or the chosen child)")
+            t.add_argument("--tune", default="all", choices=["all", "stitches"], help="train stitches and instances (all) or stitches only")
+            t.add_argument("--init", default="lstsq", choices=["lstsq", "distill"], help="stitch initialisation for new stitches")
+            t.add_argument("--sampling", default="uniform", choices=["uniform", "flops"], help="descendant sampling in joint training")
+            t.add_argument("--epochs", type=int, default=None, help="epochs (default 20)")
+            t.add_argument("--lr", type=float, default=None, help="learning rate of inherited weights (default 1e-4)")
+            t.add_argument("--stitch-lr", type=float, default=None, help="learning rate of stitches (default 1e-3)")
+            t.add_argument("--kl", type=float, default=None, help="weight of the KL to the ancestor (default 0.5; 0: no teacher)")
+            t.add_argument("--seed", type=int, default=0)
+            sp.add_argument("--revision", default="latest", help="pool revision to start from (r0: as distilled; default latest)")
+            sp.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
+            add_ancestor_args(sp)
+            sp.add_argument("--out", metavar="DIR", help="child folder (default: POOL/children/<id>)")
+            sp.add_argument("--force", action="store_true", help="replace an existing child folder")
+            sp.add_argument("--no-program", action="store_true", help="skip the torch.export program (model.pt2)")
+            sp.add_argument("--list", action="store_true", help="only list the pool's descendants")
+            sp.add_argument("--json", action="store_true", help="print the result as JSON")
+            sp.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+            add_trainer_args(sp)
         elif verb == "pool":
             sp.add_argument("action", choices=["info", "verify"])
             sp.add_argument("path", metavar="PATH")
@@ -170,6 +199,66 @@ def cmd_build_pool(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assemble(ns: argparse.Namespace) -> int:
+    from learngene.assemble.api import Selection, assemble, load_pool_model, static_rows, trained_ids, _with_accuracy
+    from learngene.assemble.train import AssembleSpec
+    from learngene.pool import Pool
+
+    sel = Selection(size=ns.size, params=ns.params, flops=ns.flops, config=ns.config)
+    if ns.list:
+        pool = Pool.open(ns.pool)
+        pm, _ = load_pool_model(pool, ns.revision)
+        rev = pool.revision(ns.revision)
+        rows = _with_accuracy(static_rows(pm, pm.narrow_args["img_size"]), rev)
+        print_table(rows, ["id", "blocks", "params", "flops", "val_top1", "test_top1"], ns.json)
+        return 0
+    spec = AssembleSpec(seed=ns.seed)
+    for field, value in (("epochs", ns.epochs), ("lr", ns.lr), ("stitch_lr", ns.stitch_lr), ("kl_weight", ns.kl)):
+        if value is not None:
+            setattr(spec, field, value)
+    spec.tune, spec.sampling = ns.tune, ns.sampling
+    if ns.all and ns.train not in ("auto", "all"):
+        raise UserError(f"--all contradicts --train {ns.train}")
+    ancestor = None
+    if ns.ancestor or ns.pretrained or ns.checkpoint:
+        from learngene.ancestry import load_ancestor
+
+        ancestor = load_ancestor(ns.ancestor, pretrained=ns.pretrained, checkpoint=ns.checkpoint, allow_download=ns.allow_download)
+    say = (lambda m: None) if ns.quiet or ns.json else (lambda m: print(m, file=sys.stderr))
+    res = assemble(ns.pool, selection=sel, train="all" if ns.all else ns.train, init=ns.init, spec=spec,
+                   revision=ns.revision, data=ns.data, ancestor=ancestor, out=ns.out, force=ns.force,
+                   export_program=not ns.no_program, trainer_args=trainer_args_from(ns), num_workers=ns.workers, progress=say)
+    if ns.json:
+        print(json.dumps({"revision": (res.revision or {}).get("id", "r0"), "descendants": res.rows, "chosen": res.chosen,
+                          "child": str(res.child) if res.child else None, "seconds": round(res.seconds, 1)}, indent=2))
+        return 0
+    print_table(res.rows, ["id", "blocks", "params", "flops", "init_val_top1", "val_top1", "test_top1"], False,
+                mark=(res.chosen or {}).get("id"))
+    if res.child:
+        c = res.chosen
+        anc = res.pool.manifest["ancestor"]["params"]
+        acc = f", test top1 {c['test_top1']:.2f}%" if c.get("test_top1") is not None else ""
+        print(f"child {c['id']}: {c['params'] / 1e6:.3f}M params ({100 * c['params'] / anc:.1f}% of the ancestor), "
+              f"{c['flops'] / 1e6:.1f} MFLOPs{acc} -> {res.child}")
+    print(f"pool revision {(res.revision or {}).get('id', 'r0')}, {res.seconds:.1f} s")
+    return 0
+
+
+def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+
+    def cell(v):
+        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in cols}
+    print("  " + "  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        flag = "* " if r["id"] == mark else "  "
+        print(flag + "  ".join(cell(r.get(c)).ljust(widths[c]) for c in cols))
+
+
 def cmd_pool(ns: argparse.Namespace) -> int:
     from learngene.pool import Pool
 
@@ -187,11 +276,10 @@ def cmd_pool(ns: argparse.Namespace) -> int:
     anc = pool.manifest["ancestor"]
     print(f"pool {pool.path}: ancestor {anc['name']} ({anc['params'] / 1e6:.2f}M, sha256 {anc['sha256'][:12]}), "
           f"{len(rows)} instances, {pool.stored_params() / 1e6:.2f}M stored parameters")
-    cols = ["id", "source", "width", "heads", "block", "params", "file"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    print_table(rows, ["id", "source", "width", "heads", "block", "params", "file"], False)
+    for rev in pool.revisions:
+        print(f"revision {rev['id']} (from {rev['parent']}): {rev['train']} training of {len(rev['trained'])} descendant(s), "
+              f"{len(rev['files'])} files, {rev['created']}")
     return 0
 
 
@@ -206,7 +294,7 @@ def run(argv: list[str] | None = None) -> int:
     if ns.verb in NOT_BUILT:
         print(f"learngene {ns.verb}: not built yet (see issue #{NOT_BUILT[ns.verb]})", file=sys.stderr)
         return 1
-    return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool}[ns.verb](ns)
+    return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool, "assemble": cmd_assemble}[ns.verb](ns)
 
 
 def main(argv: list[str] | None = None) -> int:

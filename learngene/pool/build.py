@@ -191,8 +191,7 @@ def build_pool(
         "auxiliary": {n: f["aux"] for n, f in fragments.items()},
         "instances": [e for f in fragments.values() for e in f["instances"]],
         "components": [e for f in fragments.values() for e in f["components"]],
-        "stitches": [],
-        "descendants": [],
+        "revisions": [],  # written by assemble
         "torch": torch.__version__,
     }
     finalize(stage, out, manifest, force)

@@ -1,8 +1,12 @@
 """The pool on disk: a folder a user can copy, inspect and trust.
 
-    pool.json                     manifest (format, ancestor, recipe, instances, components, metrics)
+    pool.json                     manifest (format, ancestor, recipe, instances, components, metrics,
+                                  revisions)
     instances/<aux>.b<i>.safetensors   one learngene instance (a transformer block) per file
-    components/<aux>.embed|head|maps.safetensors  embeddings, final norm + head, trained W/V maps
+    components/<aux>.embed|head|maps.safetensors  embeddings, final norm + head, trained W maps
+    revisions/r<N>/               what `assemble` trained: stitches.safetensors, and the instances /
+                                  components it fine-tuned (same names as above). The distilled
+                                  originals are revision r0 and are never overwritten.
 
 Only safetensors, never pickle. Every file's sha256 is in the manifest; opening a pool
 re-hashes them and refuses one that does not match, naming the file.
@@ -96,7 +100,10 @@ class Pool:
         return pool
 
     def files(self) -> list[dict]:
-        return list(self.manifest["instances"]) + list(self.manifest["components"])
+        out = list(self.manifest["instances"]) + list(self.manifest["components"])
+        for rev in self.revisions:
+            out += rev["files"]
+        return out
 
     def verify(self) -> int:
         """Re-hash every file; raise naming the first one that is missing or altered."""
@@ -125,31 +132,99 @@ class Pool:
         except Exception as e:
             raise UserError(f"cannot read pool file {self.path / file}: {type(e).__name__}") from None
 
-    def instance(self, aux: str, block: int) -> dict[str, torch.Tensor]:
-        for e in self.instances:
-            if e["source"] == aux and e["block"] == block:
-                return self.tensors(e["file"])
-        raise UserError(f"pool {self.path} has no instance {aux}.b{block}")
+    # -- revisions (written by assemble) -----------------------------------------------------
+    @property
+    def revisions(self) -> list[dict]:
+        return self.manifest.get("revisions", [])
 
-    def component(self, aux: str, kind: str) -> dict[str, torch.Tensor]:
-        for e in self.manifest["components"]:
-            if e["source"] == aux and e["kind"] == kind:
-                return self.tensors(e["file"])
-        raise UserError(f"pool {self.path} has no {kind} for {aux}")
+    def revision(self, rid: str | None = "latest") -> dict | None:
+        """A revision's record; None for the distilled originals ('r0', or 'latest' when
+        nothing was assembled yet)."""
+        if rid in (None, "r0") or (rid == "latest" and not self.revisions):
+            return None
+        if rid == "latest":
+            return self.revisions[-1]
+        for r in self.revisions:
+            if r["id"] == rid:
+                return r
+        have = ", ".join(["r0", *(r["id"] for r in self.revisions)])
+        raise UserError(f"pool {self.path} has no revision {rid} (has: {have})")
 
-    def aux_model(self, aux: str) -> nn.Module:
-        """Rebuild an auxiliary model (a plain timm ViT) from its instances and components."""
+    def _entry(self, piece: str, rid: str | None) -> dict | None:
+        """The file holding `piece` ('narrow.b0', 'wide.head', 'stitches') as of revision
+        `rid`: the newest revision up to it that rewrote the piece, else the original."""
+        chain = []
+        rev = self.revision(rid)
+        while rev is not None:
+            chain.append(rev)
+            rev = self.revision(rev.get("parent"))
+        for rev in chain:
+            for e in rev["files"]:
+                if e["id"] == piece:
+                    return e
+        for e in self.manifest["instances"] + self.manifest["components"]:
+            if e["id"] == piece:
+                return e
+        return None
+
+    def piece(self, piece: str, revision: str | None = None) -> dict[str, torch.Tensor]:
+        e = self._entry(piece, revision)
+        if e is None:
+            raise UserError(f"pool {self.path} has no {piece}")
+        return self.tensors(e["file"])
+
+    def has_piece(self, piece: str, revision: str | None = None) -> bool:
+        return self._entry(piece, revision) is not None
+
+    def instance(self, aux: str, block: int, revision: str | None = None) -> dict[str, torch.Tensor]:
+        return self.piece(f"{aux}.b{block}", revision)
+
+    def component(self, aux: str, kind: str, revision: str | None = None) -> dict[str, torch.Tensor]:
+        return self.piece(f"{aux}.{kind}", revision)
+
+    def aux_model(self, aux: str, revision: str | None = None) -> nn.Module:
+        """Rebuild an auxiliary model (a plain timm ViT) from its instances and components,
+        as of a revision (None: as distilled)."""
         import timm
 
         if aux not in self.auxiliary:
             raise UserError(f"pool {self.path} has no auxiliary model {aux!r} (has: {', '.join(self.auxiliary)})")
         meta = self.auxiliary[aux]
         model = timm.create_model(meta["architecture"], **meta["model_args"])
-        pieces = {"embed": self.component(aux, "embed"), "head": self.component(aux, "head")}
+        pieces = {"embed": self.component(aux, "embed", revision), "head": self.component(aux, "head", revision)}
         for b in range(meta["model_args"]["depth"]):
-            pieces[f"b{b}"] = self.instance(aux, b)
+            pieces[f"b{b}"] = self.instance(aux, b, revision)
         model.load_state_dict(join_pieces(pieces), strict=True)
         return model.eval()
+
+    def add_revision(self, files: dict[str, tuple[dict, dict[str, torch.Tensor]]], record: dict) -> dict:
+        """Write a new revision: ``files`` maps a file name inside the revision folder to
+        (entry fields, tensors). The folder is staged and renamed into place, then the
+        manifest is rewritten atomically; earlier revisions and the originals are untouched."""
+        root = self.path / "revisions"
+        root.mkdir(exist_ok=True)
+        taken = {r["id"] for r in self.revisions} | {p.name for p in root.iterdir()}
+        n = 1
+        while f"r{n}" in taken:
+            n += 1
+        rid = f"r{n}"
+        stage = root / f".{rid}.partial-{os.getpid()}"
+        entries = []
+        try:
+            for name, (fields, tensors) in files.items():
+                file = f"revisions/{rid}/{name}"
+                sha = save_tensors_atomic(stage / name, tensors)
+                entries.append({**fields, "file": file, "sha256": sha, "params": sum(v.numel() for v in tensors.values())})
+            os.replace(stage, root / rid)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        rec = {"id": rid, **record, "files": entries}
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest.setdefault("revisions", []).append(rec)
+        write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+        return rec
 
     def stored_params(self) -> int:
         return sum(e["params"] for e in self.files())

@@ -1,0 +1,120 @@
+"""Which descendants a pool holds, their sizes, and picking one under a budget.
+
+A descendant of a pool with a narrow and a wide auxiliary model of depth D is
+
+    narrow embedding -> narrow instances 0..j -> stitch (Linear narrow->wide) -> wide instances k..D-1
+    -> wide final norm + head
+
+or one of the two auxiliary models themselves. The (j, k) pairs follow SN-Net's paired
+stitching (kernel 2, stride 1): SN-Net pairs front block j with back block k' for j, k' in a
+sliding window of 2 and resumes the back model after k'; here k = k' + 1 names the first
+wide block that runs. D=6 gives 16 stitched descendants + 2 pure = 18; D=9 gives 27.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from learngene.errors import UserError
+
+# DeiT-Ti / DeiT-S / DeiT-B parameter counts (millions): the size names scale to any ancestor.
+DEIT_PARAMS_M = {"tiny": 5.7, "small": 22.1, "base": 86.6}
+SIZES = tuple(DEIT_PARAMS_M)
+
+
+def paired_stitching(depth: int, kernel: int = 2, stride: int = 1) -> list[tuple[int, int]]:
+    """SN-Net's (front block, back block) pairs, in SN-Net's order."""
+    cfgs: list[tuple[int, int]] = []
+    for i in range(0, depth, stride):
+        ids = list(range(depth))[i : i + kernel]
+        for j in ids:
+            for k in ids:
+                if (j, k) not in cfgs:
+                    cfgs.append((j, k))
+    return cfgs
+
+
+@dataclass(frozen=True)
+class DescSpec:
+    """One descendant. kind 'narrow'/'wide' are the auxiliary models themselves."""
+
+    kind: str  # narrow | wide | stitch
+    j: int | None = None  # last narrow block (inclusive)
+    k: int | None = None  # first wide block
+    depth: int = 0  # auxiliary depth D
+
+    @property
+    def id(self) -> str:
+        return f"stitch-{self.j}-{self.k}" if self.kind == "stitch" else self.kind
+
+    @property
+    def narrow_blocks(self) -> list[int]:
+        if self.kind == "wide":
+            return []
+        return list(range((self.depth - 1 if self.kind == "narrow" else self.j) + 1))
+
+    @property
+    def wide_blocks(self) -> list[int]:
+        if self.kind == "narrow":
+            return []
+        return list(range(0 if self.kind == "wide" else self.k, self.depth))
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.narrow_blocks) + len(self.wide_blocks)
+
+
+def descendants(depth: int) -> list[DescSpec]:
+    """Every descendant of a depth-D pool: the narrow model, the stitched ones, the wide model."""
+    stitched = [DescSpec("stitch", j, k + 1, depth) for j, k in paired_stitching(depth)]
+    return [DescSpec("narrow", depth=depth), *stitched, DescSpec("wide", depth=depth)]
+
+
+def parse_config(text: str, depth: int) -> DescSpec:
+    """`--config j,k`, a descendant id (`stitch-1-3`) or `narrow` / `wide`."""
+    all_ = {d.id: d for d in descendants(depth)}
+    t = text.strip()
+    if t in all_:
+        return all_[t]
+    parts = t.replace("stitch-", "").replace("-", ",").split(",")
+    if len(parts) == 2 and all(p.strip().lstrip("-").isdigit() for p in parts):
+        j, k = (int(p) for p in parts)
+        d = all_.get(f"stitch-{j}-{k}")
+        if d is not None:
+            return d
+    raise UserError(f"--config {text}: not a descendant of this pool (depth {depth}: j,k with k in j..j+2, "
+                    f"e.g. 1,2; or narrow / wide; see `learngene assemble --list`)")
+
+
+def size_budget(size: str, ancestor_params: int) -> float | None:
+    """Parameter budget of a size name, scaled from the DeiT family to this ancestor;
+    None for 'base' (the largest: no limit)."""
+    if size not in DEIT_PARAMS_M:
+        raise UserError(f"unknown size {size!r} (choose from {', '.join(SIZES)})")
+    if size == "base":
+        return None
+    return DEIT_PARAMS_M[size] / DEIT_PARAMS_M["base"] * ancestor_params
+
+
+def choose(rows: list[dict], max_params: float | None = None, max_flops: float | None = None,
+           what: str = "budget") -> dict:
+    """The descendant to hand out: among those within the budget, the best measured accuracy
+    (`val_top1`: chosen on validation, never on the test split), else the largest.
+    Nothing fits: an error naming the nearest descendants."""
+    def fits(r):
+        return (max_params is None or r["params"] <= max_params) and (max_flops is None or r["flops"] <= max_flops)
+
+    ok = [r for r in rows if fits(r)]
+    if not ok:
+        key = "params" if max_params is not None else "flops"
+        limit = max_params if max_params is not None else max_flops
+        near = sorted(rows, key=lambda r: r[key])[:2]
+        names = ", ".join(f"{r['id']} ({_fmt(r[key])} {key})" for r in near)
+        raise UserError(f"no descendant fits {what} ({_fmt(limit)} {key}); the smallest are {names}")
+    if all(r.get("val_top1") is not None for r in ok):
+        return max(ok, key=lambda r: (r["val_top1"], -r["params"]))
+    return max(ok, key=lambda r: r["params"])
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.3f}M" if n >= 1e5 else f"{int(n):,}"

@@ -1,0 +1,86 @@
+"""Stitch initialisation.
+
+- ``lstsq`` (SN-Net): least squares, with bias, from narrow block j's output tokens to wide
+  block k-1's output tokens on a batch of training images: the stitch starts as the best
+  linear map between what the two auxiliary models compute at that depth.
+- ``distill`` (Learngene Pool): from the W maps the pool was distilled with. W_n maps the
+  ancestor's width to the narrow width (narrow ~ W_n a + b_n) and W_w to the wide width
+  (wide ~ W_w a + b_w), so narrow -> wide is W_w pinv(W_n), bias b_w - W_w pinv(W_n) b_n,
+  using the maps whose student blocks are nearest to j and to k-1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from learngene.assemble.model import PoolModel
+from learngene.errors import UserError
+
+INITS = ("lstsq", "distill")
+
+
+@torch.no_grad()
+def init_lstsq(pm: PoolModel, images: torch.Tensor, ridge: float = 1e-4, prefix_weight: float | None = None, norm_weight: bool = True) -> None:
+    from learngene.vit import ViTView
+
+    was = pm.training
+    pm.eval()
+    nv, wv = ViTView(pm.narrow), ViTView(pm.wide)
+    n_tokens = [None] * pm.depth
+    t = nv.embed(images)
+    for i, blk in enumerate(nv.blocks):
+        t = blk(t)
+        n_tokens[i] = t.double()
+    w_tokens = [None] * pm.depth
+    t = wv.embed(images)
+    for i, blk in enumerate(wv.blocks):
+        t = blk(t)
+        w_tokens[i] = t.double()
+    for spec in pm.specs:
+        if spec.kind != "stitch":
+            continue
+        x = n_tokens[spec.j]
+        y = w_tokens[spec.k - 1]
+        # Row weights: the class token alone reaches the head, but it is 1 of N tokens, so
+        # by default it gets the weight of all patch tokens together.
+        n_tok, n_pre = x.shape[1], pm.wide.num_prefix_tokens
+        wt = torch.ones(n_tok, dtype=x.dtype)
+        wt[:n_pre] = (n_tok - n_pre) / n_pre if prefix_weight is None else prefix_weight
+        wt = wt.repeat(x.shape[0])
+        if norm_weight:
+            # what the next pre-norm block sees is the token after LayerNorm: weight each
+            # token's error by 1/its variance, so small and large tokens count alike
+            wt = wt / y.reshape(-1, y.shape[-1]).var(-1).clamp(min=1e-6)
+        sw = wt.sqrt()[:, None]
+        x = x.reshape(-1, x.shape[-1]) * sw
+        y = y.reshape(-1, y.shape[-1]) * sw
+        xa = torch.cat([x, sw], 1)
+        # Normal equations with a tiny ridge: stable when tokens are nearly collinear
+        # (few images, wide models) and the same answer as lstsq otherwise.
+        gram = xa.T @ xa
+        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+        sol = torch.linalg.solve(gram, xa.T @ y)  # (dn + 1, dw)
+        lin = pm.stitches[spec.id]
+        lin.weight.copy_(sol[:-1].T.to(lin.weight.dtype))
+        lin.bias.copy_(sol[-1].to(lin.bias.dtype))
+    pm.train(was)
+
+
+def _nearest(maps: dict[str, torch.Tensor], pairs: list, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    i = min(range(len(pairs)), key=lambda n: (abs(pairs[n][1] - block), -pairs[n][1]))
+    return maps[f"W.{i}.weight"].double(), maps[f"W.{i}.bias"].double()
+
+
+@torch.no_grad()
+def init_distill(pm: PoolModel, narrow_maps: dict, wide_maps: dict, narrow_pairs: list, wide_pairs: list) -> None:
+    if not narrow_maps or not wide_maps:
+        raise UserError("the pool has no distillation maps: use --init lstsq")
+    for spec in pm.specs:
+        if spec.kind != "stitch":
+            continue
+        wn, bn = _nearest(narrow_maps, narrow_pairs, spec.j)
+        ww, bw = _nearest(wide_maps, wide_pairs, spec.k - 1)
+        s = ww @ torch.linalg.pinv(wn)
+        lin = pm.stitches[spec.id]
+        lin.weight.copy_(s.to(lin.weight.dtype))
+        lin.bias.copy_((bw - s @ bn).to(lin.bias.dtype))

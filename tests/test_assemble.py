@@ -1,0 +1,257 @@
+"""assemble on a real (tiny) pool built on disk: descendant enumeration, the stitched model
+against the pool's shared-weight forward, stitch init, training that keeps the best state,
+revisions that never touch the originals, export (timm local-dir + torch.export), and bad
+input through the CLI."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from learngene.assemble.configs import descendants, paired_stitching, parse_config, size_budget
+from learngene.errors import UserError
+from test_cli import assert_one_line_error, learngene
+
+RECIPE = {
+    "name": "tiny3",
+    "auxiliary": {
+        "narrow": {"embed_dim": 16, "num_heads": 2, "depth": 3, "positions": "front,end", "epochs": 1, "lr": 1e-3},
+        "wide": {"embed_dim": 32, "num_heads": 2, "depth": 3, "positions": "end", "epochs": 1, "lr": 1e-3},
+    },
+    "distill": {"batch_size": 64, "max_steps": 4},
+}
+
+
+def test_paired_stitching_counts_match_sn_net():
+    # SN-Net, kernel 2 stride 1: D=6 -> 16 stitches (+2 anchors = 18), D=9 -> 25 (+2 = 27)
+    assert len(descendants(6)) == 18 and len(descendants(9)) == 27
+    pairs = paired_stitching(6)
+    assert pairs[:4] == [(0, 0), (0, 1), (1, 0), (1, 1)] and (5, 5) in pairs and len(set(pairs)) == 16
+    for d in descendants(6):
+        if d.kind == "stitch":
+            assert d.j <= d.k <= d.j + 2 and d.narrow_blocks == list(range(d.j + 1)) and d.wide_blocks == list(range(d.k, 6))
+    assert parse_config("1,2", 6).id == "stitch-1-2" and parse_config("narrow", 6).kind == "narrow"
+    with pytest.raises(UserError, match="--config 0,5"):
+        parse_config("0,5", 6)
+    assert size_budget("tiny", 86_600_000) == pytest.approx(5_700_000)
+    assert size_budget("base", 1) is None
+
+
+@pytest.fixture(scope="module")
+def setup_dir(tmp_path_factory):
+    """A tiny local-dir ancestor, a depth-3 pool built from it through the real CLI."""
+    import timm
+
+    from learngene.ancestry import save_local_dir
+    from learngene.data import digits_data_config
+
+    d = tmp_path_factory.mktemp("assemble")
+    torch.manual_seed(0)
+    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
+    save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), d / "anc", "deit_tiny_patch16_224", args,
+                   {**cfg, "num_classes": 10})
+    (d / "tiny3.yaml").write_text(yaml.safe_dump(RECIPE))
+    r = learngene("build-pool", "--recipe", d / "tiny3.yaml", "--ancestor", f"local-dir:{d / 'anc'}", "--out", d / "pool",
+                  "-q", "--accelerator", "cpu", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+def fresh_pool(setup_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(setup_dir / "pool", tmp_path / "pool")
+    return tmp_path / "pool"
+
+
+def quiet():
+    from learngene.training import TrainerArgs
+
+    return TrainerArgs(progress=False, accelerator="cpu")
+
+
+def test_stitched_model_matches_the_pool_forward_and_timm_loads_it(setup_dir):
+    from learngene.assemble.api import load_pool_model
+    from learngene.assemble.model import StitchedViT
+    from learngene.pool import Pool
+
+    pm, has = load_pool_model(Pool.open(setup_dir / "pool"), "r0")
+    assert not has and len(pm.specs) == 9
+    torch.manual_seed(1)
+    for lin in pm.stitches.values():
+        torch.nn.init.normal_(lin.weight, std=0.2)
+    x = torch.randn(3, 3, 16, 16)
+    for spec in pm.specs:
+        child = pm.descendant(spec)
+        with torch.no_grad():
+            ref = pm(x, spec)
+            assert torch.allclose(child(x), ref, atol=1e-6), spec.id
+            assert torch.allclose(child.forward_head(child.forward_features(x), pre_logits=True), pm(x, spec, pre_logits=True), atol=1e-6)
+        if spec.kind == "stitch":
+            assert isinstance(child, StitchedViT) and child.stitch.in_features == 16 and child.stitch.out_features == 32
+            n_params = sum(p.numel() for p in child.parameters())
+            blocks = [sum(p.numel() for p in pm.narrow.blocks[i].parameters()) for i in spec.narrow_blocks]
+            blocks += [sum(p.numel() for p in pm.wide.blocks[i].parameters()) for i in spec.wide_blocks]
+            assert n_params == sum(blocks) + 16 * 32 + 32 + sum(p.numel() for p in pm.narrow.patch_embed.parameters()) \
+                + pm.narrow.cls_token.numel() + pm.narrow.pos_embed.numel() \
+                + sum(p.numel() for m in (pm.wide.norm, pm.wide.head) for p in m.parameters())
+
+
+def test_lstsq_init_solves_the_weighted_least_squares(setup_dir):
+    from learngene.assemble.api import load_pool_model
+    from learngene.assemble.stitch_init import init_lstsq
+    from learngene.pool import Pool
+    from learngene.vit import ViTView
+
+    pm, _ = load_pool_model(Pool.open(setup_dir / "pool"), "r0")
+    images = torch.randn(64, 3, 16, 16)
+    init_lstsq(pm, images, ridge=0.0, norm_weight=False, prefix_weight=1.0)
+    spec = pm.spec("stitch-1-2")
+    with torch.no_grad():
+        x = pm.narrow_tokens(images, 1).reshape(-1, 16)
+        y = ViTView(pm.wide).run_blocks(ViTView(pm.wide).embed(images), 0, 2).reshape(-1, 32)
+    lin = pm.stitches[spec.id]
+    w = lin.weight.detach().clone().requires_grad_(True)
+    b = lin.bias.detach().clone().requires_grad_(True)
+    loss = ((x @ w.T + b - y) ** 2).sum()
+    loss.backward()
+    # the optimum: zero gradient (relative to the gradient at a random stitch)
+    w0 = torch.randn_like(w, requires_grad=True)
+    ((x @ w0.T + b.detach() - y) ** 2).sum().backward()
+    assert w.grad.norm() < 1e-3 * w0.grad.norm()
+
+
+def test_distill_init_composes_the_maps():
+    from learngene.assemble.model import PoolModel
+    from learngene.assemble.stitch_init import init_distill
+    import timm
+
+    kw = dict(img_size=16, patch_size=4, depth=2, num_classes=10)
+    nargs, wargs = dict(kw, embed_dim=16, num_heads=2), dict(kw, embed_dim=32, num_heads=2)
+    pm = PoolModel(timm.create_model("deit_tiny_patch16_224", **nargs), timm.create_model("deit_tiny_patch16_224", **wargs), nargs, wargs)
+    torch.manual_seed(0)
+    a_dim = 24
+    wn, bn = torch.randn(16, a_dim), torch.randn(16)
+    ww, bw = torch.randn(32, a_dim), torch.randn(32)
+    init_distill(pm, {"W.0.weight": wn, "W.0.bias": bn}, {"W.0.weight": ww, "W.0.bias": bw}, [[3, 1]], [[3, 1]])
+    # an ancestor feature a: narrow = Wn a + bn, wide = Ww a + bw; the stitch maps one to the other
+    # exactly when a lies in the row space of Wn (here: any a, since Wn has full row rank and we
+    # take a = pinv(Wn) z)
+    z = torch.randn(5, 16)
+    a = z @ torch.linalg.pinv(wn).T
+    lin = pm.stitches["stitch-0-1"]
+    with torch.no_grad():
+        assert torch.allclose(lin(a @ wn.T + bn), a @ ww.T + bw, atol=1e-4)
+
+
+def test_training_keeps_the_best_state_and_never_ends_worse(setup_dir, tmp_path):
+    from learngene.assemble.api import assemble
+    from learngene.assemble.train import AssembleSpec
+
+    pool = fresh_pool(setup_dir, tmp_path)
+    # A learning rate that wrecks the weights: the initialisation must come back.
+    res = assemble(pool, train="all", spec=AssembleSpec(epochs=2, lr=5.0, stitch_lr=5.0, kl_weight=0.0),
+                   trainer_args=quiet(), progress=lambda m: None)
+    hist = res.trained["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    best = res.trained["best"]
+    assert best["mean"] == max(h["mean"] for h in hist)
+    # the returned state is the best one: re-measuring on val gives the recorded accuracies
+    for r in res.rows:
+        assert r["val_top1"] == pytest.approx(best["acc"][r["id"]], abs=0.01)
+
+
+def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
+    import timm
+
+    from learngene.ancestry import file_sha256
+    from learngene.assemble.api import Selection, assemble
+    from learngene.assemble.train import AssembleSpec
+    from learngene.pool import Pool
+
+    pool_dir = fresh_pool(setup_dir, tmp_path)
+    before = {p.relative_to(pool_dir): file_sha256(p) for p in pool_dir.rglob("*.safetensors")}
+    res = assemble(pool_dir, selection=Selection(config="1,2"), train="all", spec=AssembleSpec(epochs=1),
+                   trainer_args=quiet(), progress=lambda m: None)
+    # the originals are untouched; the trained weights are a new, verified revision
+    assert {p: file_sha256(pool_dir / p) for p in before} == before
+    pool = Pool.open(pool_dir)
+    rev = pool.revision("latest")
+    assert rev["id"] == "r1" and rev["parent"] == "r0" and rev["stitch_init"] == "lstsq" and rev["train"] == "all"
+    assert (pool_dir / "revisions/r1/stitches.safetensors").is_file()
+    assert (pool_dir / "revisions/r1/instances/narrow.b0.safetensors").is_file()
+    assert len(rev["descendants"]) == 9 and all(d["test_top1"] is not None for d in rev["descendants"])
+    assert pool.verify() == len(pool.files())
+    # the child: a timm local-dir folder and a torch.export program, same outputs
+    child = res.child
+    assert child == pool_dir / "children" / "stitch-1-2"
+    cfg = json.loads((child / "config.json").read_text())
+    assert cfg["architecture"] == "learngene_stitched_vit" and cfg["learngene"]["pool_revision"] == "r1"
+    assert cfg["learngene"]["descendant"]["params"] == res.chosen["params"]
+    m = timm.create_model(f"local-dir:{child}", pretrained=True).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = res_model(pool_dir, "stitch-1-2")(x)
+    assert torch.allclose(m(x), ref, atol=1e-6)
+    prog = torch.export.load(str(child / "model.pt2")).module()
+    assert torch.allclose(prog(torch.randn(5, 3, 16, 16)).shape[0] * torch.ones(1), torch.tensor([5.0]))
+    assert torch.allclose(prog(x), ref, atol=1e-5)
+    # a second call reuses the revision: no training, no new revision
+    res2 = assemble(pool_dir, selection=Selection(size="base"), trainer_args=quiet(), progress=lambda m: None)
+    assert res2.trained == {} and len(Pool.open(pool_dir).revisions) == 1
+    best_val = max(r["val_top1"] for r in rev["descendants"])
+    assert res2.chosen["val_top1"] == best_val
+    # target training on top of r1 makes r2 with r1 as parent; r1 stays as it was
+    res3 = assemble(pool_dir, selection=Selection(config="0,1"), train="target", spec=AssembleSpec(epochs=1, tune="stitches"),
+                    trainer_args=quiet(), progress=lambda m: None)
+    assert res3.revision["id"] == "r2" and res3.revision["parent"] == "r1" and res3.revision["trained"] == ["stitch-0-1"]
+    assert not (pool_dir / "revisions/r2/instances").exists()  # stitches only: instances inherited from r1
+    assert Pool.open(pool_dir).verify() > 0
+
+
+def res_model(pool_dir, desc_id):
+    from learngene.assemble.api import load_pool_model
+    from learngene.pool import Pool
+
+    pm, _ = load_pool_model(Pool.open(pool_dir), "latest")
+    return pm.descendant(pm.spec(desc_id))
+
+
+def test_plain_timm_loads_an_exported_auxiliary_child(setup_dir, tmp_path):
+    import subprocess
+    import sys
+
+    pool = fresh_pool(setup_dir, tmp_path)
+    r = learngene("assemble", "--pool", pool, "--config", "narrow", "--epochs", "0", "-q", "--accelerator", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # no learngene import: the pure narrow model is a plain timm ViT
+    code = f"import timm; m = timm.create_model('local-dir:{pool / 'children' / 'narrow'}', pretrained=True); print(type(m).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "VisionTransformer" in out.stdout, out.stderr[-1000:]
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
+    pool = fresh_pool(setup_dir, tmp_path)
+    before = sorted(p.relative_to(pool) for p in pool.rglob("*"))
+    cases = [
+        (["--size", "huge"], ["unknown size", "huge"]),
+        (["--params", "10"], ["no descendant fits", "stitch-"]),
+        (["--config", "0,3"], ["--config 0,3", "not a descendant"]),
+        (["--config", "1,2", "--size", "tiny"], ["one way"]),
+        (["--revision", "r7"], ["no revision r7"]),
+        (["--pool", tmp_path / "nope"], ["pool not found", "nope"]),
+    ]
+    for args, needles in cases:
+        argv = ["assemble", *([] if "--pool" in args else ["--pool", pool]), *args, "--accelerator", "cpu"]
+        assert_one_line_error(learngene(*argv), *[str(n) for n in needles])
+    # an existing child folder without --force
+    (pool / "children" / "narrow").mkdir(parents=True)
+    assert_one_line_error(learngene("assemble", "--pool", pool, "--config", "narrow"), "child exists", "--force")
+    (pool / "children" / "narrow").rmdir()
+    (pool / "children").rmdir()
+    assert sorted(p.relative_to(pool) for p in pool.rglob("*")) == before
+    # a pool that fails verification names the file
+    victim = pool / "instances" / "narrow.b1.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
+    assert_one_line_error(learngene("assemble", "--pool", pool, "--size", "tiny"), "checksum", str(victim))
