@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--tune", default="all", choices=["all", "stitches"], help="train stitches and instances (all) or stitches only")
             t.add_argument("--init", default="lstsq", choices=["lstsq", "distill"], help="stitch initialisation for new stitches")
             t.add_argument("--sampling", default="uniform", choices=["uniform", "flops"], help="descendant sampling in joint training")
-            t.add_argument("--epochs", type=int, default=None, help="epochs (default 20)")
+            t.add_argument("--epochs", type=int, default=None, help="epochs (default: 40 for --all, 10 for a target)")
             t.add_argument("--lr", type=float, default=None, help="learning rate of inherited weights (default 1e-4)")
             t.add_argument("--stitch-lr", type=float, default=None, help="learning rate of stitches (default 1e-3)")
             t.add_argument("--kl", type=float, default=None, help="weight of the KL to the ancestor (default 0.5; 0: no teacher)")
@@ -271,7 +271,9 @@ def cmd_pool(ns: argparse.Namespace) -> int:
     rows = pool.info_rows()
     if ns.json:
         print(json.dumps({"path": str(pool.path), "ancestor": pool.manifest["ancestor"], "instances": rows,
-                          "auxiliary": pool.auxiliary, "stored_params": pool.stored_params()}, indent=2))
+                          "auxiliary": pool.auxiliary, "stored_params": pool.stored_params(),
+                          "revisions": [{k: r[k] for k in ("id", "parent", "created", "train", "trained", "files")} for r in pool.revisions]},
+                         indent=2))
         return 0
     anc = pool.manifest["ancestor"]
     print(f"pool {pool.path}: ancestor {anc['name']} ({anc['params'] / 1e6:.2f}M, sha256 {anc['sha256'][:12]}), "

@@ -13,14 +13,14 @@ from learngene.assemble.configs import descendants, paired_stitching, parse_conf
 from learngene.errors import UserError
 from test_cli import assert_one_line_error, learngene
 
-RECIPE = {
-    "name": "tiny3",
-    "auxiliary": {
-        "narrow": {"embed_dim": 16, "num_heads": 2, "depth": 3, "positions": "front,end", "epochs": 1, "lr": 1e-3},
-        "wide": {"embed_dim": 32, "num_heads": 2, "depth": 3, "positions": "end", "epochs": 1, "lr": 1e-3},
-    },
-    "distill": {"batch_size": 64, "max_steps": 4},
-}
+from test_pool_cli import RECIPE as TINY_RECIPE
+
+# the CLI tests' tiny recipe (narrow 16, wide 32) one block deeper: 9 descendants
+RECIPE = json.loads(json.dumps(TINY_RECIPE))
+RECIPE["name"] = "tiny3"
+for _aux in RECIPE["auxiliary"].values():
+    _aux["depth"] = 3
+RECIPE["distill"] = {"batch_size": 64, "max_steps": 4}
 
 
 def test_paired_stitching_counts_match_sn_net():

@@ -17,7 +17,7 @@ import torch
 from learngene.assemble.configs import DescSpec, choose, parse_config, size_budget
 from learngene.assemble.model import PoolModel, count_flops, count_params
 from learngene.assemble.stitch_init import INITS, init_distill, init_lstsq
-from learngene.assemble.train import SAMPLING, TUNE, AssembleSpec, train_descendants
+from learngene.assemble.train import DEFAULT_EPOCHS, SAMPLING, TUNE, AssembleSpec, train_descendants
 from learngene.errors import UserError
 from learngene.pool.store import Pool, split_model
 
@@ -250,11 +250,15 @@ def assemble(
             teacher = None
             if spec.kl_weight > 0:
                 teacher = teacher_for(pool, ancestor).model
+            if spec.epochs is None:
+                spec.epochs = DEFAULT_EPOCHS["target" if mode == "target" else "all"]
             progress(f"training {len(specs)} descendant(s): {spec.epochs} epochs, tune {spec.tune}, "
                      f"lr {spec.lr:g} (inherited) / {spec.stitch_lr:g} (stitches), sampling {spec.sampling}")
             flops = {r["id"]: r["flops"] for r in rows}
             trained = train_descendants(pm, specs, spec, dm, teacher=teacher, flops=flops, trainer_args=trainer_args)
             trained["specs"] = [s.id for s in specs]
+            if not trained.pop("rank0"):  # DDP: only global rank 0 evaluates and writes
+                return AssembleResult(pool, base, rows, trained=trained, seconds=time.perf_counter() - t0)
         evaluated = specs if mode == "target" else pm.specs
         progress(f"evaluating {len(evaluated)} descendant(s) on validation and test")
         val = evaluate_specs(pm, evaluated, dm.val_dataloader())
@@ -326,7 +330,7 @@ def _check_spec(spec: AssembleSpec, train: str, init: str) -> None:
         raise UserError(f"unknown --tune {spec.tune!r} (choose from {', '.join(TUNE)})")
     if spec.sampling not in SAMPLING:
         raise UserError(f"unknown --sampling {spec.sampling!r} (choose from {', '.join(SAMPLING)})")
-    if spec.epochs < 0:
+    if spec.epochs is not None and spec.epochs < 0:
         raise UserError(f"--epochs must be >= 0, got {spec.epochs}")
     if spec.lr <= 0 or spec.stitch_lr <= 0:
         raise UserError("--lr and --stitch-lr must be positive")

@@ -34,7 +34,10 @@ TUNE = ("stitches", "all")
 class AssembleSpec:
     """What an assemble run trains and how; every field is a CLI option."""
 
-    epochs: int = 20
+    # None: the default budget of the mode. Joint training shares its steps among all
+    # descendants (18 on a depth-6 pool), a target gets every step: 40 vs 10 epochs
+    # (benchmarks/assemble.py; 20 joint epochs left 6 of 18 descendants under 95%, 40 left 1).
+    epochs: int | None = None
     lr: float = 1e-4  # inherited weights
     stitch_lr: float = 1e-3  # new stitches
     weight_decay: float = 0.05
@@ -45,6 +48,9 @@ class AssembleSpec:
     sampling: str = "uniform"  # 'uniform' over descendants, or 'flops' (a FLOPs group, then a member)
     batch_size: int = 64
     seed: int = 0
+
+
+DEFAULT_EPOCHS = {"all": 40, "target": 10}
 
 
 def flops_groups(specs: list[DescSpec], flops: dict[str, int], n_groups: int = 4) -> list[list[DescSpec]]:
@@ -163,11 +169,16 @@ def train_descendants(pm: PoolModel, train_specs: list[DescSpec], spec: Assemble
     L.seed_everything(spec.seed, verbose=False)
     module = AssembleModule(pm, train_specs, spec, teacher=teacher, flops=flops)
     targs = copy.copy(trainer_args or TrainerArgs())
+    if spec.epochs is None:
+        spec.epochs = DEFAULT_EPOCHS["target" if len(train_specs) == 1 else "all"]
     targs.max_epochs = spec.epochs
+    if targs.strategy == "ddp":
+        # one sampled descendant per step leaves the other stitches without gradients
+        targs.strategy = "ddp_find_unused_parameters_true"
     trainer = make_trainer(targs)
     trainer.validate(module, datamodule=dm, verbose=False)  # epoch 0: the initialisation
     if spec.epochs > 0:
         trainer.fit(module, datamodule=dm)
     best = module.restore_best()
     pm.cpu().eval()
-    return {"best": best, "history": module.history, "steps": trainer.global_step}
+    return {"best": best, "history": module.history, "steps": trainer.global_step, "rank0": trainer.is_global_zero}

@@ -1,0 +1,215 @@
+"""assemble on the embedded default pool: stitch init (lstsq vs distill), the default joint
+training budget over 3 seeds against the same architectures trained from scratch, and the
+wall time of `learngene assemble --size=tiny`. Writes benchmarks/results/assemble.{md,csv,json}.
+
+    learngene build-pool          # once: pools/embedded
+    python benchmarks/assemble.py [--pool pools/embedded] [--seeds 0 1 2]
+
+Scratch: every descendant architecture (narrow, stitched, wide) from random init, trained
+alone with CE for the same number of epochs as the joint run (so each one gets 18x the
+optimizer steps a descendant gets in the joint run), lr 1e-3 (the calibration's best for scratch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ancestor import cpu_name  # noqa: E402
+
+
+def quiet():
+    from learngene.training import TrainerArgs
+
+    return TrainerArgs(progress=False, accelerator="cpu")
+
+
+def init_accuracy(pool_dir: Path) -> dict:
+    from learngene.assemble.api import evaluate_specs, init_stitches, load_pool_model, make_datamodule
+    from learngene.pool import Pool
+
+    pool = Pool.open(pool_dir)
+    dm = make_datamodule(pool, None, 64, None)
+    out = {}
+    for how in ("lstsq", "distill"):
+        pm, _ = load_pool_model(pool, "r0")
+        torch.manual_seed(0)
+        init_stitches(pool, pm, how, dm)
+        test = evaluate_specs(pm, pm.specs, dm.test_dataloader())
+        val = evaluate_specs(pm, pm.specs, dm.val_dataloader())
+        out[how] = {sid: {"val": val[sid]["top1"], "test": test[sid]["top1"]} for sid in test}
+    return out
+
+
+def copy_as_distilled(pool_dir: Path, dst: Path) -> Path:
+    """A copy of the pool as build-pool wrote it: no revisions, no children."""
+    shutil.copytree(pool_dir, dst, ignore=shutil.ignore_patterns("revisions", "children"))
+    m = json.loads((dst / "pool.json").read_text())
+    m["revisions"] = []
+    (dst / "pool.json").write_text(json.dumps(m))
+    return dst
+
+
+def joint(pool_dir: Path, seed: int, init: str) -> dict:
+    from learngene.assemble.api import assemble
+    from learngene.assemble.train import AssembleSpec
+
+    with tempfile.TemporaryDirectory() as d:
+        p = copy_as_distilled(pool_dir, Path(d) / "pool")
+        t0 = time.perf_counter()
+        res = assemble(p, train="all", init=init, spec=AssembleSpec(seed=seed), trainer_args=quiet(), progress=lambda m: None)
+        wall = time.perf_counter() - t0
+    return {"rows": res.rows, "seconds": wall, "best_epoch": res.trained["best"]["epoch"],
+            "history": [round(h["mean"], 2) for h in res.trained["history"]]}
+
+
+def scratch(pool_dir: Path, seed: int, epochs: int) -> dict:
+    import lightning as L
+
+    from learngene.assemble.api import load_pool_model, make_datamodule
+    from learngene.pool import Pool
+    from learngene.training import Classifier, OptimConfig, TrainerArgs, evaluate, make_trainer
+
+    pool = Pool.open(pool_dir)
+    pm, _ = load_pool_model(pool, "r0")
+    out = {}
+    for spec in pm.specs:
+        L.seed_everything(seed, verbose=False)
+        model = pm.descendant(spec)
+        for mod in model.modules():  # random init, the way timm initialises a new model
+            if hasattr(mod, "reset_parameters") and mod is not model:
+                mod.reset_parameters()
+        if hasattr(model, "init_weights"):
+            model.init_weights()
+        dm = make_datamodule(pool, None, 64, None)
+        dm.seed = seed
+        targs = TrainerArgs(progress=False, accelerator="cpu", max_epochs=epochs)
+        make_trainer(targs).fit(Classifier(model, OptimConfig(lr=1e-3)), datamodule=dm)
+        out[spec.id] = evaluate(model, dm.test_dataloader())["top1"]
+    return out
+
+
+def cli_seconds(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "learngene.cli", "assemble", *args], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(r.stderr)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pool", default="pools/embedded")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--skip-scratch", action="store_true")
+    ap.add_argument("--md-only", action="store_true", help="rewrite assemble.md from assemble.json")
+    a = ap.parse_args()
+    if a.md_only:
+        return write_md(json.loads((RESULTS / "assemble.json").read_text()))
+    pool_dir = Path(a.pool)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from learngene.assemble.train import DEFAULT_EPOCHS
+
+    epochs = DEFAULT_EPOCHS["all"]
+    res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
+           "epochs": epochs}
+    # the CLI: a pool without revisions (trains the tiny target), then one already assembled
+    with tempfile.TemporaryDirectory() as d:
+        p = copy_as_distilled(pool_dir, Path(d) / "pool")
+        m = json.loads((p / "pool.json").read_text())
+        res["cli_tiny_fresh_s"] = cli_seconds(["--pool", str(p), "--size", "tiny", "-q"])
+        child = json.loads(next((p / "children").glob("*/config.json")).read_text())["learngene"]["descendant"]
+        res["cli_tiny_child"] = child
+        res["ancestor_params"] = m["ancestor"]["params"]
+        cli_seconds(["--pool", str(p), "--all", "-q"])
+        res["cli_tiny_assembled_s"] = cli_seconds(["--pool", str(p), "--size", "tiny", "-q", "--force"])
+    res["init"] = init_accuracy(pool_dir)
+    res["joint"] = {init: {s: joint(pool_dir, s, init) for s in a.seeds} for init in ("lstsq", "distill")}
+    (RESULTS / "assemble.json").write_text(json.dumps(res, indent=2))  # timed parts done
+    if not a.skip_scratch:
+        res["scratch"] = {s: scratch(pool_dir, s, epochs) for s in a.seeds}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "assemble.json").write_text(json.dumps(res, indent=2))
+    write_md(res)
+
+
+def ms(xs):
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def write_md(res: dict) -> None:
+    seeds = list(res["joint"]["lstsq"])
+    ids = [r["id"] for r in res["joint"]["lstsq"][seeds[0]]["rows"]]
+    params = {r["id"]: r["params"] for r in res["joint"]["lstsq"][seeds[0]]["rows"]}
+    lines = ["# assemble on the embedded default pool", "",
+             "`python benchmarks/assemble.py` (pool built by `learngene build-pool`).", "",
+             f"Machine: {res['machine']}. Default budget: {res['epochs']} joint epochs, one descendant sampled per step, "
+             "0.5 CE + 0.5 KL to the ancestor, lr 1e-4 inherited / 1e-3 stitches, best validation state kept.", ""]
+    # init
+    lines += ["## Right after stitch initialisation (no training)", "",
+              "| init | mean test top1 (18) | mean stitched (16) | min | mean val top1 |", "|---|---|---|---|---|"]
+    for how, acc in res["init"].items():
+        t = [v["test"] for v in acc.values()]
+        st = [v["test"] for k, v in acc.items() if k.startswith("stitch")]
+        lines.append(f"| {how} | {statistics.mean(t):.2f} | {statistics.mean(st):.2f} | {min(st):.2f} | "
+                     f"{statistics.mean(v['val'] for v in acc.values()):.2f} |")
+    # joint vs scratch
+    lines += ["", f"## After the default budget, test top1 per descendant (mean ± std over seeds {seeds})", ""]
+    head = "| descendant | params | lstsq init, joint | distill init, joint |" + (" scratch, same epochs alone |" if "scratch" in res else "")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    summary = {}
+    for sid in ids:
+        cells = [sid, f"{params[sid] / 1e6:.3f}M"]
+        for init in ("lstsq", "distill"):
+            xs = [next(r for r in res["joint"][init][s]["rows"] if r["id"] == sid)["test_top1"] for s in seeds]
+            summary.setdefault(init, []).append(xs)
+            cells.append(ms(xs))
+        if "scratch" in res:
+            xs = [res["scratch"][s][sid] for s in seeds]
+            summary.setdefault("scratch", []).append(xs)
+            cells.append(ms(xs))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| method | mean over descendants | min descendant (mean over seeds) | descendants >= 95% | wall s (joint run, median) |",
+              "|---|---|---|---|---|"]
+    for name, per in summary.items():
+        means = [statistics.mean(x) for x in per]
+        wall = None
+        if name in res["joint"]:
+            wall = f"{statistics.median(res['joint'][name][s]['seconds'] for s in seeds):.1f}"
+        lines.append(f"| {name} | {statistics.mean(means):.2f} | {min(means):.2f} | {sum(m >= 95 for m in means)}/{len(means)} | {wall or '-'} |")
+    below = []
+    for s in seeds:
+        for r in res["joint"]["lstsq"][s]["rows"]:
+            if r.get("init_val_top1") is not None and r["val_top1"] < r["init_val_top1"]:
+                below.append(f"{r['id']} (seed {s}: {r['init_val_top1']} -> {r['val_top1']})")
+    lines += ["", "Validation top1 after training below the descendant's own value right after init (lstsq, all seeds): "
+              + (", ".join(below) if below else "none") + "."]
+    hist = {s: res["joint"]["lstsq"][s]["history"] for s in seeds}
+    lines += ["", "Mean validation top1 over the descendants by epoch (lstsq; epoch 0 = after init; the best state is kept): "
+              + "; ".join(f"seed {s}: " + " ".join(f"{v:.1f}" for v in h) for s, h in hist.items())]
+    c = res["cli_tiny_child"]
+    lines += ["", "## `learngene assemble --size=tiny`", "",
+              f"- on a pool with no revision (stitch init + training of the chosen child): **{res['cli_tiny_fresh_s']:.1f} s**; "
+              f"child `{c['id']}`, {c['params']:,} params = {100 * c['params'] / res['ancestor_params']:.2f}% of the ancestor "
+              f"(goal <= 6.6%), test top1 {c['test_top1']}%",
+              f"- on a pool already assembled with `--all`: **{res['cli_tiny_assembled_s']:.1f} s**", ""]
+    text = "\n".join(lines)
+    (RESULTS / "assemble.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
