@@ -163,7 +163,7 @@ def test_bad_recipes_write_nothing(tmp_path, digits_ancestor, change, expected):
 def test_shipped_recipes_parse():
     from learngene.pool.build import resolve_recipe_path
 
-    for name, widths in (("embedded", [32, 128]), ("deit-base-d6", [192, 768]), ("deit-base-d9", [192, 768])):
+    for name, widths in (("embedded", [48, 128]), ("deit-base-d6", [192, 768]), ("deit-base-d9", [192, 768])):
         r = load_recipe(resolve_recipe_path(name))
         assert [a.embed_dim for a in r.auxiliary] == widths
     r = load_recipe(resolve_recipe_path("embedded"), ["auxiliary.*.epochs=3", "distill.alpha=0.5"])
