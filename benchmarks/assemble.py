@@ -116,6 +116,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--skip-scratch", action="store_true")
     ap.add_argument("--md-only", action="store_true", help="rewrite assemble.md from assemble.json")
+    ap.add_argument("--scratch-only", action="store_true", help="add the scratch column to assemble.json")
+    ap.add_argument("--threads", type=int, help="torch threads for --scratch-only")
     a = ap.parse_args()
     if a.md_only:
         return write_md(json.loads((RESULTS / "assemble.json").read_text()))
@@ -124,6 +126,15 @@ def main():
     from learngene.assemble.train import DEFAULT_EPOCHS
 
     epochs = DEFAULT_EPOCHS["all"]
+    if a.scratch_only:
+        # The untimed, long part on its own: one process per seed can run side by side
+        # (--threads 1), each merging its seeds into assemble.json when done.
+        torch.set_num_threads(a.threads or torch.get_num_threads())
+        got = {str(s): scratch(pool_dir, s, epochs) for s in a.seeds}
+        res = json.loads((RESULTS / "assemble.json").read_text())
+        res["scratch"] = {**res.get("scratch", {}), **got}
+        (RESULTS / "assemble.json").write_text(json.dumps(res, indent=2))
+        return write_md(res)
     res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
            "epochs": epochs}
     # the CLI: a pool without revisions (trains the tiny target), then one already assembled
@@ -178,7 +189,7 @@ def write_md(res: dict) -> None:
             summary.setdefault(init, []).append(xs)
             cells.append(ms(xs))
         if "scratch" in res:
-            xs = [res["scratch"][s][sid] for s in seeds]
+            xs = [res["scratch"][s][sid] for s in seeds if s in res["scratch"]]
             summary.setdefault("scratch", []).append(xs)
             cells.append(ms(xs))
         lines.append("| " + " | ".join(cells) + " |")
