@@ -8,7 +8,6 @@ an empty cache each time, and record test accuracy and the wall time of the whol
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,11 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    import torch
+
+    from learngene.bench.metrics import device_name
+
+    return device_name(torch.device("cpu"))
 
 
 def main() -> None:

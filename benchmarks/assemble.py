@@ -6,8 +6,11 @@ wall time of `learngene assemble --size=tiny`. Writes benchmarks/results/assembl
     python benchmarks/assemble.py [--pool pools/embedded] [--seeds 0 1 2]
 
 Scratch: every descendant architecture (narrow, stitched, wide) from random init, trained
-alone with CE for the same number of epochs as the joint run (so each one gets 18x the
-optimizer steps a descendant gets in the joint run), lr 1e-3 (the calibration's best for scratch).
+alone with CE at lr 1e-3 (the calibration's best for scratch), at two budgets: the same
+total optimizer steps as the joint run (each architecture its 1/18 share: the same compute
+for the whole zoo) and the same number of epochs each (18x the joint run's compute).
+The scratch part is long; `--scratch-only [--scratch-kind share] --seeds S --threads 1`
+runs it on its own, one process per seed, merging into assemble.json.
 """
 
 from __future__ import annotations
@@ -76,7 +79,10 @@ def joint(pool_dir: Path, seed: int, init: str) -> dict:
             "history": [round(h["mean"], 2) for h in res.trained["history"]]}
 
 
-def scratch(pool_dir: Path, seed: int, epochs: int) -> dict:
+def scratch(pool_dir: Path, seed: int, epochs: int, share: bool = False) -> dict:
+    """Every descendant architecture from random init, alone, CE, lr 1e-3. ``share``: each
+    gets its share of the joint run's optimizer steps (epochs x batches / #descendants),
+    the same total compute as the joint run; else ``epochs`` full epochs each."""
     import lightning as L
 
     from learngene.assemble.api import load_pool_model, make_datamodule
@@ -97,8 +103,10 @@ def scratch(pool_dir: Path, seed: int, epochs: int) -> dict:
         dm = make_datamodule(pool, None, 64, None)
         dm.seed = seed
         targs = TrainerArgs(progress=False, accelerator="cpu", max_epochs=epochs)
-        make_trainer(targs).fit(Classifier(model, OptimConfig(lr=1e-3)), datamodule=dm)
+        steps = epochs * len(dm.train_dataloader()) // len(pm.specs) if share else -1
+        make_trainer(targs, max_steps=steps).fit(Classifier(model, OptimConfig(lr=1e-3)), datamodule=dm)
         out[spec.id] = evaluate(model, dm.test_dataloader())["top1"]
+        print(f"scratch{' share' if share else ''} seed {seed} {spec.id}: {out[spec.id]:.2f}", file=sys.stderr, flush=True)
     return out
 
 
@@ -118,6 +126,8 @@ def main():
     ap.add_argument("--md-only", action="store_true", help="rewrite assemble.md from assemble.json")
     ap.add_argument("--scratch-only", action="store_true", help="add the scratch column to assemble.json")
     ap.add_argument("--threads", type=int, help="torch threads for --scratch-only")
+    ap.add_argument("--scratch-kind", choices=["epochs", "share"], default="epochs",
+                    help="--scratch-only: the same epochs each, or each its share of the joint run's steps")
     a = ap.parse_args()
     if a.md_only:
         return write_md(json.loads((RESULTS / "assemble.json").read_text()))
@@ -130,9 +140,10 @@ def main():
         # The untimed, long part on its own: one process per seed can run side by side
         # (--threads 1), each merging its seeds into assemble.json when done.
         torch.set_num_threads(a.threads or torch.get_num_threads())
-        got = {str(s): scratch(pool_dir, s, epochs) for s in a.seeds}
+        key = "scratch" if a.scratch_kind == "epochs" else "scratch_share"
+        got = {str(s): scratch(pool_dir, s, epochs, share=key == "scratch_share") for s in a.seeds}
         res = json.loads((RESULTS / "assemble.json").read_text())
-        res["scratch"] = {**res.get("scratch", {}), **got}
+        res[key] = {**res.get(key, {}), **got}
         (RESULTS / "assemble.json").write_text(json.dumps(res, indent=2))
         return write_md(res)
     res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -151,6 +162,7 @@ def main():
     res["joint"] = {init: {s: joint(pool_dir, s, init) for s in a.seeds} for init in ("lstsq", "distill")}
     (RESULTS / "assemble.json").write_text(json.dumps(res, indent=2))  # timed parts done
     if not a.skip_scratch:
+        res["scratch_share"] = {s: scratch(pool_dir, s, epochs, share=True) for s in a.seeds}
         res["scratch"] = {s: scratch(pool_dir, s, epochs) for s in a.seeds}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "assemble.json").write_text(json.dumps(res, indent=2))
@@ -179,7 +191,9 @@ def write_md(res: dict) -> None:
                      f"{statistics.mean(v['val'] for v in acc.values()):.2f} |")
     # joint vs scratch
     lines += ["", f"## After the default budget, test top1 per descendant (mean ± std over seeds {seeds})", ""]
-    head = "| descendant | params | lstsq init, joint | distill init, joint |" + (" scratch, same epochs alone |" if "scratch" in res else "")
+    scr = [(k, t) for k, t in (("scratch_share", "scratch, same total steps"), ("scratch", "scratch, same epochs each"))
+           if k in res]
+    head = "| descendant | params | lstsq init, joint | distill init, joint |" + "".join(f" {t} |" for _, t in scr)
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     summary = {}
     for sid in ids:
@@ -188,9 +202,9 @@ def write_md(res: dict) -> None:
             xs = [next(r for r in res["joint"][init][s]["rows"] if r["id"] == sid)["test_top1"] for s in seeds]
             summary.setdefault(init, []).append(xs)
             cells.append(ms(xs))
-        if "scratch" in res:
-            xs = [res["scratch"][s][sid] for s in seeds if s in res["scratch"]]
-            summary.setdefault("scratch", []).append(xs)
+        for k, _ in scr:
+            xs = [res[k][s][sid] for s in seeds if s in res[k]]
+            summary.setdefault(k, []).append(xs)
             cells.append(ms(xs))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| method | mean over descendants | min descendant (mean over seeds) | descendants >= 95% | wall s (joint run, median) |",

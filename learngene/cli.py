@@ -24,7 +24,7 @@ VERBS = {
     "grow": "make a model larger without changing what it computes",
     "adapt": "fit a model to a new task with a small stored delta (LoRA / adapters)",
 }
-NOT_BUILT = {"bench": 5, "target": 5, "grow": 6, "adapt": 7}
+NOT_BUILT = {"grow": 6, "adapt": 7}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,6 +129,31 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print the result as JSON")
             sp.add_argument("--workers", type=int, default=None, help="DataLoader workers")
             add_trainer_args(sp)
+        elif verb == "bench":
+            sp.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
+            sp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+            sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+            sp.add_argument("--batch-sizes", default="1,32", help="latency batch sizes (default 1,32)")
+            sp.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
+            sp.add_argument("--include", default="", help="also measure: ancestor, children (comma-separated)")
+            sp.add_argument("--revision", default="latest", help="pool revision to measure (default latest)")
+            sp.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per model and batch size")
+            sp.add_argument("--out", metavar="DIR", help="report folder (default: POOL/reports/<device>-<time>)")
+            sp.add_argument("--json", action="store_true", help="print the rows as JSON")
+            sp.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+        elif verb == "target":
+            sp.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
+            sp.add_argument("--max-latency-ms", type=float, default=None, required=True, help="latency budget per batch, ms")
+            sp.add_argument("--batch-size", type=int, default=1, help="batch size the budget is for (default 1)")
+            sp.add_argument("--min-top1", type=float, default=None, help="lowest acceptable test top1, %%")
+            sp.add_argument("--max-params", type=float, default=None, help="most parameters")
+            sp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+            sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+            sp.add_argument("--remeasure", action="store_true", help="measure now even if a report for this device exists")
+            sp.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
+            sp.add_argument("--out", metavar="DIR", help="child folder (default: POOL/children/<id>)")
+            sp.add_argument("--force", action="store_true", help="replace an existing child folder")
+            sp.add_argument("--json", action="store_true", help="print the result as JSON")
         elif verb == "pool":
             sp.add_argument("action", choices=["info", "verify"])
             sp.add_argument("path", metavar="PATH")
@@ -244,7 +269,53 @@ def cmd_assemble(ns: argparse.Namespace) -> int:
     return 0
 
 
-def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | None = None) -> None:
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from learngene.bench import bench
+
+    res = bench(ns.pool, device=ns.device, threads=ns.threads, batch_sizes=ns.batch_sizes, data=ns.data,
+                include=[i.strip() for i in ns.include.split(",")], revision=ns.revision, out=ns.out,
+                min_run_time=ns.min_run_time, num_workers=ns.workers, progress=not ns.quiet and not ns.json and sys.stderr.isatty())
+    if ns.json:
+        print(res.df.to_json(orient="records", indent=2))
+        return 0
+    m = res.meta
+    print(f"{m['pool']} (revision {m['revision']}, stitches {m['stitches']}) on {m['device_name']}, {m['threads']} threads")
+    for bs, g in res.df.groupby("infer_batch_size"):
+        print(f"batch {bs}:")
+        rows = [dict(r, id=r["model"], ms=r["infer_step_time"], params_m=r["param_count"], mflops=r["flops"] / 1e6,
+                     img_per_s=r["infer_samples_per_sec"]) for r in g.sort_values("infer_step_time").to_dict("records")]
+        print_table(rows, ["id", "top1", "knn_top1", "params_m", "mflops", "ms", "img_per_s"], False,
+                    mark={r["id"] for r in rows if r["pareto"]})
+    print(f"report: {res.report}/frontier.md (+ .csv .json .png), {res.seconds:.1f} s")
+    return 0
+
+
+def cmd_target(ns: argparse.Namespace) -> int:
+    from learngene.bench.budget import target
+
+    res = target(ns.pool, max_latency_ms=ns.max_latency_ms, batch_size=ns.batch_size, min_top1=ns.min_top1,
+                 max_params=ns.max_params, device=ns.device, threads=ns.threads, data=ns.data, out=ns.out,
+                 force=ns.force, remeasure=ns.remeasure, progress=not ns.quiet and not ns.json and sys.stderr.isatty())
+    if ns.json:
+        print(json.dumps({"chosen": res.chosen, "alternatives": res.alternatives, "child": str(res.child),
+                          "report": str(res.report), "measured_now": res.measured_now}, indent=2))
+        return 0
+
+    def say(r):
+        return (f"{r['model']}: top1 {r['top1']:.2f}%, {r['infer_step_time']:.2f} ms per batch of {r['infer_batch_size']}, "
+                f"{r['param_count']:.3f}M params")
+
+    c = res.chosen
+    print(f"chosen {say(c)}: the most accurate descendant within {ns.max_latency_ms:g} ms"
+          f" ({'measured now' if res.measured_now else 'report'} {res.report})")
+    for r in res.alternatives:
+        why = "fits, less accurate" if r["infer_step_time"] <= ns.max_latency_ms else "more accurate, over budget"
+        print(f"  alternative {say(r)} ({why})")
+    print(f"child -> {res.child}")
+    return 0
+
+
+def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | set | None = None) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -255,7 +326,7 @@ def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | No
     widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in cols}
     print("  " + "  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
-        flag = "* " if r["id"] == mark else "  "
+        flag = "* " if (r["id"] in mark if isinstance(mark, set) else r["id"] == mark) else "  "
         print(flag + "  ".join(cell(r.get(c)).ljust(widths[c]) for c in cols))
 
 
@@ -286,6 +357,11 @@ def cmd_pool(ns: argparse.Namespace) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
+    import logging
+
+    # torch.utils.benchmark / torch.export import cpp_extension, which warns about a missing
+    # CUDA toolkit on CPU machines: noise that would break "one line on error"
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     parser = build_parser()
     ns, unknown = parser.parse_known_args(argv)
     if ns.verb is None and not unknown:
@@ -296,7 +372,8 @@ def run(argv: list[str] | None = None) -> int:
     if ns.verb in NOT_BUILT:
         print(f"learngene {ns.verb}: not built yet (see issue #{NOT_BUILT[ns.verb]})", file=sys.stderr)
         return 1
-    return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool, "assemble": cmd_assemble}[ns.verb](ns)
+    return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool, "assemble": cmd_assemble,
+            "bench": cmd_bench, "target": cmd_target}[ns.verb](ns)
 
 
 def main(argv: list[str] | None = None) -> int:

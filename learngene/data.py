@@ -304,11 +304,11 @@ class LearngeneDataModule(L.LightningDataModule):
         self.setup()
         return self._sets[split]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, eval_batch: bool = False) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.dataset(split),
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            batch_size=self.eval_batch_size if eval_batch or split != "train" else self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -325,6 +325,11 @@ class LearngeneDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """A split in order at the evaluation batch size; with ``augment=False`` the training
+        split too sees the evaluation transform (features for a kNN probe)."""
+        return self._loader(split, shuffle=False, eval_batch=True)
 
     def fingerprint(self) -> str:
         """Short id of the data a model was trained on (cache keys, manifests)."""

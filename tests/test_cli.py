@@ -35,7 +35,7 @@ def test_help_lists_every_verb():
 
 
 def test_unbuilt_verb_says_so():
-    r = learngene("grow", "--from", "x")
+    r = learngene("grow", "--from", "x")  # issue 6
     assert r.returncode == 1 and "not built yet" in r.stderr
 
 

@@ -1,0 +1,120 @@
+"""What bench measures of one model: top1/top5, a kNN probe of its features, latency and
+peak memory on this device. Every function takes a plain nn.Module (a timm ViT)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def device_name(device: torch.device) -> str:
+    """The processor a figure was measured on: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@torch.no_grad()
+def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-logit features, logits and labels over a loader, in one pass (timm's
+    forward_features -> forward_head(pre_logits=True) -> head)."""
+    model.eval().to(device)
+    feats, logits, labels = [], [], []
+    for x, y in loader:
+        f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
+        feats.append(f.float().cpu())
+        logits.append(model.head(f).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(logits), torch.cat(labels)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    top = logits.topk(min(max(ks), logits.shape[1]), -1).indices
+    hit = top == labels[:, None]
+    return {f"top{k}": round(100 * hit[:, :k].any(-1).float().mean().item(), 2) for k in ks}
+
+
+def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+             k: int = 20, temperature: float = 0.07) -> float:
+    """DINO's weighted kNN classifier on L2-normalised features: the k nearest training
+    features by cosine similarity (faiss IndexFlatIP) vote with weight exp(sim / T)."""
+    import faiss  # lazily: faiss and torch can clash over OpenMP depending on import order
+
+    tr = F.normalize(train_f.float(), dim=1).numpy()
+    te = F.normalize(test_f.float(), dim=1).numpy()
+    index = faiss.IndexFlatIP(tr.shape[1])
+    index.add(tr)
+    k = min(k, len(tr))
+    sims, idx = index.search(te, k)
+    sims, idx = torch.from_numpy(sims), torch.from_numpy(idx).long()
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    votes = torch.zeros(len(te), n_cls)
+    votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+    return round(100 * (votes.argmax(1) == test_y).float().mean().item(), 2)
+
+
+@torch.no_grad()
+def latency(model: nn.Module, batch_size: int, img_size: int, device: torch.device,
+            min_run_time: float = 0.3, in_chans: int = 3) -> dict:
+    """Median and p90 seconds per forward of one batch (torch.utils.benchmark, after a
+    warm-up), images/s, and the peak memory of a forward in MiB.
+
+    Samples of about 5 ms each (n forwards averaged, n from a first estimate) until
+    ``min_run_time`` is spent: enough of them for a p90, none dominated by timer overhead."""
+    import torch.utils.benchmark as tb
+
+    model.eval().to(device)
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+    for _ in range(3):  # warm-up: allocator, kernels, caches
+        model(x)
+    timer = tb.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
+    first = timer.timeit(3).median
+    n = max(1, int(0.005 / max(first, 1e-6)))
+    samples, spent = [], 0.0
+    while spent < min_run_time or len(samples) < 5:
+        t = timer.timeit(n).median
+        samples.append(t)
+        spent += t * n
+    times = torch.tensor(samples)
+    median = float(times.median())
+    return {"median_s": median, "p90_s": float(torch.quantile(times, 0.9)), "samples_per_sec": batch_size / median,
+            "peak_mib": peak_memory_mib(model, x)}
+
+
+@torch.no_grad()
+def peak_memory_mib(model: nn.Module, x: torch.Tensor) -> float | None:
+    """Peak memory of one forward beyond what was in use before it: CUDA's allocator
+    statistics on a GPU; on Linux CPUs, the process's resident high-water mark (reset
+    through /proc/self/clear_refs) above its resident size before the forward. None where
+    neither is available."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        model(x)
+        torch.cuda.synchronize(x.device)
+        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+        before = _status_kib("VmRSS")
+        model(x)
+        return max(_status_kib("VmHWM") - before, 0) / 1024
+    except OSError:
+        return None
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(field)

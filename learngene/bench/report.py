@@ -1,0 +1,94 @@
+"""The frontier report: the Pareto front of accuracy against latency, and its four files
+(frontier.csv / .json / .md / .png), written into a staging folder renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+
+def mark_pareto(df: pd.DataFrame, acc: str = "top1", cost: str = "infer_step_time") -> pd.Series:
+    """True for the rows no other row of the same batch size beats: at least as accurate
+    and at most as slow, strictly better in one of the two."""
+    out = pd.Series(False, index=df.index)
+    for _, g in df.groupby("infer_batch_size"):
+        for i, r in g.iterrows():
+            better = (g[acc] >= r[acc]) & (g[cost] <= r[cost]) & ((g[acc] > r[acc]) | (g[cost] < r[cost]))
+            out[i] = not better.any()
+    return out
+
+
+def frontier_md(df: pd.DataFrame, meta: dict) -> str:
+    lines = [f"# Frontier of {meta['pool']} on {meta['device_name']}", "",
+             f"Device {meta['device']} ({meta['device_name']}), {meta['threads']} threads, torch {meta['torch']}; "
+             f"pool revision {meta['revision']}, data {meta['data']} ({meta['test_images']} test images); "
+             f"{meta['created']}. `*`: on the accuracy / latency Pareto front of its batch size. "
+             "knn_top1: DINO's weighted kNN (k=20, T=0.07) on L2-normalised pre-logit features.", ""]
+    cols = ["model", "top1", "top5", "knn_top1", "param_count", "infer_gmacs", "infer_step_time", "infer_step_time_p90",
+            "infer_samples_per_sec", "infer_peak_mib"]
+    for bs, g in df.groupby("infer_batch_size"):
+        lines += [f"## batch {bs}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for _, r in g.sort_values("infer_step_time").iterrows():
+            cells = ["" if pd.isna(r[c]) else f"{r[c]:.3f}" if c in ("infer_step_time", "infer_step_time_p90", "infer_gmacs")
+                     else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+            lines.append("| " + ("*" if r["pareto"] else "") + " | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["infer_step_time: median ms per batch (p90 beside it), torch.utils.benchmark after a warm-up; "
+              "param_count in millions; infer_gmacs per image; infer_peak_mib: peak memory of a forward above what "
+              "was in use before it.", ""]
+    return "\n".join(lines)
+
+
+def frontier_png(df: pd.DataFrame, meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    bs = 1 if (df.infer_batch_size == 1).any() else int(df.infer_batch_size.min())
+    g = df[df.infer_batch_size == bs]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), dpi=110)
+    colors = {"narrow": "tab:blue", "wide": "tab:red", "stitch": "tab:gray", "child": "tab:green", "ancestor": "black"}
+    for ax, x, xlabel in ((axes[0], "infer_step_time", f"latency, ms per batch of {bs} (median, log scale)"),
+                          (axes[1], "param_count", "parameters, millions (log scale)")):
+        for kind, k in g.groupby("kind"):
+            ax.scatter(k[x], k.top1, s=36, color=colors.get(kind, "tab:purple"), label=kind, zorder=3)
+        front = g.sort_values(x)
+        front = front[front.top1 >= front.top1.cummax()]  # the running best: the front along this axis
+        ax.step(front[x], front.top1, where="post", color="tab:orange", lw=1.5, label="Pareto front", zorder=2)
+        for _, r in g.iterrows():
+            ax.annotate(r["model"], (r[x], r.top1), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 20, not 2x10^1
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test top1 (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"{meta['pool']} on {meta['device_name']} ({meta['threads']} threads), revision {meta['revision']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(df: pd.DataFrame, meta: dict, out: Path) -> Path:
+    """frontier.{csv,json,md,png} in ``out``, which must not exist; nothing is left behind
+    if writing fails."""
+    stage = out.parent / f".{out.name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        df.to_csv(stage / "frontier.csv", index=False)
+        (stage / "frontier.json").write_text(json.dumps({"meta": meta, "rows": json.loads(df.to_json(orient="records"))}, indent=2))
+        (stage / "frontier.md").write_text(frontier_md(df, meta))
+        frontier_png(df, meta, stage / "frontier.png")
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out

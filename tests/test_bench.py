@@ -1,0 +1,134 @@
+"""bench on a real (tiny) pool: the measured accuracies equal the pool's own evaluation,
+the kNN probe and the Pareto marking do what they say, the four report files are written,
+and bad input is one line with nothing written."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from learngene.bench.metrics import knn_top1, latency
+from learngene.bench.report import mark_pareto
+from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
+from test_cli import assert_one_line_error, learngene
+
+
+def test_knn_probe_votes_with_similarity_weights():
+    # two tight clusters on the unit circle: every test point's neighbours share its label
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ty = torch.arange(40) % 2
+    tr = centres[ty] + 0.05 * torch.randn(40, 2, generator=g)
+    assert knn_top1(tr, ty, centres, torch.tensor([0, 1]), k=5) == 100.0
+    # k covering all points: the vote is decided by exp(sim / T), not by counts. 3 far
+    # points of class 1 against 1 point of class 0 right at the query.
+    tr = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    q = torch.tensor([[1.0, 0.0]])
+    assert knn_top1(tr, torch.tensor([0, 1, 1, 1]), q, torch.tensor([0]), k=4) == 100.0
+    assert knn_top1(tr, torch.tensor([0, 1, 1, 1]), q, torch.tensor([0]), k=4, temperature=100.0) == 0.0
+
+
+def test_pareto_marks_the_undominated_rows_per_batch_size():
+    df = pd.DataFrame({"infer_batch_size": [1, 1, 1, 1, 32],
+                       "top1": [90.0, 95.0, 94.0, 95.0, 10.0],
+                       "infer_step_time": [1.0, 2.0, 3.0, 2.5, 100.0]})
+    assert mark_pareto(df).tolist() == [True, True, False, False, True]
+
+
+def test_latency_reports_median_p90_and_throughput():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    lat = latency(model, 4, 8, torch.device("cpu"), min_run_time=0.01)
+    assert 0 < lat["median_s"] <= lat["p90_s"]
+    assert lat["samples_per_sec"] == pytest.approx(4 / lat["median_s"])
+
+
+def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_path):  # noqa: F811
+    from learngene.assemble.api import evaluate_specs, init_stitches, load_pool_model, make_datamodule
+    from learngene.bench import bench
+    from learngene.data import LearngeneDataModule
+    from learngene.pool import Pool
+
+    pool = fresh_pool(setup_dir, tmp_path)
+    res = bench(pool, batch_sizes="1,4", include=["ancestor"], min_run_time=0.01)
+    df = res.df
+    assert len(df) == 2 * 10 and set(df.infer_batch_size) == {1, 4}  # 9 descendants + the ancestor
+    assert res.report.parent == pool / "reports" and res.report.name.startswith("cpu-")
+    for name in ("frontier.csv", "frontier.json", "frontier.md", "frontier.png"):
+        assert (res.report / name).stat().st_size > 0
+    assert not list((pool / "reports").glob(".*partial"))
+    saved = json.loads((res.report / "frontier.json").read_text())
+    assert saved["meta"]["stitches"] == "lstsq init, untrained" and len(saved["rows"]) == 20
+    # the accuracies are the pool's own: the same lstsq init evaluated through PoolModel
+    p = Pool.open(pool)
+    pm, _ = load_pool_model(p, "latest")
+    dm = make_datamodule(p, LearngeneDataModule(None, augment=False), 64, None)
+    init_stitches(p, pm, "lstsq", dm)
+    ref = evaluate_specs(pm, pm.specs, dm.test_dataloader())
+    b1 = df[df.infer_batch_size == 1].set_index("model")
+    for sid, acc in ref.items():
+        assert b1.loc[sid, "top1"] == pytest.approx(acc["top1"], abs=0.01)
+    assert (df.knn_top1.between(0, 100)).all() and (df.infer_step_time > 0).all()
+    assert df.groupby("infer_batch_size").pareto.any().all()
+    assert b1.loc["ancestor", "param_count"] > b1.loc["narrow", "param_count"]
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--include", "grown"], "--include"),
+    (["--device", "tpu"], "--device"),
+    (["--threads", "0"], "--threads"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args, culprit):  # noqa: F811
+    pool = fresh_pool(setup_dir, tmp_path)
+    r = learngene("bench", "--pool", pool, *args)
+    assert_one_line_error(r, culprit)
+    assert not (pool / "reports").exists()
+
+
+def test_cli_missing_pool(tmp_path):
+    r = learngene("bench", "--pool", tmp_path / "nope")
+    assert_one_line_error(r, "nope")
+
+
+def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
+    from learngene.bench.budget import pick
+    from learngene.errors import UserError
+
+    rows = [{"model": m, "top1": a, "infer_step_time": t, "param_count": p}
+            for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))]
+    best, alts = pick(rows, 2.5, None, None)
+    assert best["model"] == "b" and [r["model"] for r in alts] == ["d", "c"]
+    assert pick(rows, 2.5, None, 150_000)[0]["model"] == "d"
+    with pytest.raises(UserError, match="closest: a"):
+        pick(rows, 0.5, None, None)
+
+
+def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):  # noqa: F811
+    from learngene.bench import bench, target
+
+    pool = fresh_pool(setup_dir, tmp_path)
+    rep = bench(pool, batch_sizes=[1], min_run_time=0.01)
+    df = rep.df
+    budget = float(df.infer_step_time.median())
+    res = target(pool, max_latency_ms=budget)
+    assert not res.measured_now and res.report == rep.report
+    fits = df[df.infer_step_time <= budget]
+    assert res.chosen["top1"] == fits.top1.max() and res.chosen["infer_step_time"] <= budget
+    cfg = json.loads((res.child / "config.json").read_text())
+    assert res.child.name == res.chosen["model"] and cfg["learngene"]["descendant"]["id"] == res.chosen["model"]
+    # nothing fits: one line naming the closest options, no child written
+    r = learngene("target", "--pool", pool, "--max-latency-ms", "0.000001", "--out", tmp_path / "c2")
+    assert_one_line_error(r, "closest")
+    assert not (tmp_path / "c2").exists()
+
+
+def test_target_measures_when_no_report_fits_and_a_refusal_writes_nothing(setup_dir, tmp_path):  # noqa: F811
+    pool = fresh_pool(setup_dir, tmp_path)
+    r = learngene("target", "--pool", pool, "--max-latency-ms", "0.000001")
+    assert_one_line_error(r, "closest")
+    assert not (pool / "reports").exists() and not (pool / "children").exists()
+    r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["measured_now"] and (pool / "reports").is_dir() and (pool / "children" / out["chosen"]["model"]).is_dir()
