@@ -214,7 +214,11 @@ def write_md(res: dict) -> None:
         wall = None
         if name in res["joint"]:
             wall = f"{statistics.median(res['joint'][name][s]['seconds'] for s in seeds):.1f}"
-        lines.append(f"| {name} | {statistics.mean(means):.2f} | {min(means):.2f} | {sum(m >= 95 for m in means)}/{len(means)} | {wall or '-'} |")
+        label = {"lstsq": "joint, lstsq init", "distill": "joint, distill init", **dict(scr)}[name]
+        lines.append(f"| {label} | {statistics.mean(means):.2f} | {min(means):.2f} | {sum(m >= 95 for m in means)}/{len(means)} | {wall or '-'} |")
+    if scr:
+        lines += ["", "Scratch, same total steps: each architecture gets its 1/18 share of the joint run's optimizer steps "
+                  "(the compute that trains the whole zoo jointly). Scratch, same epochs each: 18x that compute in all."]
     below = []
     for s in seeds:
         for r in res["joint"]["lstsq"][s]["rows"]:
