@@ -58,7 +58,8 @@ def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_pa
         assert (res.report / name).stat().st_size > 0
     assert not list((pool / "reports").glob(".*partial"))
     saved = json.loads((res.report / "frontier.json").read_text())
-    assert saved["meta"]["stitches"] == "lstsq init, untrained" and len(saved["rows"]) == 20
+    assert saved["meta"]["stitches"].startswith("0 of 7 trained") and len(saved["rows"]) == 20
+    assert not df[df.kind == "stitch"].trained.any() and df[df.kind != "stitch"].trained.all()
     # the accuracies are the pool's own: the same lstsq init evaluated through PoolModel
     p = Pool.open(pool)
     pm, _ = load_pool_model(p, "latest")

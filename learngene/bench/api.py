@@ -79,7 +79,7 @@ def bench(
     """Measure top1/top5, kNN-probe top1, params, FLOPs, latency (median, p90, images/s)
     and peak memory of every descendant on ``device``; write the report into
     ``POOL/reports/<device>-<time>/`` (or ``out``) unless ``write`` is False."""
-    from learngene.assemble.api import init_stitches, load_pool_model, make_datamodule
+    from learngene.assemble.api import init_stitches, load_pool_model, make_datamodule, trained_ids
     from learngene.assemble.model import count_flops, count_params
     from learngene.bench.metrics import device_name, features_and_logits, knn_top1, latency, topk_accuracy
     from learngene.bench.report import mark_pareto, write_report
@@ -109,13 +109,16 @@ def bench(
     img = pm.narrow_args["img_size"]
     models = models_to_measure(pool, pm, include)
 
+    rev = pool.revision(revision)
+    done = trained_ids(pool, rev) if has_stitches else {"narrow", "wide"}
     rows = []
     bar = _bar(len(models), progress)
     for name, kind, model in models:
         tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), dev)
         te_f, te_logits, te_y = features_and_logits(model, dm.eval_loader("test"), dev)
         acc = topk_accuracy(te_logits, te_y)
-        base = {"model": name, "kind": kind, **acc, "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y),
+        # trained: False for a stitched descendant still at its stitch initialisation
+        base = {"model": name, "kind": kind, "trained": kind not in ("narrow", "wide", "stitch") or name in done, **acc, "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y),
                 "param_count": round(count_params(model) / 1e6, 4), "flops": count_flops(model.cpu(), img)}
         base["infer_gmacs"] = base["flops"] / 2e9
         for bs in sizes:
@@ -129,9 +132,10 @@ def bench(
     bar.close()
     df = pd.DataFrame(rows)
     df["pareto"] = mark_pareto(df)
-    rev = pool.revision(revision)
+    n_trained = sum(s.kind == "stitch" and s.id in done for s in pm.specs)
     meta = {"pool": str(pool.path), "revision": (rev or {}).get("id", "r0"),
-            "stitches": "trained" if has_stitches else "lstsq init, untrained", "device": str(dev),
+            "stitches": f"{n_trained} of {sum(s.kind == 'stitch' for s in pm.specs)} trained, the others at lstsq init",
+            "device": str(dev),
             "device_name": device_name(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "data": dm.name, "test_images": len(dm.dataset("test")), "batch_sizes": sizes, "created": created}
     if write:

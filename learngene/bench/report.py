@@ -26,9 +26,10 @@ def frontier_md(df: pd.DataFrame, meta: dict) -> str:
     lines = [f"# Frontier of {meta['pool']} on {meta['device_name']}", "",
              f"Device {meta['device']} ({meta['device_name']}), {meta['threads']} threads, torch {meta['torch']}; "
              f"pool revision {meta['revision']}, data {meta['data']} ({meta['test_images']} test images); "
-             f"{meta['created']}. `*`: on the accuracy / latency Pareto front of its batch size. "
+             f"{meta['created']}; stitches: {meta['stitches']} (column `trained`). "
+             "`*`: on the accuracy / latency Pareto front of its batch size. "
              "knn_top1: DINO's weighted kNN (k=20, T=0.07) on L2-normalised pre-logit features.", ""]
-    cols = ["model", "top1", "top5", "knn_top1", "param_count", "infer_gmacs", "infer_step_time", "infer_step_time_p90",
+    cols = ["model", "trained", "top1", "top5", "knn_top1", "param_count", "infer_gmacs", "infer_step_time", "infer_step_time_p90",
             "infer_samples_per_sec", "infer_peak_mib"]
     for bs, g in df.groupby("infer_batch_size"):
         lines += [f"## batch {bs}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
