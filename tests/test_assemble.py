@@ -255,3 +255,16 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
     victim = pool / "instances" / "narrow.b1.safetensors"
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
     assert_one_line_error(learngene("assemble", "--pool", pool, "--size", "tiny"), "checksum", str(victim))
+
+
+def test_assemble_ddp_two_cpu_processes(setup_dir, tmp_path):
+    # joint training under DDP: unused stitches must not stall the gradient sync, and only
+    # rank 0 writes the revision and the child
+    pool = fresh_pool(setup_dir, tmp_path)
+    r = learngene("assemble", "--pool", pool, "--all", "--config", "1,2", "--epochs", "1", "-q", "--json",
+                  "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((pool / "pool.json").read_text())
+    assert [rev["id"] for rev in m["revisions"]] == ["r1"] and m["revisions"][0]["train"] == "all"
+    assert (pool / "children" / "stitch-1-2" / "model.safetensors").is_file()
+    assert learngene("pool", "verify", pool).returncode == 0
