@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,9 +300,7 @@ def save_local_dir(
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with paths.staged_folder(folder) as tmp:
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"))
         if write_more is not None:
@@ -319,16 +315,6 @@ def save_local_dir(
         if extra:
             cfg["learngene"] = extra
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -45,6 +45,17 @@ def add_ancestor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-download", action="store_true", help="let timm download pretrained weights (otherwise cache only)")
 
 
+def add_pool_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """Where bench / target measure, and on what data."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
+
+
 def add_trainer_args(p: argparse.ArgumentParser) -> None:
     """Lightning's own flags, passed through (GPUs, several nodes, precision)."""
     g = p.add_argument_group("Lightning")
@@ -101,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 embedded, 8 ImageFolder)")
             add_trainer_args(sp)
         elif verb == "assemble":
-            sp.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
+            add_pool_arg(sp)
             pick = sp.add_argument_group("the child to export (one of)")
             pick.add_argument("--size", help="tiny | small | base: parameter budget scaled from DeiT-Ti/S/B to the ancestor")
             pick.add_argument("--params", type=float, metavar="N", help="at most N parameters")
@@ -130,11 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--workers", type=int, default=None, help="DataLoader workers")
             add_trainer_args(sp)
         elif verb == "bench":
-            sp.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
-            sp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-            sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+            add_pool_arg(sp)
+            add_device_args(sp)
             sp.add_argument("--batch-sizes", default="1,32", help="latency batch sizes (default 1,32)")
-            sp.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
             sp.add_argument("--include", default="", help="also measure: ancestor, children (comma-separated)")
             sp.add_argument("--revision", default="latest", help="pool revision to measure (default latest)")
             sp.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per model and batch size")
@@ -142,15 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print the rows as JSON")
             sp.add_argument("--workers", type=int, default=None, help="DataLoader workers")
         elif verb == "target":
-            sp.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
+            add_pool_arg(sp)
+            add_device_args(sp)
             sp.add_argument("--max-latency-ms", type=float, default=None, required=True, help="latency budget per batch, ms")
             sp.add_argument("--batch-size", type=int, default=1, help="batch size the budget is for (default 1)")
             sp.add_argument("--min-top1", type=float, default=None, help="lowest acceptable test top1, %%")
             sp.add_argument("--max-params", type=float, default=None, help="most parameters")
-            sp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-            sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
             sp.add_argument("--remeasure", action="store_true", help="measure now even if a report for this device exists")
-            sp.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
             sp.add_argument("--out", metavar="DIR", help="child folder (default: POOL/children/<id>)")
             sp.add_argument("--force", action="store_true", help="replace an existing child folder")
             sp.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -225,7 +232,7 @@ def cmd_build_pool(ns: argparse.Namespace) -> int:
 
 
 def cmd_assemble(ns: argparse.Namespace) -> int:
-    from learngene.assemble.api import Selection, assemble, load_pool_model, static_rows, trained_ids, _with_accuracy
+    from learngene.assemble.api import Selection, assemble, load_pool_model, static_rows, _with_accuracy
     from learngene.assemble.train import AssembleSpec
     from learngene.pool import Pool
 

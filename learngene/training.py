@@ -145,6 +145,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
 
 
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, topk=(1, 5)) -> dict[int, int]:
+    """How many labels are among the k highest logits, for each k (k capped at #classes)."""
+    k_max = min(max(topk), logits.shape[-1])
+    hits = logits.topk(k_max, dim=-1).indices == labels[:, None]
+    return {k: int(hits[:, : min(k, k_max)].any(-1).sum()) for k in topk}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=(1, 5)) -> dict[str, float]:
     """top-k accuracy (percent) of a classifier over a loader."""
@@ -153,11 +160,7 @@ def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=
     n = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        logits = model(x)
-        k_max = min(max(topk), logits.shape[-1])
-        pred = logits.topk(k_max, dim=-1).indices
-        hits = pred == y[:, None]
-        for k in topk:
-            correct[k] += hits[:, : min(k, k_max)].any(-1).sum().item()
+        for k, h in topk_hits(model(x), y, topk).items():
+            correct[k] += h
         n += len(y)
     return {f"top{k}": 100.0 * correct[k] / max(n, 1) for k in topk}

@@ -107,19 +107,19 @@ def static_rows(pm: PoolModel, img_size: int) -> list[dict]:
 @torch.no_grad()
 def evaluate_specs(pm: PoolModel, specs: list[DescSpec], loader, device="cpu") -> dict[str, dict]:
     """top1 / top5 of several descendants in one pass over the loader."""
+    from learngene.training import topk_hits
+
     pm.eval().to(device)
-    hits = {s.id: [0, 0] for s in specs}
+    hits = {s.id: {1: 0, 5: 0} for s in specs}
     n = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         for s in specs:
-            top = pm(x, s).topk(min(5, pm.wide_args["num_classes"]), -1).indices
-            h = top == y[:, None]
-            hits[s.id][0] += h[:, :1].any(-1).sum().item()
-            hits[s.id][1] += h.any(-1).sum().item()
+            for k, h in topk_hits(pm(x, s), y).items():
+                hits[s.id][k] += h
         n += len(y)
     pm.cpu()
-    return {sid: {"top1": round(100 * a / n, 2), "top5": round(100 * b / n, 2)} for sid, (a, b) in hits.items()}
+    return {sid: {f"top{k}": round(100 * h / n, 2) for k, h in hs.items()} for sid, hs in hits.items()}
 
 
 def teacher_for(pool: Pool, ancestor=None):
@@ -201,28 +201,25 @@ def assemble(
         parse_config(sel.config, depth)  # bad --config: refused before any work
     if sel.size is not None:
         size_budget(sel.size, 1)
-    if sel.given and out is None and sel.config is not None:
+    if sel.given and (out is not None or sel.config is not None):  # the child folder is known already
         from learngene.assemble.export import check_child_dir
 
-        check_child_dir(pool.path / "children" / parse_config(sel.config, depth).id, force)
-    elif out is not None and sel.given:
-        from learngene.assemble.export import check_child_dir
-
-        check_child_dir(Path(out), force)
+        check_child_dir(Path(out) if out is not None else pool.path / "children" / parse_config(sel.config, depth).id, force)
 
     base = pool.revision(revision)
     pm, has_stitches = load_pool_model(pool, revision)
     img_size = pool.auxiliary[n]["model_args"]["img_size"]
     rows = static_rows(pm, img_size)
+    # The child as far as it can be chosen now (the pool's evaluation, else the size): what
+    # a target run trains, and an impossible budget refused before any work.
+    target = select(_with_accuracy(rows, base), sel, pool.manifest["ancestor"]["params"], depth) if sel.given else None
     mode = train
     if mode == "auto":
-        # Train what is not trained yet: everything when no child is asked for, else the
-        # child (chosen from what is known now: the pool's evaluation, else the size).
+        # Train what is not trained yet: everything when no child is asked for, else the child.
         done = trained_ids(pool, base)
-        if not sel.given:
+        if target is None:
             mode = "none" if all(s.id in done for s in pm.specs) else "all"
         else:
-            target = select(_with_accuracy(rows, base), sel, pool.manifest["ancestor"]["params"], depth)
             mode = "none" if target["id"] in done and has_stitches else "target"
     dm = None
     trained: dict = {}
@@ -236,11 +233,8 @@ def assemble(
             init_stitches(pool, pm, init, dm)
             progress(f"stitches initialised ({init}) for {sum(s.kind == 'stitch' for s in pm.specs)} descendants")
         if mode == "target":
-            if not sel.given:
+            if target is None:
                 raise UserError("--train target needs the descendant: --size, --params, --flops or --config")
-            # chosen before training from what is known now (pool evaluation, else size)
-            known = _with_accuracy(rows, base)
-            target = select(known, sel, pool.manifest["ancestor"]["params"], depth)
             specs = [pm.spec(target["id"])]
         elif mode == "all":
             specs = list(pm.specs)

@@ -25,17 +25,8 @@ def init_lstsq(pm: PoolModel, images: torch.Tensor, ridge: float = 1e-4, prefix_
 
     was = pm.training
     pm.eval()
-    nv, wv = ViTView(pm.narrow), ViTView(pm.wide)
-    n_tokens = [None] * pm.depth
-    t = nv.embed(images)
-    for i, blk in enumerate(nv.blocks):
-        t = blk(t)
-        n_tokens[i] = t.double()
-    w_tokens = [None] * pm.depth
-    t = wv.embed(images)
-    for i, blk in enumerate(wv.blocks):
-        t = blk(t)
-        w_tokens[i] = t.double()
+    n_tokens = [t.double() for t in ViTView(pm.narrow).forward_taps(images, attn=[]).blocks]
+    w_tokens = [t.double() for t in ViTView(pm.wide).forward_taps(images, attn=[]).blocks]
     for spec in pm.specs:
         if spec.kind != "stitch":
             continue

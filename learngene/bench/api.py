@@ -7,9 +7,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from learngene.errors import UserError
 from learngene.pool import Pool
@@ -44,21 +46,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def models_to_measure(pool: Pool, pm, include: list[str]) -> list[tuple[str, str, torch.nn.Module]]:
-    """(name, kind, model): every descendant, then what --include asks for."""
-    out = [(s.id, s.kind, pm.descendant(s)) for s in pm.specs]
-    if "children" in include:
-        import timm
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
-        import learngene.assemble.model  # noqa: F401  (registers the stitched architecture with timm)
+
+def models_to_measure(pool: Pool, pm, include: list[str]) -> list[tuple[str, str, Callable[[], torch.nn.Module]]]:
+    """(name, kind, make model): every descendant, then what --include asks for. Descendants
+    are made one at a time when measured (at DeiT-Base scale they are GBs together); the
+    included models are loaded now, so a broken one is refused before any measuring."""
+    out = [(s.id, s.kind, lambda s=s: pm.descendant(s)) for s in pm.specs]
+    if "children" in include:
+        import timm  # importing learngene registered the stitched architecture with timm
 
         for d in sorted((pool.path / "children").glob("*/config.json")):
-            out.append((f"child:{d.parent.name}", "child",
-                        timm.create_model(f"local-dir:{d.parent}", pretrained=True).eval()))
+            child = timm.create_model(f"local-dir:{d.parent}", pretrained=True).eval()
+            out.append((f"child:{d.parent.name}", "child", lambda m=child: m))
     if "ancestor" in include:
         from learngene.assemble.api import teacher_for
 
-        out.append(("ancestor", "ancestor", teacher_for(pool).model.eval()))
+        ancestor = teacher_for(pool).model.eval()
+        out.append(("ancestor", "ancestor", lambda: ancestor))
     return out
 
 
@@ -92,10 +102,7 @@ def bench(
     bad = [i for i in include if i not in INCLUDE]
     if bad:
         raise UserError(f"unknown --include {bad[0]!r} (choose from {', '.join(INCLUDE)})")
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
     created = time.strftime("%Y%m%dT%H%M%S")
     report = Path(out) if out else pool.path / "reports" / f"{dev.type}-{created}"
@@ -112,13 +119,15 @@ def bench(
     rev = pool.revision(revision)
     done = trained_ids(pool, rev) if has_stitches else {"narrow", "wide"}
     rows = []
-    bar = _bar(len(models), progress)
-    for name, kind, model in models:
+    bar = tqdm(total=len(models), desc="bench", unit="model", disable=not progress)
+    for name, kind, make in models:
+        model = make()
         tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), dev)
         te_f, te_logits, te_y = features_and_logits(model, dm.eval_loader("test"), dev)
         acc = topk_accuracy(te_logits, te_y)
         # trained: False for a stitched descendant still at its stitch initialisation
-        base = {"model": name, "kind": kind, "trained": kind not in ("narrow", "wide", "stitch") or name in done, **acc, "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y),
+        base = {"model": name, "kind": kind, "trained": kind not in ("narrow", "wide", "stitch") or name in done,
+                **acc, "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y),
                 "param_count": round(count_params(model) / 1e6, 4), "flops": count_flops(model.cpu(), img)}
         base["infer_gmacs"] = base["flops"] / 2e9
         for bs in sizes:
@@ -127,7 +136,7 @@ def bench(
                          "infer_samples_per_sec": round(lat["samples_per_sec"], 2),
                          "infer_step_time": lat["median_s"] * 1e3, "infer_step_time_p90": lat["p90_s"] * 1e3,
                          "infer_peak_mib": lat["peak_mib"]})
-        model.cpu()
+        model.cpu()  # included models stay referenced: give the device memory back
         bar.update(1)
     bar.close()
     df = pd.DataFrame(rows)
@@ -142,18 +151,3 @@ def bench(
         write_report(df, meta, report)
     return BenchResult(df, report, meta, time.perf_counter() - t0)
 
-
-def _bar(total: int, on: bool):
-    if on:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc="bench", unit="model")
-
-    class _Null:
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-
-    return _Null()

@@ -77,7 +77,7 @@ def target(
 ) -> TargetResult:
     from learngene.assemble.api import Selection, assemble
     from learngene.assemble.export import check_child_dir
-    from learngene.bench.api import bench, resolve_device
+    from learngene.bench.api import bench, resolve_device, set_threads
     from learngene.bench.metrics import device_name
 
     if max_latency_ms is None or max_latency_ms <= 0:
@@ -85,10 +85,7 @@ def target(
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
     report = None if remeasure else latest_report(pool, str(dev), device_name(dev), torch.get_num_threads())
     rows = None

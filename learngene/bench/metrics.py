@@ -39,9 +39,9 @@ def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    top = logits.topk(min(max(ks), logits.shape[1]), -1).indices
-    hit = top == labels[:, None]
-    return {f"top{k}": round(100 * hit[:, :k].any(-1).float().mean().item(), 2) for k in ks}
+    from learngene.training import topk_hits
+
+    return {f"top{k}": round(100 * h / len(labels), 2) for k, h in topk_hits(logits, labels, ks).items()}
 
 
 def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,

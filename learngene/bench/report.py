@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
+
+from learngene.paths import staged_folder
 
 
 def mark_pareto(df: pd.DataFrame, acc: str = "top1", cost: str = "infer_step_time") -> pd.Series:
@@ -78,18 +78,11 @@ def frontier_png(df: pd.DataFrame, meta: dict, path: Path) -> None:
 
 
 def write_report(df: pd.DataFrame, meta: dict, out: Path) -> Path:
-    """frontier.{csv,json,md,png} in ``out``, which must not exist; nothing is left behind
-    if writing fails."""
-    stage = out.parent / f".{out.name}.partial"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    """frontier.{csv,json,md,png} in ``out`` (the caller checked it does not exist);
+    nothing is left behind if writing fails."""
+    with staged_folder(out) as stage:
         df.to_csv(stage / "frontier.csv", index=False)
         (stage / "frontier.json").write_text(json.dumps({"meta": meta, "rows": json.loads(df.to_json(orient="records"))}, indent=2))
         (stage / "frontier.md").write_text(frontier_md(df, meta))
         frontier_png(df, meta, stage / "frontier.png")
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out

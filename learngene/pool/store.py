@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from learngene.ancestry import file_sha256
+from learngene.paths import staged_folder
 from learngene.errors import UserError
 
 FORMAT = "learngene-pool"
@@ -208,17 +209,12 @@ class Pool:
         while f"r{n}" in taken:
             n += 1
         rid = f"r{n}"
-        stage = root / f".{rid}.partial-{os.getpid()}"
         entries = []
-        try:
+        with staged_folder(root / rid) as stage:
             for name, (fields, tensors) in files.items():
-                file = f"revisions/{rid}/{name}"
                 sha = save_tensors_atomic(stage / name, tensors)
-                entries.append({**fields, "file": file, "sha256": sha, "params": sum(v.numel() for v in tensors.values())})
-            os.replace(stage, root / rid)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+                entries.append({**fields, "file": f"revisions/{rid}/{name}", "sha256": sha,
+                                "params": sum(v.numel() for v in tensors.values())})
         rec = {"id": rid, **record, "files": entries}
         manifest = json.loads(json.dumps(self.manifest))
         manifest.setdefault("revisions", []).append(rec)
