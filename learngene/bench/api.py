@@ -7,7 +7,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -53,22 +52,19 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def models_to_measure(pool: Pool, pm, include: list[str]) -> list[tuple[str, str, Callable[[], torch.nn.Module]]]:
-    """(name, kind, make model): every descendant, then what --include asks for. Descendants
-    are made one at a time when measured (at DeiT-Base scale they are GBs together); the
-    included models are loaded now, so a broken one is refused before any measuring."""
-    out = [(s.id, s.kind, lambda s=s: pm.descendant(s)) for s in pm.specs]
+def models_to_measure(pool: Pool, pm, include: list[str]) -> list[tuple[str, str, torch.nn.Module]]:
+    """(name, kind, model): every descendant, then what --include asks for."""
+    out = [(s.id, s.kind, pm.descendant(s)) for s in pm.specs]
     if "children" in include:
         import timm  # importing learngene registered the stitched architecture with timm
 
         for d in sorted((pool.path / "children").glob("*/config.json")):
-            child = timm.create_model(f"local-dir:{d.parent}", pretrained=True).eval()
-            out.append((f"child:{d.parent.name}", "child", lambda m=child: m))
+            out.append((f"child:{d.parent.name}", "child",
+                        timm.create_model(f"local-dir:{d.parent}", pretrained=True).eval()))
     if "ancestor" in include:
         from learngene.assemble.api import teacher_for
 
-        ancestor = teacher_for(pool).model.eval()
-        out.append(("ancestor", "ancestor", lambda: ancestor))
+        out.append(("ancestor", "ancestor", teacher_for(pool).model.eval()))
     return out
 
 
@@ -120,8 +116,7 @@ def bench(
     done = trained_ids(pool, rev) if has_stitches else {"narrow", "wide"}
     rows = []
     bar = tqdm(total=len(models), desc="bench", unit="model", disable=not progress)
-    for name, kind, make in models:
-        model = make()
+    for name, kind, model in models:
         tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), dev)
         te_f, te_logits, te_y = features_and_logits(model, dm.eval_loader("test"), dev)
         acc = topk_accuracy(te_logits, te_y)
@@ -136,7 +131,7 @@ def bench(
                          "infer_samples_per_sec": round(lat["samples_per_sec"], 2),
                          "infer_step_time": lat["median_s"] * 1e3, "infer_step_time_p90": lat["p90_s"] * 1e3,
                          "infer_peak_mib": lat["peak_mib"]})
-        model.cpu()  # included models stay referenced: give the device memory back
+        model.cpu()
         bar.update(1)
     bar.close()
     df = pd.DataFrame(rows)
