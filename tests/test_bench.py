@@ -114,6 +114,9 @@ def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path
     budget = float(df.infer_step_time.median())
     res = target(pool, max_latency_ms=budget)
     assert not res.measured_now and res.report == rep.report
+    # the report keeps the measured latencies exactly (a rounded one at the budget flipped the pick)
+    saved = json.loads((rep.report / "frontier.json").read_text())["rows"]
+    assert [r["infer_step_time"] for r in saved] == df.infer_step_time.tolist()
     fits = df[df.infer_step_time <= budget]
     assert res.chosen["top1"] == fits.top1.max() and res.chosen["infer_step_time"] <= budget
     cfg = json.loads((res.child / "config.json").read_text())

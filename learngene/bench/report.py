@@ -82,7 +82,10 @@ def write_report(df: pd.DataFrame, meta: dict, out: Path) -> Path:
     nothing is left behind if writing fails."""
     with staged_folder(out) as stage:
         df.to_csv(stage / "frontier.csv", index=False)
-        (stage / "frontier.json").write_text(json.dumps({"meta": meta, "rows": json.loads(df.to_json(orient="records"))}, indent=2))
+        # full precision (pandas' to_json rounds to 10 decimals), so target compares a
+        # budget against exactly the latencies bench measured; NaN is written as null
+        rows = df.astype(object).where(df.notna(), None).to_dict("records")
+        (stage / "frontier.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         (stage / "frontier.md").write_text(frontier_md(df, meta))
         frontier_png(df, meta, stage / "frontier.png")
     return out
