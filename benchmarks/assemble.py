@@ -10,7 +10,10 @@ alone with CE at lr 1e-3 (the calibration's best for scratch), at two budgets: t
 total optimizer steps as the joint run (each architecture its 1/18 share: the same compute
 for the whole zoo) and the same number of epochs each (18x the joint run's compute).
 The scratch part is long; `--scratch-only [--scratch-kind share] --seeds S --threads 1`
-runs it on its own, one process per seed, merging into assemble.json.
+runs it on its own, one process per seed, merging into assemble.json. The scratch columns
+now in results/assemble.md were made by an equivalent copy of this code inside this script
+(random init through reset_parameters); it now calls learngene.baselines.scratch (timm's
+own init of a fresh model), which compare_methods.py uses too.
 """
 
 from __future__ import annotations
@@ -80,34 +83,23 @@ def joint(pool_dir: Path, seed: int, init: str) -> dict:
 
 
 def scratch(pool_dir: Path, seed: int, epochs: int, share: bool = False) -> dict:
-    """Every descendant architecture from random init, alone, CE, lr 1e-3. ``share``: each
-    gets its share of the joint run's optimizer steps (epochs x batches / #descendants),
-    the same total compute as the joint run; else ``epochs`` full epochs each."""
-    import lightning as L
-
-    from learngene.assemble.api import load_pool_model, make_datamodule
+    """Every descendant architecture from random init, alone, CE, lr 1e-3
+    (learngene.baselines.scratch). ``share``: each gets its share of the joint run's
+    optimizer steps (epochs x batches / #descendants), the same total compute as the joint
+    run; else ``epochs`` full epochs each."""
+    from learngene.assemble.api import aux_pair
+    from learngene.assemble.configs import descendants
+    from learngene.baselines import scratch as train_scratch
+    from learngene.data import LearngeneDataModule
     from learngene.pool import Pool
-    from learngene.training import Classifier, OptimConfig, TrainerArgs, evaluate, make_trainer
 
     pool = Pool.open(pool_dir)
-    pm, _ = load_pool_model(pool, "r0")
-    out = {}
-    for spec in pm.specs:
-        L.seed_everything(seed, verbose=False)
-        model = pm.descendant(spec)
-        for mod in model.modules():  # random init, the way timm initialises a new model
-            if hasattr(mod, "reset_parameters") and mod is not model:
-                mod.reset_parameters()
-        if hasattr(model, "init_weights"):
-            model.init_weights()
-        dm = make_datamodule(pool, None, 64, None)
-        dm.seed = seed
-        targs = TrainerArgs(progress=False, accelerator="cpu", max_epochs=epochs)
-        steps = epochs * len(dm.train_dataloader()) // len(pm.specs) if share else -1
-        make_trainer(targs, max_steps=steps).fit(Classifier(model, OptimConfig(lr=1e-3)), datamodule=dm)
-        out[spec.id] = evaluate(model, dm.test_dataloader())["top1"]
-        print(f"scratch{' share' if share else ''} seed {seed} {spec.id}: {out[spec.id]:.2f}", file=sys.stderr, flush=True)
-    return out
+    n = len(descendants(pool.auxiliary[aux_pair(pool)[0]]["model_args"]["depth"]))
+    dm = LearngeneDataModule(None, batch_size=64, seed=seed)
+    steps = epochs * len(dm.train_dataloader())
+    zoo = train_scratch(pool, dm, steps // n if share else steps, seed=seed,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    return {r["id"]: r["test_top1"] for r in zoo.rows}
 
 
 def cli_seconds(args: list[str]) -> float:

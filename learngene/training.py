@@ -36,16 +36,25 @@ def param_groups(modules: nn.Module | list[nn.Module], weight_decay: float) -> l
     decay, no_decay = [], []
     for m in mods:
         for name, p in m.named_parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "dist_token", "reg_token")):
-                no_decay.append(p)
-            else:
-                decay.append(p)
+            if p.requires_grad:
+                (decay if decays(name, p) else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def decays(name: str, p: torch.Tensor) -> bool:
+    return not (p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "dist_token", "reg_token")))
+
+
+def lr_groups(model: nn.Module, weight_decay: float, lr_of) -> list[dict]:
+    """Param groups by learning rate (``lr_of(name)``) and by weight decay as in param_groups."""
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((lr_of(name), decays(name, p)), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": weight_decay if d else 0.0} for (lr, d), ps in groups.items()]
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
@@ -71,10 +80,11 @@ def configure_adamw(module: L.LightningModule, params, cfg: OptimConfig):
 class Classifier(L.LightningModule):
     """Trains any image classifier with cross-entropy; logs train loss and val accuracy."""
 
-    def __init__(self, model: nn.Module, optim: OptimConfig | None = None):
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None, groups: list[dict] | None = None):
         super().__init__()
         self.model = model
         self.optim = optim or OptimConfig()
+        self.groups = groups  # param groups with their own 'lr' (default: one lr for all)
 
     def forward(self, x):
         return self.model(x)
@@ -91,7 +101,7 @@ class Classifier(L.LightningModule):
         self.log("val/top1", acc * 100, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self):
-        return configure_adamw(self, param_groups(self.model, self.optim.weight_decay), self.optim)
+        return configure_adamw(self, self.groups or param_groups(self.model, self.optim.weight_decay), self.optim)
 
 
 @dataclass

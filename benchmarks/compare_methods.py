@@ -1,0 +1,273 @@
+"""The pool against its baselines on the embedded default, side by side, over seeds:
+Learngene Pool, SN-Net stitching, vanilla learngene and scratch, at two descendant-training
+budgets (the calibration's 3 epochs and assemble's default 40). Writes
+benchmarks/results/methods.{md,csv,png} (+ methods.json, the raw figures).
+
+    python benchmarks/compare_methods.py [--seeds 0 1 2] [--budgets 3 40]
+
+Per seed, from the cached embedded ancestor and the embedded digits (shuffled with the seed):
+- pool: `build_pool` (the embedded recipe, distillation seed = seed), then per budget
+  `assemble --all` on a fresh copy of the distilled pool (lstsq init, joint training);
+- SN-Net: a narrow anchor (width 48, the ancestor's 12 blocks) trained from scratch with the
+  ancestor's own recipe, then per budget stitched to the ancestor, lstsq init, joint training
+  with assemble's recipe and the same number of epochs (sn_net.py);
+- vanilla learngene: the ancestor's last 3 blocks under 1..6 new narrow blocks, CE, each
+  member its 1/6 share of the pool's optimizer steps at that budget;
+- scratch: each pool descendant architecture from random init, CE, each its 1/18 share.
+So every method spends the same optimizer steps training its members at a budget; the
+stages before (distillation, anchor training) are timed separately.
+
+Latency: each member of the last seed's zoos at batch size 1, in one pass at the end
+(torch.utils.benchmark medians; the weights do not change it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ancestor import cpu_name  # noqa: E402
+from assemble import copy_as_distilled  # noqa: E402
+
+METHODS = ("pool", "snnet", "vanilla", "scratch")
+LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net", "vanilla": "vanilla learngene", "scratch": "scratch"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def quiet():
+    from learngene.training import TrainerArgs
+
+    return TrainerArgs(progress=False, accelerator="cpu")
+
+
+def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None = None) -> tuple[dict, dict]:
+    """{budget: {method: zoo record}}, and the last budget's zoos (for latency)."""
+    from learngene.ancestry import load_ancestor
+    from learngene.assemble.api import assemble
+    from learngene.assemble.train import AssembleSpec
+    from learngene.baselines import pool_zoo, scratch, snnet, train_anchor, vanilla
+    from learngene.data import LearngeneDataModule
+    from learngene.pool.build import build_pool
+
+    ancestor = load_ancestor(None, progress=False)
+    dm = LearngeneDataModule(None, batch_size=64, seed=seed)
+    t0 = time.perf_counter()
+    distilled = build_pool("embedded", out=work / f"pool-{seed}", ancestor=ancestor, data=dm,
+                           overrides=[f"distill.seed={seed}"], epochs=pre_epochs, trainer_args=quiet())
+    build_s = time.perf_counter() - t0
+    log(f"seed {seed}: pool built in {build_s:.0f} s")
+    t0 = time.perf_counter()
+    anchor = train_anchor(ancestor.model, dm, seed=seed, trainer_args=quiet(),
+                          **({"epochs": pre_epochs} if pre_epochs else {}))
+    anchor_s = time.perf_counter() - t0
+    log(f"seed {seed}: SN-Net narrow anchor trained in {anchor_s:.0f} s")
+
+    out, zoos = {}, {}
+    for budget in budgets:
+        t0 = time.perf_counter()
+        p = copy_as_distilled(distilled.path, work / f"pool-{seed}-e{budget}")
+        res = assemble(p, train="all", spec=AssembleSpec(seed=seed, epochs=budget), data=dm,
+                       trainer_args=quiet(), progress=lambda m: None)
+        steps = res.trained["steps"]
+        pool = pool_zoo(p, res.rows, seconds={"build-pool": build_s, "assemble --all": time.perf_counter() - t0})
+        pool.steps = steps
+        log(f"seed {seed} budget {budget}: pool assembled ({steps} steps)")
+        sn = snnet(ancestor.model, dm, spec=AssembleSpec(seed=seed, epochs=budget), seed=seed, anchor=anchor,
+                   trainer_args=quiet(), log=log)
+        sn.seconds = {"anchor": anchor_s, **sn.seconds}
+        t0 = time.perf_counter()
+        va = vanilla(ancestor.model, dm, steps_each=steps // 6, seed=seed, trainer_args=quiet())
+        va.seconds = {"train": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        sc = scratch(p, dm, steps_each=steps // len(pool.rows), seed=seed, trainer_args=quiet())
+        sc.seconds = {"train": time.perf_counter() - t0}
+        zoos = {z.method: z for z in (pool, sn, va, sc)}
+        out[str(budget)] = {m: {"rows": z.rows, "seconds": z.seconds, "stored_params": z.stored_params, "steps": z.steps}
+                       for m, z in zoos.items()}
+        log(f"seed {seed} budget {budget}: " + ", ".join(
+            f"{m} {statistics.mean(r['test_top1'] for r in z.rows):.2f}" for m, z in zoos.items()))
+    return out, zoos
+
+
+def latencies(zoos: dict, img_size: int) -> dict:
+    from learngene.bench.metrics import latency
+
+    return {m: {sid: latency(model, 1, img_size, torch.device("cpu"))["median_s"] * 1e3 for sid, model in z.models.items()}
+            for m, z in zoos.items()}
+
+
+def main():
+    global RESULTS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[3, 40], help="descendant-training epochs")
+    ap.add_argument("--md-only", action="store_true", help="rewrite methods.md/csv/png from methods.json")
+    ap.add_argument("--pre-epochs", type=int, help="smoke runs only: epochs of distillation and anchor training")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args()
+    RESULTS = a.out
+    RESULTS.mkdir(exist_ok=True)
+    if a.md_only:
+        return write_outputs(json.loads((RESULTS / "methods.json").read_text()))
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
+           "command": "python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]),
+           "budgets": a.budgets, "seeds": {}}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        zoos = {}
+        for seed in a.seeds:
+            res["seeds"][str(seed)], zoos = run_seed(seed, a.budgets, Path(d), a.pre_epochs)
+            (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))  # progress survives a stop
+        log("latency, batch size 1")
+        res["latency_ms"] = latencies(zoos, 16)
+    res["total_s"] = time.perf_counter() - t_all
+    (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))
+    write_outputs(res)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def table(res: dict, budget: int) -> list[dict]:
+    """One row per method and member: params, FLOPs, latency, test top1 per seed, mean, std."""
+    seeds = list(res["seeds"])
+    rows = []
+    for m in METHODS:
+        first = res["seeds"][seeds[0]][str(budget)][m]["rows"]
+        for r in first:
+            accs = [next(x for x in res["seeds"][s][str(budget)][m]["rows"] if x["id"] == r["id"])["test_top1"] for s in seeds]
+            rows.append({"budget_epochs": budget, "method": m, "id": r["id"], "params": r["params"], "flops": r["flops"],
+                         "latency_ms": res.get("latency_ms", {}).get(m, {}).get(r["id"]),
+                         **{f"top1_seed{s}": v for s, v in zip(seeds, accs)},
+                         "top1_mean": statistics.mean(accs), "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0})
+    return rows
+
+
+def pm(r: dict) -> str:
+    return f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+
+
+def write_outputs(res: dict) -> None:
+    import pandas as pd
+
+    seeds = list(res["seeds"])
+    budgets = [b for b in res["budgets"] if all(str(b) in res["seeds"][s] for s in seeds)]
+    all_rows = [r for b in budgets for r in table(res, b)]
+    pd.DataFrame(all_rows).to_csv(RESULTS / "methods.csv", index=False)
+    lines = ["# Learngene Pool against SN-Net, vanilla learngene and scratch", "",
+             f"`{res['command'].strip()}` on {res['machine']}; seeds {', '.join(seeds)}"
+             + (f"; {res['total_s'] / 60:.0f} min in all." if "total_s" in res else "."), "",
+             "Embedded default: the cached embedded ancestor (12 blocks, width 128, 2.37M params) and the "
+             "scikit-learn digits (test split, 450 images). Accuracy: test top1, mean ± std over seeds. "
+             "At a budget of E epochs every method spends the same optimizer steps on training its members "
+             "(the pool's joint run: E epochs x 18 batches): the pool and SN-Net jointly, one sampled member "
+             "per step; vanilla learngene 1/6 of them per member, scratch 1/18 per member. "
+             "Distillation (pool) and the narrow anchor (SN-Net) are stages before that, timed below. "
+             "Latency: batch size 1, median, this CPU, 2 threads.", ""]
+    for b in budgets:
+        lines += summary_section(res, b)
+    lines += ["", "![accuracy against params and latency](methods.png)", ""]
+    (RESULTS / "methods.md").write_text("\n".join(lines))
+    plot(all_rows, budgets, RESULTS / "methods.png")
+    print("\n".join(lines))
+
+
+def summary_section(res: dict, budget: int) -> list[str]:
+    seeds = list(res["seeds"])
+    rows = table(res, budget)
+    by = {m: sorted((r for r in rows if r["method"] == m), key=lambda r: r["params"]) for m in METHODS}
+    out = [f"## Budget: {budget} epochs of member training", "",
+           "| method | members | params (M) | mean top1 | worst member | stored params (M) | steps | wall per stage (s, median over seeds) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for m in METHODS:
+        recs = [res["seeds"][s][str(budget)][m] for s in seeds]
+        seed_means = [statistics.mean(r["test_top1"] for r in rec["rows"]) for rec in recs]
+        stages = "; ".join(f"{k} {statistics.median(rec['seconds'][k] for rec in recs):.0f}" for k in recs[0]["seconds"])
+        worst = min(by[m], key=lambda r: r["top1_mean"])
+        sd = statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0
+        out.append(f"| {LABEL[m]} | {len(by[m])} | {by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
+                   f"{statistics.mean(seed_means):.2f} ± {sd:.2f} | {worst['id']} {pm(worst)} | "
+                   f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | {stages} |")
+    # pool vs scratch (same architectures) and vs SN-Net at or below each size
+    anchor = next(r for r in by["snnet"] if r["id"] == "narrow")
+    smallest = by["snnet"][0]
+    sc = {r["id"]: r for r in by["scratch"]}
+    out += ["", f"Per pool descendant: scratch is the same architecture; SN-Net is its most accurate member no larger "
+            f"than the descendant, or, below SN-Net's smallest member ({smallest['id']}, {smallest['params'] / 1e6:.3f}M), "
+            f"that member (larger than the descendant). SN-Net's narrow anchor has {anchor['params'] / 1e6:.3f}M params.", "",
+            "| pool descendant | params (M) | latency ms | pool | scratch | SN-Net (member) | pool - SN-Net |", "|---|---|---|---|---|---|---|"]
+    above_scratch, below_anchor, below_ok, overlap, overlap_ok = 0, 0, 0, 0, 0
+    for r in by["pool"]:
+        fits = [x for x in by["snnet"] if x["params"] <= r["params"]]
+        ref = max(fits, key=lambda x: x["top1_mean"]) if fits else smallest
+        d = r["top1_mean"] - ref["top1_mean"]
+        above_scratch += r["top1_mean"] > sc[r["id"]]["top1_mean"]
+        if r["params"] < anchor["params"]:
+            below_anchor += 1
+            below_ok += d >= 0
+        else:
+            overlap += 1
+            overlap_ok += d >= 0
+        lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
+        out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | {pm(ref)} ({ref['id']}) | {d:+.2f} |")
+    n = len(by["pool"])
+    out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants.",
+            f"- Below the size of SN-Net's narrow anchor ({below_anchor} pool descendants): pool at least as accurate as "
+            f"SN-Net (as above) in **{below_ok}/{below_anchor}**.",
+            f"- From the narrow anchor's size up ({overlap} pool descendants): pool at least as accurate as SN-Net's best "
+            f"member no larger in **{overlap_ok}/{overlap}**.", ""]
+    for m in ("snnet", "vanilla"):
+        out += [f"<details><summary>{LABEL[m]} members</summary>", "", "| member | params (M) | latency ms | test top1 |", "|---|---|---|---|"]
+        for r in by[m]:
+            lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
+            out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} |")
+        out += ["", "</details>", ""]
+    return out
+
+
+def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"pool": "tab:blue", "snnet": "tab:orange", "vanilla": "tab:green", "scratch": "tab:gray"}
+    fig, axes = plt.subplots(len(budgets), 2, figsize=(12, 4.6 * len(budgets)), squeeze=False)
+    for i, b in enumerate(budgets):
+        for j, (x, xl) in enumerate((("params", "params (M)"), ("latency_ms", "latency, batch 1 (ms)"))):
+            ax = axes[i][j]
+            for m in METHODS:
+                rs = [r for r in rows if r["budget_epochs"] == b and r["method"] == m and r.get(x) is not None]
+                if not rs:
+                    continue
+                xs = [r[x] / (1e6 if x == "params" else 1) for r in rs]
+                ax.errorbar(xs, [r["top1_mean"] for r in rs], yerr=[r["top1_std"] for r in rs], fmt="o", ms=4,
+                            capsize=2, color=colors[m], label=LABEL[m], alpha=0.85)
+            ax.set_xscale("log")
+            ax.set_xlabel(xl)
+            ax.set_ylabel("test top1 (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3, which="both")
+            ax.set_title(f"{b} epochs of member training: top1 against {x.split('_')[0]}")
+            ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

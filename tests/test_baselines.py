@@ -1,0 +1,97 @@
+"""The baselines on tiny real models and the embedded digits: what each inherits, what it
+trains, and that they come back as the same kind of Zoo as a pool's descendants."""
+
+import copy
+
+import pytest
+import torch
+
+from learngene.ancestry import state_dict_sha256
+from learngene.assemble.configs import descendants
+from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture)
+
+
+@pytest.fixture(scope="module")
+def dm():
+    from learngene.data import LearngeneDataModule
+
+    return LearngeneDataModule(None, batch_size=32, train_fraction=0.25)
+
+
+def params_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_vanilla_inherits_the_last_blocks_and_trains_new_ones_faster(tiny_vit, dm):
+    from learngene.baselines import vanilla, vanilla_model
+
+    m = vanilla_model(tiny_vit, n_lower=2, narrow_dim=16, narrow_heads=2, inherit=3)
+    # narrow embedding + 2 narrow blocks + Linear(16 -> 32) + the ancestor's blocks 1..3, norm, head
+    assert len(m.blocks) == 6 and m.blocks[2].in_features == 16 and m.blocks[2].out_features == 32
+    for n, i in enumerate((1, 2, 3)):
+        assert state_dict_sha256(m.blocks[3 + n].state_dict()) == state_dict_sha256(tiny_vit.blocks[i].state_dict())
+    assert torch.equal(m.head.weight, tiny_vit.head.weight)
+    assert m(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+    before = state_dict_sha256(tiny_vit.state_dict())
+    zoo = vanilla(tiny_vit, dm, steps_each=3, lower=(1, 2), narrow_dim=16, narrow_heads=2, trainer_args=quiet())
+    assert [r["id"] for r in zoo.rows] == ["vanilla-1", "vanilla-2"] and zoo.steps == 6
+    assert state_dict_sha256(tiny_vit.state_dict()) == before  # the ancestor is copied from, never trained
+    trained = zoo.models["vanilla-2"]
+    assert not torch.equal(trained.blocks[3].attn.qkv.weight, tiny_vit.blocks[1].attn.qkv.weight)
+    assert all(0 <= r["test_top1"] <= 100 and r["params"] == sum(p.numel() for p in zoo.models[r["id"]].parameters())
+               for r in zoo.rows)
+
+
+def test_vanilla_param_groups_split_inherited_from_new(tiny_vit):
+    from learngene.baselines.vanilla_learngene import vanilla_model
+    from learngene.training import lr_groups
+
+    m = vanilla_model(tiny_vit, n_lower=2, narrow_dim=16, narrow_heads=2, inherit=3)
+    inherited = ("blocks.3.", "blocks.4.", "blocks.5.", "norm.", "fc_norm.", "head.")
+    groups = lr_groups(m, 0.05, lambda n: 1e-4 if n.startswith(inherited) else 1e-3)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_id) == len(list(m.parameters()))
+    for name, p in m.named_parameters():
+        g = by_id[id(p)]
+        assert g["lr"] == (1e-4 if name.startswith(inherited) else 1e-3), name
+        assert g["weight_decay"] == (0.0 if p.ndim <= 1 or name in ("cls_token", "pos_embed") else 0.05), name
+
+
+def test_snnet_stitches_a_scratch_anchor_to_the_ancestor(tiny_vit, dm):
+    from learngene.assemble.train import AssembleSpec
+    from learngene.baselines import snnet, train_anchor
+
+    frozen = copy.deepcopy(tiny_vit).requires_grad_(False)  # as a teacher elsewhere would leave it
+    before = state_dict_sha256(frozen.state_dict())
+    anchor = train_anchor(frozen, dm, embed_dim=16, num_heads=2, epochs=1, trainer_args=quiet())
+    assert len(anchor[0].blocks) == 4 and anchor[1]["embed_dim"] == 16
+    anchor_sha = state_dict_sha256(anchor[0].state_dict())
+    zoo = snnet(frozen, dm, spec=AssembleSpec(epochs=1, batch_size=32), anchor=anchor, trainer_args=quiet())
+    # SN-Net's paired stitching over the 4-block anchors: 2 anchors + the stitches
+    assert [r["id"] for r in zoo.rows] == [s.id for s in descendants(4)]
+    assert zoo.steps > 0 and zoo.stored_params > sum(p.numel() for p in frozen.parameters())
+    assert state_dict_sha256(frozen.state_dict()) == before and state_dict_sha256(anchor[0].state_dict()) == anchor_sha
+    wide = zoo.models["wide"]
+    assert sum(p.numel() for p in wide.parameters()) == sum(p.numel() for p in frozen.parameters())
+    x = torch.randn(2, 3, 16, 16)
+    assert all(m(x).shape == (2, 10) for m in zoo.models.values())
+
+
+def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_path, dm):  # noqa: F811
+    from learngene.assemble.api import load_pool_model, static_rows
+    from learngene.baselines import pool_zoo, scratch
+    from learngene.pool import Pool
+
+    pool = Pool.open(fresh_pool(setup_dir, tmp_path))
+    pm, _ = load_pool_model(pool, "r0")
+    zoo = scratch(pool, dm, steps_each=2, seed=0, trainer_args=quiet())
+    static = {r["id"]: r for r in static_rows(pm, 16)}
+    assert [r["id"] for r in zoo.rows] == [s.id for s in pm.specs]
+    for r in zoo.rows:  # same architecture (params, FLOPs), not the pool's weights
+        assert (r["params"], r["flops"]) == (static[r["id"]]["params"], static[r["id"]]["flops"])
+    assert not torch.equal(zoo.models["narrow"].blocks[0].attn.qkv.weight, pm.narrow.blocks[0].attn.qkv.weight)
+    # the pool under the same interface
+    rows = [dict(r, val_top1=1.0, test_top1=2.0, test_top5=3.0) for r in static.values()]
+    pz = pool_zoo(pool, rows, revision="r0")
+    assert set(pz.models) == set(zoo.models) and pz.stored_params == sum(p.numel() for p in pm.parameters())
