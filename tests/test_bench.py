@@ -96,8 +96,9 @@ def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
     from learngene.bench.budget import pick
     from learngene.errors import UserError
 
-    rows = [{"model": m, "top1": a, "infer_step_time": t, "param_count": p}
+    rows = [{"model": m, "top1": a, "infer_step_time": t, "infer_step_time_p90": 1.5 * t, "param_count": p}
             for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))]
+    assert pick(rows, 2.5, None, None, latency="p90")[0]["model"] == "d"  # b's p90 (3.0) is over budget
     best, alts = pick(rows, 2.5, None, None)
     assert best["model"] == "b" and [r["model"] for r in alts] == ["d", "c"]
     assert pick(rows, 2.5, None, 150_000)[0]["model"] == "d"
@@ -111,14 +112,14 @@ def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path
     pool = fresh_pool(setup_dir, tmp_path)
     rep = bench(pool, batch_sizes=[1], min_run_time=0.01)
     df = rep.df
-    budget = float(df.infer_step_time.median())
-    res = target(pool, max_latency_ms=budget)
+    budget = float(df.infer_step_time_p90.median())
+    res = target(pool, max_latency_ms=budget)  # the budget holds the p90 by default
     assert not res.measured_now and res.report == rep.report
     # the report keeps the measured latencies exactly (a rounded one at the budget flipped the pick)
     saved = json.loads((rep.report / "frontier.json").read_text())["rows"]
-    assert [r["infer_step_time"] for r in saved] == df.infer_step_time.tolist()
-    fits = df[df.infer_step_time <= budget]
-    assert res.chosen["top1"] == fits.top1.max() and res.chosen["infer_step_time"] <= budget
+    assert [r["infer_step_time_p90"] for r in saved] == df.infer_step_time_p90.tolist()
+    fits = df[df.infer_step_time_p90 <= budget]
+    assert res.chosen["top1"] == fits.top1.max() and res.chosen["infer_step_time_p90"] <= budget
     cfg = json.loads((res.child / "config.json").read_text())
     assert res.child.name == res.chosen["model"] and cfg["learngene"]["descendant"]["id"] == res.chosen["model"]
     # nothing fits: one line naming the closest options, no child written

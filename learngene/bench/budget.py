@@ -14,6 +14,10 @@ from learngene.errors import UserError
 from learngene.pool import Pool
 
 DESCENDANT_KINDS = ("narrow", "wide", "stitch")
+# Which latency a budget holds: the report's p90 by default. A pick whose median was just
+# under the budget ran over it in a fresh measurement (benchmarks/bench.py: 1.002x); the
+# p90 of the same samples keeps the margin that a fresh measurement's noise needs.
+LATENCY_STATS = {"p90": "infer_step_time_p90", "median": "infer_step_time"}
 
 
 @dataclass
@@ -41,17 +45,21 @@ def latest_report(pool: Pool, device: str, device_name: str, threads: int) -> Pa
     return max(found)[1] if found else None
 
 
-def pick(rows: list[dict], max_latency_ms: float, min_top1: float | None, max_params: float | None) -> tuple[dict, list[dict]]:
+def pick(rows: list[dict], max_latency_ms: float, min_top1: float | None, max_params: float | None,
+         latency: str = "median") -> tuple[dict, list[dict]]:
     """The most accurate row within budget (ties: the faster), and the two nearest
-    alternatives. Nothing fits: a UserError naming the closest options."""
+    alternatives; ``latency`` names the statistic the budget holds (LATENCY_STATS).
+    Nothing fits: a UserError naming the closest options."""
+    col = LATENCY_STATS[latency]
+
     def fits(r):
-        return (r["infer_step_time"] <= max_latency_ms and (min_top1 is None or r["top1"] >= min_top1)
+        return (r[col] <= max_latency_ms and (min_top1 is None or r["top1"] >= min_top1)
                 and (max_params is None or r["param_count"] * 1e6 <= max_params))
 
-    ok = sorted((r for r in rows if fits(r)), key=lambda r: (-r["top1"], r["infer_step_time"]))
-    over = sorted((r for r in rows if not fits(r)), key=lambda r: r["infer_step_time"])
+    ok = sorted((r for r in rows if fits(r)), key=lambda r: (-r["top1"], r[col]))
+    over = sorted((r for r in rows if not fits(r)), key=lambda r: r[col])
     if not ok:
-        near = ", ".join(f"{r['model']} ({r['infer_step_time']:.2f} ms, top1 {r['top1']:.2f}%, {r['param_count']:.2f}M)"
+        near = ", ".join(f"{r['model']} ({r[col]:.2f} ms {latency}, top1 {r['top1']:.2f}%, {r['param_count']:.2f}M)"
                          for r in over[:2])
         raise UserError(f"no descendant fits --max-latency-ms {max_latency_ms:g}"
                         + (f" --min-top1 {min_top1:g}" if min_top1 is not None else "")
@@ -67,6 +75,7 @@ def target(
     batch_size: int = 1,
     min_top1: float | None = None,
     max_params: float | None = None,
+    latency: str = "p90",
     device: str = "cpu",
     threads: int | None = None,
     data=None,
@@ -84,6 +93,8 @@ def target(
         raise UserError("--max-latency-ms must be a positive number of milliseconds")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if latency not in LATENCY_STATS:
+        raise UserError(f"unknown --latency {latency!r} (choose from {', '.join(LATENCY_STATS)})")
     dev = resolve_device(device)
     set_threads(threads)
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
@@ -96,7 +107,7 @@ def target(
         fresh = bench(pool, device=device, batch_sizes=[batch_size], data=data, write=False, progress=progress)
         rows = fresh.df.to_dict("records")
     rows = [r for r in rows if r["kind"] in DESCENDANT_KINDS]
-    best, alts = pick(rows, max_latency_ms, min_top1, max_params)
+    best, alts = pick(rows, max_latency_ms, min_top1, max_params, latency)
     child = Path(out) if out else pool.path / "children" / best["model"]
     check_child_dir(child, force)
     if measured:  # written only now: a refused budget leaves nothing behind
