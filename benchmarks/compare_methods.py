@@ -40,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ancestor import cpu_name  # noqa: E402
 from assemble import copy_as_distilled  # noqa: E402
 
-METHODS = ("pool", "snnet", "vanilla", "scratch")
-LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net", "vanilla": "vanilla learngene", "scratch": "scratch"}
+METHODS = ("pool", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
+LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net", "vanilla": "vanilla learngene", "scratch": "scratch",
+         "vanilla-each": "vanilla learngene, E epochs each", "scratch-each": "scratch, E epochs each"}
 
 
 def log(msg: str) -> None:
@@ -103,6 +104,30 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
     return out, zoos
 
 
+def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path) -> dict:
+    """vanilla / scratch with E full epochs per member (6x / 18x the pool's steps): the
+    calibration's reading of "the same budget"; scratch takes its architectures from any
+    pool built with the embedded recipe (weights unused)."""
+    from learngene.ancestry import load_ancestor
+    from learngene.baselines import scratch, vanilla
+    from learngene.data import LearngeneDataModule
+
+    dm = LearngeneDataModule(None, batch_size=64, seed=seed)
+    steps = budget * len(dm.train_dataloader())
+    out = {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        if kind == "vanilla":
+            z = vanilla(load_ancestor(None, progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet())
+        else:
+            z = scratch(pool_dir, dm, steps_each=steps, seed=seed, trainer_args=quiet())
+        out[f"{kind}-each"] = {"rows": z.rows, "seconds": {"train": time.perf_counter() - t0},
+                               "stored_params": z.stored_params, "steps": z.steps}
+        log(f"seed {seed} budget {budget}: {kind}, {budget} epochs each: "
+            f"{statistics.mean(r['test_top1'] for r in z.rows):.2f}")
+    return out
+
+
 def latencies(zoos: dict, img_size: int) -> dict:
     from learngene.bench.metrics import latency
 
@@ -118,8 +143,21 @@ def main():
     ap.add_argument("--md-only", action="store_true", help="rewrite methods.md/csv/png from methods.json")
     ap.add_argument("--pre-epochs", type=int, help="smoke runs only: epochs of distillation and anchor training")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--each", nargs="+", choices=["vanilla", "scratch"],
+                    help="add vanilla / scratch with --budgets epochs per member to methods.json (a second, untimed run)")
+    ap.add_argument("--pool", type=Path, default=Path("pools/embedded"), help="--each scratch: architectures from this pool")
     a = ap.parse_args()
     RESULTS = a.out
+    if a.each:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        res = json.loads((RESULTS / "methods.json").read_text())
+        for seed in a.seeds:
+            for b in a.budgets:
+                res["seeds"][str(seed)][str(b)].update(run_each(seed, b, a.each, a.pool))
+                (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))
+        res.setdefault("each_commands", []).append("python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]))
+        (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))
+        return write_outputs(res)
     RESULTS.mkdir(exist_ok=True)
     if a.md_only:
         return write_outputs(json.loads((RESULTS / "methods.json").read_text()))
@@ -146,15 +184,19 @@ def table(res: dict, budget: int) -> list[dict]:
     """One row per method and member: params, FLOPs, latency, test top1 per seed, mean, std."""
     seeds = list(res["seeds"])
     rows = []
-    for m in METHODS:
+    for m in present(res, budget):
         first = res["seeds"][seeds[0]][str(budget)][m]["rows"]
         for r in first:
             accs = [next(x for x in res["seeds"][s][str(budget)][m]["rows"] if x["id"] == r["id"])["test_top1"] for s in seeds]
             rows.append({"budget_epochs": budget, "method": m, "id": r["id"], "params": r["params"], "flops": r["flops"],
-                         "latency_ms": res.get("latency_ms", {}).get(m, {}).get(r["id"]),
+                         "latency_ms": res.get("latency_ms", {}).get(m.removesuffix("-each"), {}).get(r["id"]),
                          **{f"top1_seed{s}": v for s, v in zip(seeds, accs)},
                          "top1_mean": statistics.mean(accs), "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0})
     return rows
+
+
+def present(res: dict, budget: int) -> list[str]:
+    return [m for m in METHODS if all(m in res["seeds"][s].get(str(budget), {}) for s in res["seeds"])]
 
 
 def pm(r: dict) -> str:
@@ -170,7 +212,8 @@ def write_outputs(res: dict) -> None:
     pd.DataFrame(all_rows).to_csv(RESULTS / "methods.csv", index=False)
     lines = ["# Learngene Pool against SN-Net, vanilla learngene and scratch", "",
              f"`{res['command'].strip()}` on {res['machine']}; seeds {', '.join(seeds)}"
-             + (f"; {res['total_s'] / 60:.0f} min in all." if "total_s" in res else "."), "",
+             + (f"; {res['total_s'] / 60:.0f} min in all." if "total_s" in res else ".")
+             + "".join(f" The 'E epochs each' rows: `{c}`." for c in res.get("each_commands", [])), "",
              "Embedded default: the cached embedded ancestor (12 blocks, width 128, 2.37M params) and the "
              "scikit-learn digits (test split, 450 images). Accuracy: test top1, mean ± std over seeds. "
              "At a budget of E epochs every method spends the same optimizer steps on training its members "
@@ -189,33 +232,38 @@ def write_outputs(res: dict) -> None:
 def summary_section(res: dict, budget: int) -> list[str]:
     seeds = list(res["seeds"])
     rows = table(res, budget)
-    by = {m: sorted((r for r in rows if r["method"] == m), key=lambda r: r["params"]) for m in METHODS}
+    methods = present(res, budget)
+    by = {m: sorted((r for r in rows if r["method"] == m), key=lambda r: r["params"]) for m in methods}
     out = [f"## Budget: {budget} epochs of member training", "",
            "| method | members | params (M) | mean top1 | worst member | stored params (M) | steps | wall per stage (s, median over seeds) |",
            "|---|---|---|---|---|---|---|---|"]
-    for m in METHODS:
+    for m in methods:
         recs = [res["seeds"][s][str(budget)][m] for s in seeds]
         seed_means = [statistics.mean(r["test_top1"] for r in rec["rows"]) for rec in recs]
         stages = "; ".join(f"{k} {statistics.median(rec['seconds'][k] for rec in recs):.0f}" for k in recs[0]["seconds"])
         worst = min(by[m], key=lambda r: r["top1_mean"])
         sd = statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0
-        out.append(f"| {LABEL[m]} | {len(by[m])} | {by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
+        out.append(f"| {LABEL[m].replace('E epochs', f'{budget} epochs')} | {len(by[m])} | {by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
                    f"{statistics.mean(seed_means):.2f} ± {sd:.2f} | {worst['id']} {pm(worst)} | "
                    f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | {stages} |")
     # pool vs scratch (same architectures) and vs SN-Net at or below each size
     anchor = next(r for r in by["snnet"] if r["id"] == "narrow")
     smallest = by["snnet"][0]
     sc = {r["id"]: r for r in by["scratch"]}
+    each = {r["id"]: r for r in by.get("scratch-each", [])}
     out += ["", f"Per pool descendant: scratch is the same architecture; SN-Net is its most accurate member no larger "
             f"than the descendant, or, below SN-Net's smallest member ({smallest['id']}, {smallest['params'] / 1e6:.3f}M), "
             f"that member (larger than the descendant). SN-Net's narrow anchor has {anchor['params'] / 1e6:.3f}M params.", "",
-            "| pool descendant | params (M) | latency ms | pool | scratch | SN-Net (member) | pool - SN-Net |", "|---|---|---|---|---|---|---|"]
+            "| pool descendant | params (M) | latency ms | pool | scratch | SN-Net (member) | pool - SN-Net |"
+            + (f" scratch, {budget} epochs each |" if each else ""), "|---|---|---|---|---|---|---|" + ("---|" if each else "")]
+    above_each = 0
     above_scratch, below_anchor, below_ok, overlap, overlap_ok = 0, 0, 0, 0, 0
     for r in by["pool"]:
         fits = [x for x in by["snnet"] if x["params"] <= r["params"]]
         ref = max(fits, key=lambda x: x["top1_mean"]) if fits else smallest
         d = r["top1_mean"] - ref["top1_mean"]
         above_scratch += r["top1_mean"] > sc[r["id"]]["top1_mean"]
+        above_each += bool(each) and r["top1_mean"] > each[r["id"]]["top1_mean"]
         if r["params"] < anchor["params"]:
             below_anchor += 1
             below_ok += d >= 0
@@ -223,15 +271,20 @@ def summary_section(res: dict, budget: int) -> list[str]:
             overlap += 1
             overlap_ok += d >= 0
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
-        out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | {pm(ref)} ({ref['id']}) | {d:+.2f} |")
+        out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | {pm(ref)} ({ref['id']}) | {d:+.2f} |"
+                   + (f" {pm(each[r['id']])} |" if each else ""))
     n = len(by["pool"])
     out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants.",
             f"- Below the size of SN-Net's narrow anchor ({below_anchor} pool descendants): pool at least as accurate as "
             f"SN-Net (as above) in **{below_ok}/{below_anchor}**.",
             f"- From the narrow anchor's size up ({overlap} pool descendants): pool at least as accurate as SN-Net's best "
-            f"member no larger in **{overlap_ok}/{overlap}**.", ""]
-    for m in ("snnet", "vanilla"):
-        out += [f"<details><summary>{LABEL[m]} members</summary>", "", "| member | params (M) | latency ms | test top1 |", "|---|---|---|---|"]
+            f"member no larger in **{overlap_ok}/{overlap}**."]
+    if each:
+        out.append(f"- Pool above scratch with {budget} epochs per architecture ({len(each)}x the pool's steps in all): "
+                   f"**{above_each}/{n}**.")
+    out.append("")
+    for m in [m for m in ("snnet", "vanilla", "vanilla-each") if m in by]:
+        out += [f"<details><summary>{LABEL[m].replace('E epochs', f'{budget} epochs')} members</summary>", "", "| member | params (M) | latency ms | test top1 |", "|---|---|---|---|"]
         for r in by[m]:
             lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
             out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} |")
@@ -245,7 +298,8 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"pool": "tab:blue", "snnet": "tab:orange", "vanilla": "tab:green", "scratch": "tab:gray"}
+    colors = {"pool": "tab:blue", "snnet": "tab:orange", "vanilla": "tab:green", "scratch": "tab:gray",
+              "vanilla-each": "tab:olive", "scratch-each": "black"}
     fig, axes = plt.subplots(len(budgets), 2, figsize=(12, 4.6 * len(budgets)), squeeze=False)
     for i, b in enumerate(budgets):
         for j, (x, xl) in enumerate((("params", "params (M)"), ("latency_ms", "latency, batch 1 (ms)"))):
@@ -256,7 +310,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
                     continue
                 xs = [r[x] / (1e6 if x == "params" else 1) for r in rs]
                 ax.errorbar(xs, [r["top1_mean"] for r in rs], yerr=[r["top1_std"] for r in rs], fmt="o", ms=4,
-                            capsize=2, color=colors[m], label=LABEL[m], alpha=0.85)
+                            capsize=2, color=colors[m], label=LABEL[m].replace('E epochs', f'{b} epochs'), alpha=0.85)
             ax.set_xscale("log")
             ax.set_xlabel(xl)
             ax.set_ylabel("test top1 (%)")
