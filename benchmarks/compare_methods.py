@@ -297,6 +297,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     colors = {"pool": "tab:blue", "snnet": "tab:orange", "vanilla": "tab:green", "scratch": "tab:gray",
               "vanilla-each": "tab:olive", "scratch-each": "black"}
@@ -312,6 +313,10 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
                 ax.errorbar(xs, [r["top1_mean"] for r in rs], yerr=[r["top1_std"] for r in rs], fmt="o", ms=4,
                             capsize=2, color=colors[m], label=LABEL[m].replace('E epochs', f'{b} epochs'), alpha=0.85)
             ax.set_xscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3x10^-1 (which overlaps)
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="x", which="minor", labelsize=7)
             ax.set_xlabel(xl)
             ax.set_ylabel("test top1 (%)")
             ax.set_ylim(0, 100)
