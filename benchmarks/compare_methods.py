@@ -223,7 +223,14 @@ def write_outputs(res: dict) -> None:
              "Latency: batch size 1, median, this CPU, 2 threads.", ""]
     for b in budgets:
         lines += summary_section(res, b)
-    lines += ["", "![accuracy against params and latency](methods.png)", ""]
+    lines += ["## Reading", "",
+              "- SN-Net's smaller members start from a narrow anchor trained from scratch (its `narrow` row is that anchor "
+              "after joint training); the pool's from auxiliary models distilled from the ancestor. With the same member "
+              "training, SN-Net's spread over seeds follows its anchor's.",
+              "- Vanilla learngene and scratch train every member alone: at the same total steps each gets a small share. "
+              "The 'E epochs each' rows give every member alone the E epochs the pool shares among all its descendants.",
+              "- Wall times are medians over seeds on a shared 2-core machine; they vary by tens of percent between runs.",
+              "", "![accuracy against params and latency](methods.png)", ""]
     (RESULTS / "methods.md").write_text("\n".join(lines))
     plot(all_rows, budgets, RESULTS / "methods.png")
     print("\n".join(lines))
