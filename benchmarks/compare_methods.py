@@ -84,8 +84,8 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
         res = assemble(p, train="all", spec=AssembleSpec(seed=seed, epochs=budget), data=dm,
                        trainer_args=quiet(), progress=lambda m: None)
         steps = res.trained["steps"]
-        pool = pool_zoo(p, res.rows, seconds={"build-pool": build_s, "assemble --all": time.perf_counter() - t0})
-        pool.steps = steps
+        pool = pool_zoo(p, res.rows, seconds={"build-pool": build_s, "assemble --all": time.perf_counter() - t0},
+                        steps=steps)
         log(f"seed {seed} budget {budget}: pool assembled ({steps} steps)")
         sn = snnet(ancestor.model, dm, spec=AssembleSpec(seed=seed, epochs=budget), seed=seed, anchor=anchor,
                    trainer_args=quiet(), log=log)

@@ -99,11 +99,11 @@ def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
     rows = [{"model": m, "top1": a, "infer_step_time": t, "infer_step_time_p90": 1.5 * t, "param_count": p}
             for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))]
     assert pick(rows, 2.5, None, None, latency="p90")[0]["model"] == "d"  # b's p90 (3.0) is over budget
-    best, alts = pick(rows, 2.5, None, None)
+    best, alts = pick(rows, 2.5, None, None, "median")
     assert best["model"] == "b" and [r["model"] for r in alts] == ["d", "c"]
-    assert pick(rows, 2.5, None, 150_000)[0]["model"] == "d"
+    assert pick(rows, 2.5, None, 150_000, "median")[0]["model"] == "d"
     with pytest.raises(UserError, match="closest: a"):
-        pick(rows, 0.5, None, None)
+        pick(rows, 0.5, None, None, "median")
 
 
 def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):  # noqa: F811

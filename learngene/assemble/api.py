@@ -80,14 +80,18 @@ def load_pool_model(pool: Pool, revision: str | None = "latest") -> tuple[PoolMo
     return pm, has
 
 
+def init_images(dm) -> torch.Tensor:
+    """The training images least-squares stitch init fits on: INIT_IMAGES spread evenly."""
+    ds = dm.dataset("train")
+    idx = torch.linspace(0, len(ds) - 1, min(INIT_IMAGES, len(ds))).long().tolist()
+    return torch.stack([ds[i][0] for i in idx])
+
+
 def init_stitches(pool: Pool, pm: PoolModel, how: str, dm) -> None:
     if how not in INITS:
         raise UserError(f"unknown --init {how!r} (choose from {', '.join(INITS)})")
     if how == "lstsq":
-        ds = dm.dataset("train")
-        idx = torch.linspace(0, len(ds) - 1, min(INIT_IMAGES, len(ds))).long().tolist()
-        images = torch.stack([ds[i][0] for i in idx])
-        init_lstsq(pm, images)
+        init_lstsq(pm, init_images(dm))
     else:
         n, w = pm.aux_names
         init_distill(pm, pool.component(n, "maps"), pool.component(w, "maps"),

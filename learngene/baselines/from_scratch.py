@@ -18,7 +18,6 @@ def scratch(pool, dm, steps_each: int, seed: int = 0, optim: OptimConfig = SCRAT
     import timm
 
     from learngene.assemble.api import load_pool_model
-
     from learngene.pool import Pool
 
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)

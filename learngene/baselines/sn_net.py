@@ -53,10 +53,8 @@ def snnet(ancestor: nn.Module, dm, spec=None, embed_dim: int = 48, num_heads: in
     """Train the narrow anchor (or take ``anchor``: what `train_anchor` returned), stitch it
     to a copy of the ancestor, train all stitches jointly with assemble's recipe (``spec``:
     an AssembleSpec, default budget). The anchor itself is not changed."""
-    import torch
-
-    from learngene.assemble.api import INIT_IMAGES, evaluate_specs
-    from learngene.assemble.model import PoolModel, count_flops, count_params
+    from learngene.assemble.api import evaluate_specs, init_images, static_rows
+    from learngene.assemble.model import PoolModel, count_params
     from learngene.assemble.stitch_init import init_lstsq
     from learngene.assemble.train import AssembleSpec, train_descendants
 
@@ -72,20 +70,18 @@ def snnet(ancestor: nn.Module, dm, spec=None, embed_dim: int = 48, num_heads: in
     anchor, anchor_args = anchor
     # copies, trainable: the caller's ancestor may be frozen (a teacher elsewhere) and stays as it is
     pm = PoolModel(copy.deepcopy(anchor), copy.deepcopy(ancestor), anchor_args, model_args(ancestor)).requires_grad_(True)
-    ds = dm.dataset("train")
-    idx = torch.linspace(0, len(ds) - 1, min(INIT_IMAGES, len(ds))).long().tolist()
-    init_lstsq(pm, torch.stack([ds[i][0] for i in idx]))
-    img = anchor_args["img_size"]
-    flops = {s.id: count_flops(pm.descendant(s), img) for s in pm.specs}
-    trained = train_descendants(pm, pm.specs, spec, dm, teacher=copy.deepcopy(ancestor), flops=flops,
+    init_lstsq(pm, init_images(dm))
+    # params and FLOPs per member, as assemble counts them (the FLOPs also feed --sampling flops)
+    rows = [{k: r[k] for k in ("id", "kind", "params", "flops")} for r in static_rows(pm, anchor_args["img_size"])]
+    trained = train_descendants(pm, pm.specs, spec, dm, teacher=copy.deepcopy(ancestor),
+                                flops={r["id"]: r["flops"] for r in rows},
                                 trainer_args=trainer_args or TrainerArgs(progress=False))
     seconds["stitch + joint training"] = time.perf_counter() - t0
     val = evaluate_specs(pm, pm.specs, dm.val_dataloader())
     test = evaluate_specs(pm, pm.specs, dm.test_dataloader())
+    for r in rows:
+        r.update(val_top1=val[r["id"]]["top1"], test_top1=test[r["id"]]["top1"], test_top5=test[r["id"]]["top5"])
     models = {s.id: pm.descendant(s) for s in pm.specs}
-    rows = [{"id": s.id, "kind": s.kind, "params": count_params(models[s.id]), "flops": flops[s.id],
-             "val_top1": val[s.id]["top1"], "test_top1": test[s.id]["top1"], "test_top5": test[s.id]["top5"]}
-            for s in pm.specs]
     if log:
         log(f"snnet seed {seed}: {len(rows)} members, mean test top1 {sum(r['test_top1'] for r in rows) / len(rows):.2f}")
     return Zoo("snnet", models, rows, seconds, stored_params=count_params(pm), steps=trained["steps"])

@@ -32,18 +32,19 @@ def member_row(sid: str, kind: str, model: nn.Module, img_size: int, dm) -> dict
             "val_top1": round(val["top1"], 2), "test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2)}
 
 
-def pool_zoo(pool, rows: list[dict], method: str = "pool", revision: str | None = "latest", seconds=None) -> Zoo:
-    """A pool's descendants as a Zoo, with the rows an `assemble --all` run returned."""
+def pool_zoo(pool, rows: list[dict], method: str = "pool", revision: str | None = "latest", seconds=None,
+             steps: int = 0) -> Zoo:
+    """A pool's descendants as a Zoo, with the rows (and optimizer steps) of the
+    `assemble --all` run that trained them."""
     from learngene.assemble.api import load_pool_model
     from learngene.assemble.model import count_params
-
     from learngene.pool import Pool
 
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
     pm, _ = load_pool_model(pool, revision)
     keep = ("id", "kind", "params", "flops", "val_top1", "test_top1", "test_top5")
     return Zoo(method, {s.id: pm.descendant(s) for s in pm.specs}, [{k: r[k] for k in keep} for r in rows],
-               dict(seconds or {}), count_params(pm))
+               dict(seconds or {}), count_params(pm), steps)
 
 
 def train_alone(models: dict[str, tuple[str, nn.Module, list[dict] | None]], dm, steps: int, seed: int,

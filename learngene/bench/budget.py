@@ -46,7 +46,7 @@ def latest_report(pool: Pool, device: str, device_name: str, threads: int) -> Pa
 
 
 def pick(rows: list[dict], max_latency_ms: float, min_top1: float | None, max_params: float | None,
-         latency: str = "median") -> tuple[dict, list[dict]]:
+         latency: str) -> tuple[dict, list[dict]]:
     """The most accurate row within budget (ties: the faster), and the two nearest
     alternatives; ``latency`` names the statistic the budget holds (LATENCY_STATS).
     Nothing fits: a UserError naming the closest options."""
