@@ -24,7 +24,7 @@ VERBS = {
     "grow": "make a model larger without changing what it computes",
     "adapt": "fit a model to a new task with a small stored delta (LoRA / adapters)",
 }
-NOT_BUILT = {"grow": 6, "adapt": 7}
+NOT_BUILT = {"adapt": 7}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,6 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", metavar="DIR", help="child folder (default: POOL/children/<id>)")
             sp.add_argument("--force", action="store_true", help="replace an existing child folder")
             sp.add_argument("--json", action="store_true", help="print the result as JSON")
+        elif verb == "grow":
+            sp.add_argument("--from", dest="source", required=True, metavar="MODEL",
+                            help="embedded | a timm name (with --checkpoint / --pretrained) | local-dir:DIR or DIR | POOL:AUX")
+            sp.add_argument("--method", required=True, choices=["net2net", "expand", "ligo"])
+            sp.add_argument("--embed-dim", type=int, default=None, help="residual width (default: the model's)")
+            sp.add_argument("--depth", type=int, default=None, help="number of blocks (default: the model's)")
+            sp.add_argument("--heads", type=int, default=None, help="attention heads (default: keep the head size)")
+            sp.add_argument("--head-dim", type=int, default=None, help="size of each head (default: keep it)")
+            sp.add_argument("--mlp-ratio", type=float, default=None, help="MLP hidden size / width (default: the model's)")
+            w = sp.add_mutually_exclusive_group()
+            w.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name (.safetensors or weights-only torch file)")
+            w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")
+            sp.add_argument("--data", metavar="DIR", help="ImageFolder LiGO trains its operator on (default: the embedded digits)")
+            sp.add_argument("--steps", type=int, default=100, help="LiGO operator training steps (default 100)")
+            sp.add_argument("--noise", type=float, default=0.0,
+                            help="net2net: relative noise on the copies (breaks symmetry; no longer exact)")
+            sp.add_argument("--seed", type=int, default=0)
+            sp.add_argument("--out", required=True, metavar="DIR", help="the grown model's timm local-dir folder")
+            sp.add_argument("--force", action="store_true", help="replace an existing folder")
+            sp.add_argument("--json", action="store_true", help="print the result as JSON")
+            add_trainer_args(sp)
         elif verb == "pool":
             sp.add_argument("action", choices=["info", "verify"])
             sp.add_argument("path", metavar="PATH")
@@ -341,6 +362,36 @@ def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | se
         print(flag + "  ".join(cell(r.get(c)).ljust(widths[c]) for c in cols))
 
 
+def cmd_grow(ns: argparse.Namespace) -> int:
+    from learngene.grow import api
+
+    if ns.steps < 0:
+        raise UserError(f"--steps must be >= 0, got {ns.steps}")
+    if ns.noise < 0:
+        raise UserError(f"--noise must be >= 0, got {ns.noise}")
+    if ns.method != "net2net" and ns.noise:
+        raise UserError("--noise applies to --method net2net only")
+    out = Path(ns.out)
+    if out.exists() and not ns.force:  # before any loading or training
+        raise UserError(f"output exists: {out} (pass --force to replace it)")
+    src = api.load_source(ns.source, checkpoint=ns.checkpoint, pretrained=ns.pretrained)
+    target = api.resolve_target(src.model, ns.method, ns.embed_dim, ns.depth, ns.heads, ns.mlp_ratio, ns.head_dim)
+    dm = api.datamodule(src.model, ns.data, seed=ns.seed) if ns.method == "ligo" else None
+    if ns.data and ns.method != "ligo":
+        raise UserError("--data is for --method ligo (the other methods need no data)")
+    res = api.grow_to_dir(src, ns.method, out, target, dm=dm, steps=ns.steps, noise=ns.noise, seed=ns.seed,
+                          force=ns.force, trainer_args=trainer_args_from(ns))
+    if ns.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    t = res["target"]
+    print(f"grew {ns.source} ({res['source_params']:,} params) by {ns.method} to width {t['embed_dim']}, depth {t['depth']}, "
+          f"{t['num_heads']} heads of {t['head_dim']}, MLP {t['mlp_hidden']}: {res['params']:,} params in {res['seconds']} s")
+    print(f"max |logit change| on random images: {res['max_logit_change']:.2e}")
+    print(f"saved {out} (timm.create_model('local-dir:{out}', pretrained=True))")
+    return 0
+
+
 def cmd_pool(ns: argparse.Namespace) -> int:
     from learngene.pool import Pool
 
@@ -384,7 +435,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"learngene {ns.verb}: not built yet (see issue #{NOT_BUILT[ns.verb]})", file=sys.stderr)
         return 1
     return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool, "assemble": cmd_assemble,
-            "bench": cmd_bench, "target": cmd_target}[ns.verb](ns)
+            "bench": cmd_bench, "target": cmd_target, "grow": cmd_grow}[ns.verb](ns)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,21 @@
+"""grow: make a timm ViT larger without losing what it computes (Net2Net, the six
+composable function-preserving expansions) or with a learned operator (LiGO).
+
+Names are imported lazily, so ``import learngene.grow`` pulls in neither Lightning nor timm.
+"""
+
+_EXPORTS = {
+    "grow": "api", "grow_to_dir": "api", "load_source": "api", "resolve_target": "api", "Target": "api",
+    "EXPANSIONS": "expand", "LigoOperator": "ligo",
+}
+# The methods themselves: learngene.grow.expand.expand, .net2net.net2net, .ligo.ligo (a lazy
+# export named like its module would be shadowed by the module once imported).
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"learngene.grow.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)
