@@ -35,7 +35,7 @@ def test_help_lists_every_verb():
 
 
 def test_unbuilt_verb_says_so():
-    r = learngene("grow", "--from", "x")  # issue 6
+    r = learngene("adapt", "--model", "x")  # issue 7
     assert r.returncode == 1 and "not built yet" in r.stderr
 
 

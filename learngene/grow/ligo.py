@@ -175,7 +175,7 @@ def materialise(op: LigoOperator, template: nn.Module) -> nn.Module:
     with torch.no_grad():
         sd = {k: v.detach().cpu() for k, v in op().items()}
     m.load_state_dict(sd, strict=True)
-    return m.eval()
+    return m.requires_grad_(True).eval()  # the operator's training froze the template
 
 
 def ligo_module(op: LigoOperator, template: nn.Module, lr: float = 1e-3, label_smoothing: float = 0.1):
