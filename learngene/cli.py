@@ -24,7 +24,6 @@ VERBS = {
     "grow": "make a model larger without changing what it computes",
     "adapt": "fit a model to a new task with a small stored delta (LoRA / adapters)",
 }
-NOT_BUILT = {"adapt": 7}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_pool_arg(sp)
             add_device_args(sp)
             sp.add_argument("--batch-sizes", default="1,32", help="latency batch sizes (default 1,32)")
-            sp.add_argument("--include", default="", help="also measure: ancestor, children (comma-separated)")
+            sp.add_argument("--include", default="", help="also measure: ancestor, children, adapted (the pool's deltas, each on its own task)")
             sp.add_argument("--revision", default="latest", help="pool revision to measure (default latest)")
             sp.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per model and batch size")
             sp.add_argument("--out", metavar="DIR", help="report folder (default: POOL/reports/<device>-<time>)")
@@ -183,6 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", required=True, metavar="DIR", help="the grown model's timm local-dir folder")
             sp.add_argument("--force", action="store_true", help="replace an existing folder")
             sp.add_argument("--json", action="store_true", help="print the result as JSON")
+            add_trainer_args(sp)
+        elif verb == "adapt":
+            sp.description = ("`adapt --model M --data D --name TASK`: train and store a delta; "
+                              "`adapt apply --model M --delta TASK [--merge --out DIR]`; `adapt ls`")
+            sp.add_argument("action", nargs="?", default="train", choices=["train", "apply", "ls"])
+            add_pool_arg(sp)
+            sp.add_argument("--model", metavar="M", help="a child id of the pool, a timm local-dir, 'embedded', or a timm name")
+            sp.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name")
+            sp.add_argument("--data", metavar="DIR", help="ImageFolder of the new task, or digits:rot90 (embedded)")
+            sp.add_argument("--method", default="lora", choices=["lora", "adapter"])
+            sp.add_argument("--rank", type=int, default=8, help="LoRA rank / adapter bottleneck (default 8)")
+            sp.add_argument("--targets", default="qkv,proj,fc1,fc2", help="block linears to adapt (default all four)")
+            sp.add_argument("--train-head", action="store_true", help="train the classifier too (stored in the delta)")
+            sp.add_argument("--epochs", type=int, default=10)
+            sp.add_argument("--lr", type=float, default=1e-3)
+            sp.add_argument("--fraction", type=float, default=1.0, help="fraction of the training split to use")
+            sp.add_argument("--seed", type=int, default=0)
+            sp.add_argument("--name", metavar="TASK", help="the task: the delta goes to POOL/adapters/TASK")
+            sp.add_argument("--delta", metavar="TASK_OR_DIR", help="apply: a task of the pool or a delta folder")
+            sp.add_argument("--merge", action="store_true", help="apply: fold the delta into the weights (LoRA)")
+            sp.add_argument("--out", metavar="DIR", help="apply --merge: write the merged model as a timm local-dir")
+            sp.add_argument("--force", action="store_true", help="replace an existing delta / output folder")
+            sp.add_argument("--json", action="store_true")
             add_trainer_args(sp)
         elif verb == "pool":
             sp.add_argument("action", choices=["info", "verify"])
@@ -358,7 +380,7 @@ def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | se
     widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in cols}
     print("  " + "  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
-        flag = "* " if (r["id"] in mark if isinstance(mark, set) else r["id"] == mark) else "  "
+        flag = "  " if mark is None else "* " if (r.get("id") in mark if isinstance(mark, set) else r.get("id") == mark) else "  "
         print(flag + "  ".join(cell(r.get(c)).ljust(widths[c]) for c in cols))
 
 
@@ -389,6 +411,58 @@ def cmd_grow(ns: argparse.Namespace) -> int:
           f"{t['num_heads']} heads of {t['head_dim']}, MLP {t['mlp_hidden']}: {res['params']:,} params in {res['seconds']} s")
     print(f"max |logit change| on random images: {res['max_logit_change']:.2e}")
     print(f"saved {out} (timm.create_model('local-dir:{out}', pretrained=True))")
+    return 0
+
+
+def cmd_adapt(ns: argparse.Namespace) -> int:
+    from learngene.adapt import api
+
+    if ns.action == "ls":
+        rows = api.ls(ns.pool)
+        if not rows and not ns.json:
+            print(f"no deltas in {api.adapters_dir(ns.pool)}")
+            return 0
+        print_table(rows, ["task", "method", "r", "base", "data", "test_top1", "trainable_params", "delta_bytes",
+                           "delta_fraction"], ns.json)
+        return 0
+    if not ns.model:
+        raise UserError(f"adapt {ns.action}: give --model")
+    if ns.action == "apply":
+        if not ns.delta:
+            raise UserError("adapt apply: give --delta (a task of the pool or a delta folder)")
+        if ns.out and not ns.merge:
+            raise UserError("adapt apply: --out writes a merged model; add --merge")
+        if ns.out and Path(ns.out).exists() and not ns.force:
+            raise UserError(f"output exists: {ns.out} (pass --force to replace it)")
+        model, ad, base = api.apply(ns.model, ns.delta, ns.pool, merge=ns.merge, checkpoint=ns.checkpoint)
+        from learngene.training import evaluate
+
+        dm = api.data_for(base, ns.data or ad.meta.get("data"))
+        acc = evaluate(model, dm.test_dataloader())
+        res = {"task": ad.meta.get("task"), "method": ad.method, "data": dm.name, "test_top1": round(acc["top1"], 2),
+               "merged": ns.merge}
+        if ns.merge:
+            img = int(base.model.patch_embed.img_size[0])
+            res["merge_max_logit_diff"] = api.max_diff(ad.model, model, img)
+            if ns.out:
+                res["out"] = str(api.export_merged(model, ad, base, Path(ns.out), ns.force))
+        if ns.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print(", ".join(f"{k}: {v}" for k, v in res.items()))
+        return 0
+    if ns.delta or ns.merge or ns.out:
+        raise UserError("--delta / --merge / --out belong to `adapt apply`")
+    if not ns.name:
+        raise UserError("adapt: give --name TASK (the delta is stored as POOL/adapters/TASK)")
+    res = api.adapt(ns.model, ns.data, ns.name, ns.method, ns.rank, ns.targets, ns.train_head, ns.epochs, ns.lr,
+                    ns.pool, ns.fraction, ns.seed, ns.force, ns.checkpoint, trainer_args_from(ns), progress=not ns.quiet)
+    if ns.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['method']} delta for {res['task']} on {res['base']}: test top1 {res['test_top1']}%, "
+              f"{res['trainable_params']:,} trainable params, {res['delta_bytes']:,} bytes "
+              f"({100 * res['delta_fraction']:.2f}% of the model) in {res['seconds']} s -> {res['path']}")
     return 0
 
 
@@ -429,13 +503,11 @@ def run(argv: list[str] | None = None) -> int:
     if ns.verb is None and not unknown:
         parser.print_help()
         return 0
-    if unknown and ns.verb not in NOT_BUILT:
+    if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if ns.verb in NOT_BUILT:
-        print(f"learngene {ns.verb}: not built yet (see issue #{NOT_BUILT[ns.verb]})", file=sys.stderr)
-        return 1
     return {"ancestor": cmd_ancestor, "build-pool": cmd_build_pool, "pool": cmd_pool, "assemble": cmd_assemble,
-            "bench": cmd_bench, "target": cmd_target, "grow": cmd_grow}[ns.verb](ns)
+            "bench": cmd_bench, "target": cmd_target, "grow": cmd_grow,
+            "adapt": cmd_adapt}[ns.verb](ns)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,11 @@ DIGITS_TEST_FRACTION = 0.25
 DIGITS_VAL_FRACTION = 0.10
 DIGITS_SPLIT_SEED = 0
 DIGITS_IMG_SIZE = 16
+# New tasks made from the embedded digits (``--data digits:NAME``), for adaptation: same
+# images and split, something the pool never saw.
+DIGITS_TASKS = {
+    "rot90": "the digits rotated by 90 degrees (a held-out distortion), same labels",
+}
 
 
 # --------------------------------------------------------------------------- embedded data
@@ -229,12 +234,18 @@ class LearngeneDataModule(L.LightningDataModule):
         self.train_fraction = train_fraction
         self.augment = augment
         self.seed = seed
+        self.task = None
+        if isinstance(data, str) and data.startswith(EMBEDDED + ":"):
+            self.task = data.split(":", 1)[1]
+            if self.task not in DIGITS_TASKS:
+                raise UserError(f"unknown embedded task {data!r} (known: {', '.join(EMBEDDED + ':' + t for t in DIGITS_TASKS)})")
+            data = None
         self.root = None if data in (None, "", EMBEDDED) else Path(data).expanduser()
         if self.root is None:
             self.data_config = dict(data_config or digits_data_config())
             self.num_workers = 0 if num_workers is None else num_workers
             self.classes = [str(i) for i in range(10)]
-            self.name = EMBEDDED
+            self.name = EMBEDDED if self.task is None else f"{EMBEDDED}:{self.task}"
         else:
             # The transforms need the reading model's data config; it may be set later
             # (the folder is checked now, before any model is loaded).
@@ -271,6 +282,8 @@ class LearngeneDataModule(L.LightningDataModule):
             return
         if self.root is None:
             splits = digits_splits(self.img_size)
+            if self.task == "rot90":
+                splits = {n: Split(torch.rot90(s.images, 1, (2, 3)).contiguous(), s.labels) for n, s in splits.items()}
             mean, std = self.data_config["mean"], self.data_config["std"]
             self._sets = {
                 name: TensorImages(s, mean, std, train=(name == "train" and self.augment))
@@ -334,5 +347,5 @@ class LearngeneDataModule(L.LightningDataModule):
     def fingerprint(self) -> str:
         """Short id of the data a model was trained on (cache keys, manifests)."""
         if self.root is None:
-            return f"{EMBEDDED}-{self.img_size}px-split{DIGITS_SPLIT_SEED}"
+            return f"{self.name}-{self.img_size}px-split{DIGITS_SPLIT_SEED}"
         return f"imagefolder:{self.root.resolve()}"

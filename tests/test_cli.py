@@ -34,11 +34,6 @@ def test_help_lists_every_verb():
         assert verb in r.stdout
 
 
-def test_unbuilt_verb_says_so():
-    r = learngene("adapt", "--model", "x")  # issue 7
-    assert r.returncode == 1 and "not built yet" in r.stderr
-
-
 @pytest.mark.parametrize(
     "args, needles",
     [

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from learngene.errors import UserError
 from learngene.pool import Pool
 
-INCLUDE = ("ancestor", "children")
+INCLUDE = ("ancestor", "children", "adapted")
 
 
 @dataclass
@@ -65,6 +65,20 @@ def models_to_measure(pool: Pool, pm, include: list[str]) -> list[tuple[str, str
         from learngene.assemble.api import teacher_for
 
         out.append(("ancestor", "ancestor", teacher_for(pool).model.eval()))
+    if "adapted" in include:
+        out += adapted_models(pool)
+    return out
+
+
+def adapted_models(pool: Pool) -> list[tuple]:
+    """(name, kind, model, task data) for every stored delta of the pool, in the form it
+    ships in: LoRA merged into the weights, an adapter applied. Measured on its own task."""
+    from learngene.adapt import api as adapt_api
+
+    out = []
+    for row in adapt_api.ls(pool.path):
+        model, ad, base = adapt_api.apply(row["base"], row["task"], pool.path, merge=row["method"] == "lora")
+        out.append((f"adapted:{row['task']}", "adapted", model.eval(), adapt_api.data_for(base, row["data"])))
     return out
 
 
@@ -116,12 +130,13 @@ def bench(
     done = trained_ids(pool, rev) if has_stitches else {"narrow", "wide"}
     rows = []
     bar = tqdm(total=len(models), desc="bench", unit="model", disable=not progress)
-    for name, kind, model in models:
-        tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), dev)
-        te_f, te_logits, te_y = features_and_logits(model, dm.eval_loader("test"), dev)
+    for name, kind, model, *task in models:
+        mdm = task[0] if task else dm  # an adapted model is measured on its own task
+        tr_f, _, tr_y = features_and_logits(model, mdm.eval_loader("train"), dev)
+        te_f, te_logits, te_y = features_and_logits(model, mdm.eval_loader("test"), dev)
         acc = topk_accuracy(te_logits, te_y)
         # trained: False for a stitched descendant still at its stitch initialisation
-        base = {"model": name, "kind": kind, "trained": kind not in ("narrow", "wide", "stitch") or name in done,
+        base = {"model": name, "kind": kind, "data": mdm.name, "trained": kind not in ("narrow", "wide", "stitch") or name in done,
                 **acc, "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y),
                 "param_count": round(count_params(model) / 1e6, 4), "flops": count_flops(model.cpu(), img)}
         base["infer_gmacs"] = base["flops"] / 2e9

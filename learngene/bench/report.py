@@ -15,7 +15,9 @@ def mark_pareto(df: pd.DataFrame, acc: str = "top1", cost: str = "infer_step_tim
     """True for the rows no other row of the same batch size beats: at least as accurate
     and at most as slow, strictly better in one of the two."""
     out = pd.Series(False, index=df.index)
-    for _, g in df.groupby("infer_batch_size"):
+    # accuracies on different tasks (adapted models) are not comparable: a frontier per task
+    keys = ["infer_batch_size"] + (["data"] if "data" in df.columns else [])
+    for _, g in df.groupby(keys):
         for i, r in g.iterrows():
             better = (g[acc] >= r[acc]) & (g[cost] <= r[cost]) & ((g[acc] > r[acc]) | (g[cost] < r[cost]))
             out[i] = not better.any()

@@ -108,7 +108,7 @@ def set_norm(norm: nn.LayerNorm, g: torch.Tensor, b: torch.Tensor) -> None:
 def to_split(attn: nn.Module) -> SplitAttention:
     if isinstance(attn, SplitAttention):
         return attn
-    from timm.layers import Attention
+    from timm.models.vision_transformer import Attention
 
     if not isinstance(attn, Attention):
         raise UserError(f"cannot grow a {type(attn).__name__} attention: learngene grows timm's standard ViT Attention")
@@ -125,10 +125,13 @@ def to_split(attn: nn.Module) -> SplitAttention:
 
 def to_timm(sa: SplitAttention) -> nn.Module:
     """Back to timm's Attention (only when key/query and value sizes agree)."""
-    from timm.layers import Attention
+    from timm.models.vision_transformer import Attention
 
-    attn = Attention(sa.proj.out_features, sa.num_heads, attn_head_dim=sa.qk_dim, qkv_bias=sa.qkv.bias is not None,
-                     proj_bias=sa.proj.bias is not None, attn_drop=sa.attn_drop, proj_drop=sa.proj_drop.p)
+    dim = sa.proj.out_features
+    # attn_head_dim only where the head size is not dim / heads (older timm lacks it)
+    extra = {} if sa.qk_dim * sa.num_heads == dim else {"attn_head_dim": sa.qk_dim}
+    attn = Attention(dim, sa.num_heads, qkv_bias=sa.qkv.bias is not None, proj_bias=sa.proj.bias is not None,
+                     attn_drop=sa.attn_drop, proj_drop=sa.proj_drop.p, **extra)
     attn.qkv.load_state_dict(sa.qkv.state_dict())
     attn.proj.load_state_dict(sa.proj.state_dict())
     return attn
