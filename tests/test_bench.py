@@ -137,3 +137,18 @@ def test_target_measures_when_no_report_fits_and_a_refusal_writes_nothing(setup_
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["measured_now"] and (pool / "reports").is_dir() and (pool / "children" / out["chosen"]["model"]).is_dir()
+
+
+def test_bench_includes_adapted_models_on_their_own_task(setup_dir, tmp_path):  # noqa: F811
+    pytest.importorskip("peft")
+    from learngene.adapt import api
+    from learngene.bench import bench
+    from learngene.training import TrainerArgs
+
+    pool = fresh_pool(setup_dir, tmp_path)
+    api.adapt(str(setup_dir / "anc"), "digits:rot90", "rot", epochs=1, pool=pool, train_fraction=0.2, trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
+    df = bench(pool, batch_sizes=[1], include=["adapted"], min_run_time=0.01, write=False).df
+    row = df[df.model == "adapted:rot"].iloc[0]
+    assert row.kind == "adapted" and row.data == "digits:rot90"
+    rec = json.loads((pool / "adapters" / "rot" / "learngene.json").read_text())
+    assert abs(row.top1 - rec["test_top1"]) < 1e-6

@@ -1,0 +1,137 @@
+"""adapt: a delta's round trip (save, load, apply, merge), rollback to a byte-identical base,
+refusal of another base and of a corrupt / missing delta file, the CLI, bench of deltas."""
+
+import json
+
+import pytest
+import torch
+
+from learngene.adapt import api
+from learngene.adapt import delta as D
+from learngene.ancestry import state_dict_sha256
+from test_cli import assert_one_line_error, learngene
+
+pytest.importorskip("peft")
+
+
+@pytest.fixture
+def base_dir(tmp_path, tiny_vit):
+    from learngene.ancestry import save_local_dir
+    from learngene.data import digits_data_config
+
+    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
+    save_local_dir(tiny_vit, tmp_path / "base", "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
+    return tmp_path / "base"
+
+
+def out(model, seed=0):
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def quick(base_dir, pool, method="lora", name="rot", **kw):
+    return api.adapt(str(base_dir), "digits:rot90", name, method=method, epochs=1, pool=pool, train_fraction=0.2,
+                     trainer_args=_quiet(), **kw)
+
+
+def _quiet():
+    from learngene.training import TrainerArgs
+
+    return TrainerArgs(progress=False, accelerator="cpu")
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_round_trip_apply_merge_and_rollback(base_dir, tmp_path, method):
+    pool = tmp_path / "pool"
+    base = api.load_base(str(base_dir), pool)
+    before = state_dict_sha256(base.model.state_dict())
+    rec = quick(base_dir, pool, method, train_head=True)
+    folder = pool / "adapters" / "rot"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "learngene.json"]
+    meta = json.loads((folder / "learngene.json").read_text())
+    assert meta["base_checksum"] == before and rec["delta_bytes"] < rec["model_bytes"]
+    model, ad, base2 = api.apply(str(base_dir), "rot", pool)
+    # the delta changed the function (training moved it) and reloads to the same outputs
+    assert (out(model) - out(base.model)).abs().max() > 1e-4
+    again, _, _ = api.apply(str(base_dir), str(folder), pool)
+    assert torch.allclose(out(model), out(again), atol=1e-6)
+    if method == "lora":
+        merged = D.merge(ad)
+        assert torch.allclose(out(merged), out(model), atol=1e-5)
+        assert not any("lora" in k for k in merged.state_dict())
+    else:
+        with pytest.raises(Exception, match="only LoRA"):
+            D.merge(ad)
+    # rollback: the base again, byte for byte; the base itself was never touched
+    assert state_dict_sha256(D.rollback(ad).state_dict()) == before
+    assert state_dict_sha256(base2.model.state_dict()) == before
+
+
+def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
+    import timm
+
+    pool = tmp_path / "pool"
+    r = learngene("adapt", "--model", base_dir, "--pool", pool, "--data", "digits:rot90", "--name", "rot", "--epochs", "1",
+                  "--fraction", "0.2", "--json", "-q", "--accelerator", "cpu")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    r = learngene("adapt", "ls", "--pool", pool, "--json")
+    rows = json.loads(r.stdout)
+    assert [x["task"] for x in rows] == ["rot"] and rows[0]["test_top1"] == rec["test_top1"]
+    r = learngene("adapt", "apply", "--model", base_dir, "--pool", pool, "--delta", "rot", "--merge", "--out",
+                  tmp_path / "merged", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["merge_max_logit_diff"] <= 1e-5 and res["test_top1"] == rec["test_top1"]
+    merged = timm.create_model(f"local-dir:{tmp_path / 'merged'}", pretrained=True)
+    model, _, _ = api.apply(str(base_dir), "rot", pool)
+    assert torch.allclose(out(merged), out(model), atol=1e-5)
+
+
+def test_refuses_another_base_and_corrupt_or_missing_files(base_dir, tmp_path, tiny_vit):
+    from learngene.ancestry import save_local_dir
+
+    pool = tmp_path / "pool"
+    quick(base_dir, pool)
+    other = tmp_path / "other"
+    cfg = json.loads((base_dir / "config.json").read_text())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        tiny_vit.head.weight.add_(0.01)
+    save_local_dir(tiny_vit, other, cfg["architecture"], cfg["model_args"], cfg["pretrained_cfg"])
+    apply = ["adapt", "apply", "--pool", pool, "--delta", "rot"]
+    assert_one_line_error(learngene(*apply, "--model", other), "refusing", "rot")
+    f = pool / "adapters" / "rot" / "adapter_model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert_one_line_error(learngene(*apply, "--model", base_dir), "checksum", "adapter_model.safetensors")
+    f.unlink()
+    assert_one_line_error(learngene(*apply, "--model", base_dir), "no adapter_model.safetensors")
+    assert_one_line_error(learngene(*apply, "--model", base_dir, "--delta", "nope"), "no delta", "nope")
+
+
+def test_bad_input_is_one_line_and_writes_nothing(base_dir, tmp_path):
+    pool = tmp_path / "pool"
+    base = ["adapt", "--pool", pool, "--model", base_dir, "--data", "digits:rot90", "--epochs", "1"]
+    for args, needles in [
+        (["--name", "t", "--method", "dora"], ["invalid choice", "dora"]),
+        (["--name", "t", "--rank", "0"], ["--rank"]),
+        (["--name", "t", "--targets", "qkv,bogus"], ["--targets", "bogus"]),
+        (["--name", "../x"], ["--name"]),
+        (["--name", "t", "--data", "digits:upside"], ["digits:upside"]),
+        (["--name", "t", "--model", tmp_path / "nowhere"], ["nowhere"]),
+    ]:
+        assert_one_line_error(learngene(*base, *args), *needles)
+    assert not (pool / "adapters").exists() or not any((pool / "adapters").iterdir())
+
+
+def test_a_new_class_count_needs_the_head(base_dir, tmp_path):
+    base = api.load_base(str(base_dir), tmp_path)
+    with pytest.raises(Exception, match="--train-head"):
+        D.attach(base.model, "lora", num_classes=3)
+    ad = D.attach(base.model, "adapter", num_classes=3, train_head=True)
+    assert out(ad.model).shape == (4, 3)
+    assert state_dict_sha256(D.rollback(ad).state_dict()) == base.checksum
