@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--targets", default="qkv,proj,fc1,fc2", help="block linears to adapt (default all four)")
             sp.add_argument("--train-head", action="store_true", help="train the classifier too (stored in the delta)")
             sp.add_argument("--epochs", type=int, default=10)
-            sp.add_argument("--lr", type=float, default=1e-3)
+            sp.add_argument("--lr", type=float, default=None, help="peak learning rate (default: lora 3e-3, adapter 1e-2)")
             sp.add_argument("--fraction", type=float, default=1.0, help="fraction of the training split to use")
             sp.add_argument("--seed", type=int, default=0)
             sp.add_argument("--name", metavar="TASK", help="the task: the delta goes to POOL/adapters/TASK")

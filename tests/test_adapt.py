@@ -119,6 +119,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base_dir, tmp_path):
     for args, needles in [
         (["--name", "t", "--method", "dora"], ["invalid choice", "dora"]),
         (["--name", "t", "--rank", "0"], ["--rank"]),
+        (["--name", "t", "--lr", "0"], ["--lr"]),
         (["--name", "t", "--targets", "qkv,bogus"], ["--targets", "bogus"]),
         (["--name", "../x"], ["--name"]),
         (["--name", "t", "--data", "digits:upside"], ["digits:upside"]),

@@ -71,18 +71,19 @@ def data_for(base: Base, data: str | None, batch_size: int = 64, train_fraction:
     return LearngeneDataModule(data, data_config=cfg, batch_size=batch_size, train_fraction=train_fraction, seed=seed)
 
 
-def train(ad: D.Adapted, dm, epochs: int, lr: float, progress: bool = False, trainer_args=None) -> float:
-    """Lightning fit of the trainable parameters only (the base is frozen); seconds."""
+def train(model: nn.Module, dm, epochs: int, lr: float, progress: bool = False, trainer_args=None) -> float:
+    """Lightning fit of the parameters that require grad (with a delta attached, the base is
+    frozen); seconds."""
     from learngene.training import Classifier, OptimConfig, TrainerArgs, make_trainer
 
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     targs = trainer_args or TrainerArgs(progress=progress)
     targs.max_epochs = epochs
-    module = Classifier(ad.model, OptimConfig(lr=lr, weight_decay=0.0, warmup_fraction=0.1, label_smoothing=0.1))
+    module = Classifier(model, OptimConfig(lr=lr, weight_decay=0.0, warmup_fraction=0.1, label_smoothing=0.1))
     t0 = time.perf_counter()
     make_trainer(targs).fit(module, datamodule=dm)
-    ad.model.eval()
+    model.eval()
     return time.perf_counter() - t0
 
 
@@ -90,12 +91,18 @@ def model_bytes(model: nn.Module) -> int:
     return D.bytes_of(model.state_dict())
 
 
+# Default peak learning rates, from benchmarks/adapt.py's grids (results/adapt.md): LoRA 3e-3 was
+# picked on the ancestor and on the child with 10% of the data (1e-2 sends the 12-block ancestor
+# to chance), the adapter's zero-initialised bottleneck wants a larger step.
+DEFAULT_LR = {"lora": 3e-3, "adapter": 1e-2}
+
+
 def adapters_dir(pool: str | Path) -> Path:
     return Path(pool) / "adapters"
 
 
 def adapt(model: str, data: str | None, name: str, method: str = "lora", rank: int = 8, targets=D.TARGETS,
-          train_head: bool = False, epochs: int = 10, lr: float = 1e-3, pool: str | Path = "pools/embedded",
+          train_head: bool = False, epochs: int = 10, lr: float | None = None, pool: str | Path = "pools/embedded",
           train_fraction: float = 1.0, seed: int = 0, force: bool = False, checkpoint: str | None = None,
           trainer_args=None, progress: bool = False) -> dict:
     """Train and store a delta; returns its record (what ``adapt ls`` shows)."""
@@ -110,11 +117,16 @@ def adapt(model: str, data: str | None, name: str, method: str = "lora", rank: i
         raise UserError(f"delta exists: {out} (pass --force to replace it)")
     if method == "lora":
         D.peft()  # a missing extra fails now, not after loading and training
+    if method not in D.METHODS:  # before the base is loaded
+        raise UserError(f"unknown adapt method {method!r} (choose from {', '.join(D.METHODS)})")
+    lr = DEFAULT_LR[method] if lr is None else lr
+    if lr <= 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
     base = load_base(model, pool, checkpoint)
     dm = data_for(base, data, train_fraction=train_fraction, seed=seed)
     L.seed_everything(seed, verbose=False)
     ad = D.attach(base.model, method, rank, targets, train_head, dm.num_classes, seed=seed)
-    seconds = train(ad, dm, epochs, lr, progress, trainer_args)
+    seconds = train(ad.model, dm, epochs, lr, progress, trainer_args)
     test = evaluate(ad.model, dm.test_dataloader())
     val = evaluate(ad.model, dm.val_dataloader())
     sd = D.delta_state(ad)
