@@ -3,6 +3,7 @@ of expansions, non-integer width ratios included), LiGO's special cases, the CLI
 
 import copy
 import json
+import random
 
 import pytest
 import torch
@@ -167,6 +168,11 @@ def test_ligo_starts_as_net2net_and_trains_its_operator():
     assert surgery.dims(grown)["embed_dim"] == 16 and surgery.dims(grown)["depth"] == 4
     assert all(p.requires_grad for p in grown.parameters())
     assert op_before.shape == (16, 8)
+    # same seed, same grown model, whatever the process's RNGs went through before
+    random.seed(123), torch.manual_seed(123), random.random()
+    again = G.ligo(m5, dm, steps=3, embed_dim=16, depth=4, num_heads=4,
+                   trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(grown.state_dict().values(), again.state_dict().values()))
 
 
 @pytest.fixture

@@ -214,6 +214,12 @@ def ligo(small: nn.Module, dm, steps: int = 100, embed_dim=None, depth=None, num
     template = template_for(small, embed_dim, depth, num_heads, qk_dim, v_dim, mlp_hidden)
     op = LigoOperator(small, template, seed=seed)
     if steps > 0:
+        import lightning as L
+
+        # The batches' augmentation draws from python's `random` (the digits' pixel shift) and
+        # torch's RNG; without this the operator, and so the grown model, depended on whatever
+        # had run before in the process (and on nothing at all in a fresh CLI process).
+        L.seed_everything(seed, verbose=False)
         module = ligo_module(op, template, lr=lr)
         targs = trainer_args or TrainerArgs(progress=False)
         dm.setup("fit")
