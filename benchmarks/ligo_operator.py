@@ -50,7 +50,6 @@ def main() -> None:
     from learngene.bench.metrics import device_name
     from learngene.data import LearngeneDataModule, digits_data_config
     from learngene.grow import api
-    from learngene.grow.ligo import ligo
     from learngene.training import TrainerArgs, quiet_lightning
 
     ap = argparse.ArgumentParser()
@@ -67,17 +66,14 @@ def main() -> None:
         torch.manual_seed(seed)
         small = timm.create_model(EMBEDDED_ARCH, **{**big, **SMALL})
         train(small, dm, EMBEDDED_RECIPE, 10 ** 9, seed)
-        # the target exactly as growth.py resolves it (MLP 512, heads of 32)
+        # the target and the growth call exactly as in growth.py (MLP 512, heads of 32)
         t = api.resolve_target(small, "ligo", embed_dim=big["embed_dim"], depth=big["depth"], heads=big["num_heads"], mlp_ratio=4.0)
-        n_big = sum(p.numel() for p in timm.create_model(EMBEDDED_ARCH, **big).parameters())
         rows.append(dict(seed=seed, model="small", op_lr=None, op_steps=0, seconds=0.0, **measure(small, dm)))
         print(rows[-1], flush=True)
         for lr, steps in [(0.0, 0)] + [(float(v), args.steps) for v in args.lrs.split(",")]:
             t0 = time.perf_counter()
-            grown = ligo(small, dm, steps=steps, embed_dim=t.embed_dim, depth=t.depth, num_heads=t.num_heads, qk_dim=t.head_dim,
-                         v_dim=t.head_dim, mlp_hidden=t.mlp_hidden, lr=lr or 1e-3, seed=seed,
-                         trainer_args=TrainerArgs(progress=False))
-            assert sum(p.numel() for p in grown.parameters()) == n_big  # the ancestor's architecture, as in growth.py
+            grown = api.grow(small, "ligo", t, dm=dm, steps=steps, seed=seed, ligo_lr=lr,
+                             trainer_args=TrainerArgs(progress=False))
             rows.append(dict(seed=seed, model="ligo", op_lr=lr if steps else None, op_steps=steps,
                              seconds=round(time.perf_counter() - t0, 1), **measure(grown, dm)))
             print(rows[-1], flush=True)

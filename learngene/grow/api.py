@@ -126,8 +126,9 @@ def resolve_target(model: nn.Module, method: str, embed_dim=None, depth=None, he
 
 
 def grow(model: nn.Module, method: str, target: Target, dm=None, steps: int = 100, noise: float = 0.0,
-         seed: int = 0, trainer_args=None) -> nn.Module:
-    """The grown model (a new module; ``model`` is left as it is)."""
+         seed: int = 0, trainer_args=None, ligo_lr: float = 1e-3) -> nn.Module:
+    """The grown model (a new module; ``model`` is left as it is). ``steps`` and ``ligo_lr``:
+    LiGO's operator training."""
     torch.manual_seed(seed)  # the new weights' random init
     kw = dict(embed_dim=target.embed_dim, depth=target.depth, num_heads=target.num_heads)
     if method == "net2net":
@@ -144,7 +145,7 @@ def grow(model: nn.Module, method: str, target: Target, dm=None, steps: int = 10
         if dm is None:
             raise UserError("LiGO trains its operator on data: give a data module")
         return ligo(model, dm, steps=steps, qk_dim=target.head_dim, v_dim=target.head_dim, mlp_hidden=target.mlp_hidden,
-                    seed=seed, trainer_args=trainer_args, **kw)
+                    lr=ligo_lr, seed=seed, trainer_args=trainer_args, **kw)
     raise UserError(f"unknown growth method {method!r} (choose from {', '.join(METHODS)})")
 
 
