@@ -117,6 +117,33 @@ class TensorImages(Dataset):
 
 # --------------------------------------------------------------------------- ImageFolder
 
+# DeiT's training augmentation (timm's RandAugment, magnitude 9 +- 0.5, increasing severity).
+DEIT_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
+
+
+def _posterize(img, bits_to_keep, **_):
+    """timm's posterize, defined at 0 bits as Pillow < 13 defined it: no bit kept, a black
+    image. PosterizeIncreasing keeps 4 - int(0.4 * magnitude) bits and the magnitude noise
+    (mstd 0.5, clamped at 10) reaches 10, so 0 bits is drawn in every long run; Pillow 13
+    refuses it ("bits must be between or equal to 1 and 8") and the DataLoader worker dies."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def safe_posterize(transform) -> None:
+    """Point the posterize ops of a timm transform's RandAugment at `_posterize` (only this
+    transform's ops: timm itself is left as it is)."""
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
+
+
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -295,7 +322,8 @@ class LearngeneDataModule(L.LightningDataModule):
             if not self.data_config:
                 raise ValueError("set data_config (the reading model's timm data config) before setup()")
             cfg = {k: self.data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in self.data_config}
-            train_tf = create_transform(**cfg, is_training=self.augment, auto_augment="rand-m9-mstd0.5-inc1" if self.augment else None)
+            train_tf = create_transform(**cfg, is_training=self.augment, auto_augment=DEIT_RAND_AUGMENT if self.augment else None)
+            safe_posterize(train_tf)
             eval_tf = create_transform(**cfg, is_training=False)
             self._sets = {
                 name: ImageFiles(s, train_tf if name == "train" else eval_tf)

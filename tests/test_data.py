@@ -89,3 +89,37 @@ def test_unreadable_image_is_named(tmp_path):
     bad.write_bytes(b"not a png at all")
     with pytest.raises(UserError, match="unreadable image .*broken.png"):
         LearngeneDataModule(root, data_config=EVAL_CFG)
+
+
+def test_randaugment_draws_every_op_and_level_without_error(tmp_path):
+    """The ImageFolder training transform is DeiT's RandAugment (rand-m9-mstd0.5-inc1). Its
+    magnitude noise reaches the level where PosterizeIncreasing keeps 0 bits, which Pillow 13
+    refuses: every op at every level (0..10 by 0.5, the clamp's range) and the composed
+    transform over many seeds must run on every image mode users have."""
+    import copy
+    import random
+
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "imgs", per_class=12)
+    dm = LearngeneDataModule(root, data_config={"input_size": (3, 16, 16), "interpolation": "bilinear",
+                                                "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0,
+                                                "crop_mode": "center"}, num_workers=0)
+    tf = dm.dataset("train").transform
+    ra = next(t for t in tf.transforms if type(t).__name__ == "RandAugment")
+    assert any(op.name.startswith("Posterize") for op in ra.ops)
+    img = Image.open(dm.dataset("train").samples[0][0]).convert("RGB")
+    for op in ra.ops:
+        for level in [i / 2 for i in range(21)]:
+            fixed = copy.copy(op)
+            fixed.prob, fixed.magnitude, fixed.magnitude_std = 1.0, level, 0
+            out = fixed(img)
+            assert out.size == img.size and out.mode == "RGB", (op.name, level)
+    # posterize at 0 bits is what Pillow < 13 gave: a black image
+    zero = copy.copy(next(op for op in ra.ops if op.name == "PosterizeIncreasing"))
+    zero.prob, zero.magnitude, zero.magnitude_std = 1.0, 10, 0
+    assert max(zero(img).getextrema()[0]) == 0
+    for seed in range(400):  # the composed transform, as a DataLoader worker draws it
+        random.seed(seed)
+        x = tf(img)
+        assert x.shape == (3, 16, 16)
