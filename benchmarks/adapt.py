@@ -62,9 +62,11 @@ def run(base, method: str, lr: float, fraction: float, epochs: int, seed: int) -
 
     from learngene.adapt import api
     from learngene.adapt.delta import bytes_of
-    from learngene.training import TrainerArgs, evaluate
+    from learngene.core.training import TrainerArgs, evaluate
 
-    dm = api.data_for(base, TASK, train_fraction=fraction, seed=seed)
+    from learngene.core.data import data_for
+
+    dm = data_for(TASK, base.data_config, train_fraction=fraction, seed=seed)
     L.seed_everything(seed, verbose=False)
     model, delta = variant(base.model, method, dm.num_classes, seed)
     e = epochs if fraction >= 1 else int(round(epochs / fraction))
@@ -91,8 +93,8 @@ def deit_base_fraction() -> dict:
 
 
 def main() -> None:
-    from learngene.adapt import api
-    from learngene.training import quiet_lightning
+    from learngene.core.training import quiet_lightning
+    from learngene.zoo import resolve
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
@@ -110,7 +112,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     for mname in args.models.split(","):
-        base = api.load_base(specs[mname], args.pool)
+        base = resolve(specs[mname], pool=args.pool).load()
         rows = []
         for fraction in (1.0, 0.1):
             # learning rate per method: the grid on the first seed, the best by validation

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,55 +30,13 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ancestor import cpu_name  # noqa: E402
-
-
-def quiet():
-    from learngene.training import TrainerArgs
-
-    return TrainerArgs(progress=False, accelerator="cpu")
-
-
-def init_accuracy(pool_dir: Path) -> dict:
-    from learngene.assemble.api import evaluate_specs, init_stitches, load_pool_model, make_datamodule
-    from learngene.pool import Pool
-
-    pool = Pool.open(pool_dir)
-    dm = make_datamodule(pool, None, 64, None)
-    out = {}
-    for how in ("lstsq", "distill"):
-        pm, _ = load_pool_model(pool, "r0")
-        torch.manual_seed(0)
-        init_stitches(pool, pm, how, dm)
-        test = evaluate_specs(pm, pm.specs, dm.test_dataloader())
-        val = evaluate_specs(pm, pm.specs, dm.val_dataloader())
-        out[how] = {sid: {"val": val[sid]["top1"], "test": test[sid]["top1"]} for sid in test}
-    return out
+from common import RESULTS, cpu_name, init_accuracy, quiet
 
 
 def copy_as_distilled(pool_dir: Path, dst: Path) -> Path:
-    """A copy of the pool as build-pool wrote it: no revisions, no children."""
-    shutil.copytree(pool_dir, dst, ignore=shutil.ignore_patterns("revisions", "children"))
-    m = json.loads((dst / "pool.json").read_text())
-    m["revisions"] = []
-    (dst / "pool.json").write_text(json.dumps(m))
-    return dst
+    from learngene.pool import Pool
 
-
-def joint(pool_dir: Path, seed: int, init: str) -> dict:
-    from learngene.assemble.api import assemble
-    from learngene.assemble.train import AssembleSpec
-
-    with tempfile.TemporaryDirectory() as d:
-        p = copy_as_distilled(pool_dir, Path(d) / "pool")
-        t0 = time.perf_counter()
-        res = assemble(p, train="all", init=init, spec=AssembleSpec(seed=seed), trainer_args=quiet(), progress=lambda m: None)
-        wall = time.perf_counter() - t0
-    return {"rows": res.rows, "seconds": wall, "best_epoch": res.trained["best"]["epoch"],
-            "history": [round(h["mean"], 2) for h in res.trained["history"]]}
+    return Pool.open(pool_dir).copy_as_distilled(dst).path
 
 
 def scratch(pool_dir: Path, seed: int, epochs: int, share: bool = False) -> dict:
@@ -87,17 +44,18 @@ def scratch(pool_dir: Path, seed: int, epochs: int, share: bool = False) -> dict
     (learngene.baselines.scratch). ``share``: each gets its share of the joint run's
     optimizer steps (epochs x batches / #descendants), the same total compute as the joint
     run; else ``epochs`` full epochs each."""
-    from learngene.assemble.api import aux_pair
-    from learngene.assemble.configs import descendants
     from learngene.baselines import scratch as train_scratch
-    from learngene.data import LearngeneDataModule
+    from learngene.core.data import LearngeneDataModule
     from learngene.pool import Pool
+    from learngene.zoo import pool_zoo
 
     pool = Pool.open(pool_dir)
-    n = len(descendants(pool.auxiliary[aux_pair(pool)[0]]["model_args"]["depth"]))
+    pm, _ = pool.model("r0")
+    architectures = pool_zoo(pool, "r0", pm=pm)
+    n = len(architectures)
     dm = LearngeneDataModule(None, batch_size=64, seed=seed)
     steps = epochs * len(dm.train_dataloader())
-    zoo = train_scratch(pool, dm, steps // n if share else steps, seed=seed,
+    zoo = train_scratch(architectures, dm, steps // n if share else steps, seed=seed,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     return {r["id"]: r["test_top1"] for r in zoo.rows}
 
@@ -125,7 +83,7 @@ def main():
         return write_md(json.loads((RESULTS / "assemble.json").read_text()))
     pool_dir = Path(a.pool)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    from learngene.assemble.train import DEFAULT_EPOCHS
+    from learngene.core.joint import DEFAULT_EPOCHS
 
     epochs = DEFAULT_EPOCHS["all"]
     if a.scratch_only:
@@ -143,11 +101,12 @@ def main():
     # the CLI: a pool without revisions (trains the tiny target), then one already assembled
     with tempfile.TemporaryDirectory() as d:
         p = copy_as_distilled(pool_dir, Path(d) / "pool")
-        m = json.loads((p / "pool.json").read_text())
         res["cli_tiny_fresh_s"] = cli_seconds(["--pool", str(p), "--size", "tiny", "-q"])
         child = json.loads(next((p / "children").glob("*/config.json")).read_text())["learngene"]["descendant"]
         res["cli_tiny_child"] = child
-        res["ancestor_params"] = m["ancestor"]["params"]
+        from learngene.pool import Pool
+
+        res["ancestor_params"] = Pool.open(p).ancestor["params"]
         cli_seconds(["--pool", str(p), "--all", "-q"])
         res["cli_tiny_assembled_s"] = cli_seconds(["--pool", str(p), "--size", "tiny", "-q", "--force"])
     res["init"] = init_accuracy(pool_dir)

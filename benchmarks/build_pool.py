@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ancestor import cpu_name  # noqa: E402
+from common import cpu_name  # noqa: E402
 
 
 def main():

@@ -34,11 +34,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ancestor import cpu_name  # noqa: E402
-from assemble import copy_as_distilled  # noqa: E402
+from common import RESULTS, cpu_name, quiet
 
 METHODS = ("pool", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
 LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net", "vanilla": "vanilla learngene", "scratch": "scratch",
@@ -49,22 +45,26 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def quiet():
-    from learngene.training import TrainerArgs
+def architectures(pool_dir: Path):
+    """A pool's members, for their architectures (what scratch trains afresh)."""
+    from learngene.pool import Pool
+    from learngene.zoo import pool_zoo
 
-    return TrainerArgs(progress=False, accelerator="cpu")
+    pool = Pool.open(pool_dir)
+    return pool_zoo(pool, "r0", pm=pool.model("r0")[0])
 
 
 def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None = None) -> tuple[dict, dict]:
     """{budget: {method: zoo record}}, and the last budget's zoos (for latency)."""
-    from learngene.ancestry import load_ancestor
-    from learngene.assemble.api import assemble
-    from learngene.assemble.train import AssembleSpec
-    from learngene.baselines import pool_zoo, scratch, snnet, train_anchor, vanilla
-    from learngene.data import LearngeneDataModule
-    from learngene.pool.build import build_pool
+    from learngene.assemble import assemble
+    from learngene.baselines import scratch, snnet, train_anchor, vanilla
+    from learngene.core.data import LearngeneDataModule
+    from learngene.core.joint import AssembleSpec
+    from learngene.core.models import load_model
+    from learngene.pool import Pool, build_pool
+    from learngene.zoo import pool_zoo
 
-    ancestor = load_ancestor(None, progress=False)
+    ancestor = load_model("embedded", progress=False)
     dm = LearngeneDataModule(None, batch_size=64, seed=seed)
     t0 = time.perf_counter()
     distilled = build_pool("embedded", out=work / f"pool-{seed}", ancestor=ancestor, data=dm,
@@ -80,12 +80,12 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
     out, zoos = {}, {}
     for budget in budgets:
         t0 = time.perf_counter()
-        p = copy_as_distilled(distilled.path, work / f"pool-{seed}-e{budget}")
+        p = distilled.copy_as_distilled(work / f"pool-{seed}-e{budget}").path
         res = assemble(p, train="all", spec=AssembleSpec(seed=seed, epochs=budget), data=dm,
                        trainer_args=quiet(), progress=lambda m: None)
         steps = res.trained["steps"]
-        pool = pool_zoo(p, res.rows, seconds={"build-pool": build_s, "assemble --all": time.perf_counter() - t0},
-                        steps=steps)
+        pool = pool_zoo(Pool.open(p), static=True)
+        pool.seconds, pool.steps = {"build-pool": build_s, "assemble --all": time.perf_counter() - t0}, steps
         log(f"seed {seed} budget {budget}: pool assembled ({steps} steps)")
         sn = snnet(ancestor.model, dm, spec=AssembleSpec(seed=seed, epochs=budget), seed=seed, anchor=anchor,
                    trainer_args=quiet(), log=log)
@@ -94,7 +94,7 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
         va = vanilla(ancestor.model, dm, steps_each=steps // 6, seed=seed, trainer_args=quiet())
         va.seconds = {"train": time.perf_counter() - t0}
         t0 = time.perf_counter()
-        sc = scratch(p, dm, steps_each=steps // len(pool.rows), seed=seed, trainer_args=quiet())
+        sc = scratch(architectures(p), dm, steps_each=steps // len(pool.rows), seed=seed, trainer_args=quiet())
         sc.seconds = {"train": time.perf_counter() - t0}
         zoos = {z.method: z for z in (pool, sn, va, sc)}
         out[str(budget)] = {m: {"rows": z.rows, "seconds": z.seconds, "stored_params": z.stored_params, "steps": z.steps}
@@ -108,9 +108,9 @@ def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path) -> dict:
     """vanilla / scratch with E full epochs per member (6x / 18x the pool's steps): the
     calibration's reading of "the same budget"; scratch takes its architectures from any
     pool built with the embedded recipe (weights unused)."""
-    from learngene.ancestry import load_ancestor
     from learngene.baselines import scratch, vanilla
-    from learngene.data import LearngeneDataModule
+    from learngene.core.data import LearngeneDataModule
+    from learngene.core.models import load_model
 
     dm = LearngeneDataModule(None, batch_size=64, seed=seed)
     steps = budget * len(dm.train_dataloader())
@@ -118,9 +118,9 @@ def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path) -> dict:
     for kind in kinds:
         t0 = time.perf_counter()
         if kind == "vanilla":
-            z = vanilla(load_ancestor(None, progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet())
+            z = vanilla(load_model("embedded", progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet())
         else:
-            z = scratch(pool_dir, dm, steps_each=steps, seed=seed, trainer_args=quiet())
+            z = scratch(architectures(pool_dir), dm, steps_each=steps, seed=seed, trainer_args=quiet())
         out[f"{kind}-each"] = {"rows": z.rows, "seconds": {"train": time.perf_counter() - t0},
                                "stored_params": z.stored_params, "steps": z.steps}
         log(f"seed {seed} budget {budget}: {kind}, {budget} epochs each: "

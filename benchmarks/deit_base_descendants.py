@@ -21,7 +21,7 @@ DEIT_BASE_PARAMS = 86_567_656  # timm deit_base_patch16_224, 1000 classes
 def pool_model(depth: int):
     import timm
 
-    from learngene.assemble.model import PoolModel
+    from learngene.core.stitching import PoolModel
 
     common = dict(img_size=224, patch_size=16, depth=depth, num_classes=1000, mlp_ratio=4.0)
     nargs, wargs = dict(common, embed_dim=192, num_heads=3), dict(common, embed_dim=768, num_heads=12)
@@ -31,8 +31,8 @@ def pool_model(depth: int):
 
 
 def main():
-    from learngene.assemble.api import static_rows
-    from learngene.assemble.configs import size_budget
+    from learngene.core.stitching import static_rows
+    from learngene.assemble.select import size_budget
 
     torch.set_num_threads(2)
     lines = ["# Descendants of the DeiT-Base pools at real size", "",
@@ -40,7 +40,7 @@ def main():
              "FLOPs per 224x224 image, torch.utils.flop_counter (a multiply-add = 2 FLOPs).", ""]
     budgets = {s: size_budget(s, DEIT_BASE_PARAMS) for s in ("tiny", "small")}
     for depth in (6, 9):
-        rows = static_rows(pool_model(depth), 224)
+        rows = static_rows(pool_model(depth))
         lines += [f"## d{depth}: {len(rows)} descendants", "",
                   "| descendant | blocks | params (M) | GFLOPs | fits |", "|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: r["params"]):

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learngene.pool.distill import DistillModule, make_student  # noqa: E402
 from learngene.pool.recipe import load_recipe  # noqa: E402
@@ -57,7 +55,7 @@ def _sync():
 def loader_for(args, ancestor, batch):
     from torch.utils.data import DataLoader
 
-    from learngene.data import LearngeneDataModule
+    from learngene.core.data import LearngeneDataModule
 
     if args.deit_base:
         # Eight random 224x224 batches made once on the device: this measures the training
@@ -97,7 +95,7 @@ def cycle(loader, steps):
 def run_lightning(module, loader, steps, warmup, device, precision):
     import lightning as L
 
-    from learngene.training import quiet_lightning
+    from learngene.core.training import quiet_lightning
 
     quiet_lightning()
     t = StepTimer(warmup)
@@ -110,7 +108,7 @@ def run_lightning(module, loader, steps, warmup, device, precision):
 
 
 def run_bare(module, loader, steps, warmup, device, precision):
-    from learngene.training import param_groups, warmup_cosine
+    from learngene.core.training import param_groups, warmup_cosine
 
     module = module.to(device).train()
     groups = param_groups([module.student, module.W, module.V], module.optim.weight_decay)
@@ -147,15 +145,16 @@ def main():
     args = ap.parse_args()
     import timm
 
-    from learngene.ancestry import Ancestor, load_ancestor
+    from learngene.core.loading import LoadedModel
+    from learngene.core.models import load_model
 
     if args.deit_base:
         torch.manual_seed(0)
         m = timm.create_model("deit_base_patch16_224").eval()
-        ancestor = Ancestor(model=m, name="deit_base_patch16_224", source="random-init", data_config={})
+        ancestor = LoadedModel(model=m, name="deit_base_patch16_224", source="random-init", data_config={})
         recipe = load_recipe(resolve_recipe_path("deit-base-d6"))
     else:
-        ancestor = load_ancestor(None, progress=False)
+        ancestor = load_model("embedded", progress=False)
         recipe = load_recipe(resolve_recipe_path("embedded"))
     batch = args.batch or recipe.distill.batch_size
     loader = loader_for(args, ancestor, batch)

@@ -29,52 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-RESULTS = Path(__file__).parent / "results"
-SMALL = dict(embed_dim=64, depth=6, num_heads=2)
-
-
-def curve_callback(model, dm, every: int, log: list):
-    """Appends (step, test top1, val top1) at step 0 and every `every` steps."""
-    import lightning as L
-
-    from learngene.training import evaluate
-
-    def point(step):
-        log.append((step, evaluate(model, dm.test_dataloader())["top1"], evaluate(model, dm.val_dataloader())["top1"]))
-        model.train()
-
-    class Curve(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            point(0)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step % every == 0:
-                point(trainer.global_step)
-
-    return Curve(), point
-
-
-def train(model, dm, recipe, every: int, seed: int, lr: float | None = None, steps: int | None = None) -> tuple[list, float]:
-    """Trains with the recipe (peak `lr` if given; its warm-up + cosine schedule squeezed into
-    `steps` optimizer steps if given); returns the curve and the wall seconds."""
-    import lightning as L
-
-    from learngene.training import Classifier, OptimConfig, TrainerArgs, make_trainer
-
-    L.seed_everything(seed, verbose=False)
-    optim = OptimConfig(lr=lr or recipe["lr"], weight_decay=recipe["weight_decay"],
-                        warmup_fraction=recipe["warmup_fraction"], label_smoothing=recipe["label_smoothing"])
-    log: list = []
-    t0 = time.perf_counter()
-    cb, point = curve_callback(model, dm, every, log)
-    length = dict(max_steps=steps, max_epochs=-1) if steps else {}
-    make_trainer(TrainerArgs(max_epochs=recipe["epochs"], progress=False), callbacks=[cb], **length).fit(
-        Classifier(model, optim), datamodule=dm)
-    wall = time.perf_counter() - t0
-    last = steps or len(dm.train_dataloader()) * recipe["epochs"]
-    if log[-1][0] != last:  # the final point, when `every` does not divide the steps
-        point(last)
-    return log, wall
+from common import RESULTS, SMALL, train
 
 
 def budget_run(model, dm, recipe, seed: int, method: str, lr: float, budget: float, total: int, extra: int,
@@ -98,10 +53,10 @@ def first_reach(log: list, target: float, column: int = 1) -> int | None:
 def main() -> None:
     import timm
 
-    from learngene.ancestry import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
-    from learngene.data import LearngeneDataModule, digits_data_config
+    from learngene.core.ancestry import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
+    from learngene.core.data import LearngeneDataModule, digits_data_config
     from learngene.grow import api
-    from learngene.training import quiet_lightning
+    from learngene.core.training import quiet_lightning
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")

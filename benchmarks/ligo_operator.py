@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from growth import RESULTS, SMALL, train  # noqa: E402  (same small model and recipe as growth.py)
+from common import RESULTS, SMALL, train  # noqa: E402  (the growth benchmarks' small model and recipe)
 
 
 def cross_entropy(model, loader) -> float:
@@ -37,7 +35,7 @@ def cross_entropy(model, loader) -> float:
 
 
 def measure(model, dm) -> dict:
-    from learngene.training import evaluate
+    from learngene.core.training import evaluate
 
     return dict(test_top1=evaluate(model, dm.test_dataloader())["top1"], val_top1=evaluate(model, dm.val_dataloader())["top1"],
                 train_ce=cross_entropy(model, dm.eval_loader("train")), val_ce=cross_entropy(model, dm.val_dataloader()))
@@ -46,11 +44,11 @@ def measure(model, dm) -> dict:
 def main() -> None:
     import timm
 
-    from learngene.ancestry import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
+    from learngene.core.ancestry import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
     from learngene.bench.metrics import device_name
-    from learngene.data import LearngeneDataModule, digits_data_config
+    from learngene.core.data import LearngeneDataModule, digits_data_config
     from learngene.grow import api
-    from learngene.training import TrainerArgs, quiet_lightning
+    from learngene.core.training import TrainerArgs, quiet_lightning
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")

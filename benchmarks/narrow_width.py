@@ -14,9 +14,8 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from assemble import init_accuracy  # noqa: E402
+from common import init_accuracy  # noqa: E402
 
 
 def main():

@@ -6,19 +6,16 @@ epochs / lr / data, over several seeds. Writes benchmarks/results/pool_init.{csv
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from learngene.ancestry import load_ancestor  # noqa: E402
-from learngene.pool import build_pool, load_recipe, resolve_recipe_path  # noqa: E402
-from learngene.training import TrainerArgs  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS
+from learngene.core.models import load_model
+from learngene.core.training import TrainerArgs
+from learngene.pool import build_pool, load_recipe, resolve_recipe_path
 
 
 def main():
@@ -26,7 +23,7 @@ def main():
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--aux", default="wide")
     args = ap.parse_args()
-    anc = load_ancestor(None, progress=False)
+    anc = load_model("embedded", progress=False)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for init in ("random", "ancestor"):

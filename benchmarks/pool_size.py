@@ -4,12 +4,10 @@ timm models (random init: sizes only). Writes benchmarks/results/pool_size.md.
     python benchmarks/pool_size.py
 """
 
-import sys
 from pathlib import Path
 
 import timm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learngene.pool import load_recipe, resolve_recipe_path  # noqa: E402
 from learngene.pool.distill import STUDENT_ARCH, distill_pairs, student_args  # noqa: E402

@@ -22,9 +22,8 @@ import torch
 import torch.utils.benchmark as tb
 
 RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ancestor import cpu_name  # noqa: E402
+from common import cpu_name  # noqa: E402
 
 
 def plain_timm_twin(child) -> torch.nn.Module:
@@ -55,11 +54,10 @@ def main():
     ap.add_argument("--min-run-time", type=float, default=0.2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from learngene.assemble.api import load_pool_model
-    from learngene.assemble.export import export_program
+    from learngene.core.export import export_program
     from learngene.pool import Pool
 
-    pm, _ = load_pool_model(Pool.open(a.pool), "latest")
+    pm, _ = Pool.open(a.pool).model("latest")
     img = pm.narrow_args["img_size"]
     rows = []
     import tempfile

@@ -7,17 +7,16 @@ registered with timm as soon as timm is imported (now, if it already is), so tha
 loads an exported child.
 """
 
-__version__ = "0.1.0"
+import sys
 
-import sys  # noqa: E402
-
-from learngene.errors import UserError  # noqa: E402
+from learngene.core import __version__
+from learngene.core.errors import UserError
 
 __all__ = ["UserError", "__version__"]
 
 
 def _register_with_timm() -> None:
-    import learngene.assemble.model  # noqa: F401  (its @register_model runs on import)
+    import learngene.core.stitching  # noqa: F401  (its @register_model runs on import)
 
 
 class _AfterTimmImport:

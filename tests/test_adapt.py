@@ -8,7 +8,7 @@ import torch
 
 from learngene.adapt import api
 from learngene.adapt import delta as D
-from learngene.ancestry import state_dict_sha256
+from learngene.core.io import state_dict_sha256
 from test_cli import assert_one_line_error, learngene
 
 pytest.importorskip("peft")
@@ -16,8 +16,8 @@ pytest.importorskip("peft")
 
 @pytest.fixture
 def base_dir(tmp_path, tiny_vit):
-    from learngene.ancestry import save_local_dir
-    from learngene.data import digits_data_config
+    from learngene.core.io import save_local_dir
+    from learngene.core.data import digits_data_config
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
@@ -31,13 +31,28 @@ def out(model, seed=0):
         return model.eval()(x)
 
 
+def load(base_dir):
+    from learngene.zoo import resolve
+
+    return resolve(str(base_dir)).load()
+
+
 def quick(base_dir, pool, method="lora", name="rot", **kw):
-    return api.adapt(str(base_dir), "digits:rot90", name, method=method, epochs=1, pool=pool, train_fraction=0.2,
-                     trainer_args=_quiet(), **kw)
+    from learngene.zoo import resolve
+
+    member = resolve(str(base_dir))
+    return api.adapt(member.load(), "digits:rot90", name=name, adapters=pool / "adapters", ref=api.base_ref(str(base_dir), member),
+                     method=method, epochs=1, train_fraction=0.2, trainer_args=_quiet(), **kw)
+
+
+def applied(base_dir, delta, pool):
+    base = load(base_dir)
+    model, ad = api.apply(base, api.resolve_delta(str(delta), pool / "adapters"))
+    return model, ad, base
 
 
 def _quiet():
-    from learngene.training import TrainerArgs
+    from learngene.core.training import TrainerArgs
 
     return TrainerArgs(progress=False, accelerator="cpu")
 
@@ -45,17 +60,17 @@ def _quiet():
 @pytest.mark.parametrize("method", ["lora", "adapter"])
 def test_round_trip_apply_merge_and_rollback(base_dir, tmp_path, method):
     pool = tmp_path / "pool"
-    base = api.load_base(str(base_dir), pool)
+    base = load(base_dir)
     before = state_dict_sha256(base.model.state_dict())
     rec = quick(base_dir, pool, method, train_head=True)
     folder = pool / "adapters" / "rot"
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "learngene.json"]
     meta = json.loads((folder / "learngene.json").read_text())
     assert meta["base_checksum"] == before and rec["delta_bytes"] < rec["model_bytes"]
-    model, ad, base2 = api.apply(str(base_dir), "rot", pool)
+    model, ad, base2 = applied(base_dir, "rot", pool)
     # the delta changed the function (training moved it) and reloads to the same outputs
     assert (out(model) - out(base.model)).abs().max() > 1e-4
-    again, _, _ = api.apply(str(base_dir), str(folder), pool)
+    again, _, _ = applied(base_dir, folder, pool)
     assert torch.allclose(out(model), out(again), atol=1e-6)
     if method == "lora":
         merged = D.merge(ad)
@@ -86,12 +101,12 @@ def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
     res = json.loads(r.stdout)
     assert res["merge_max_logit_diff"] <= 1e-5 and res["test_top1"] == rec["test_top1"]
     merged = timm.create_model(f"local-dir:{tmp_path / 'merged'}", pretrained=True)
-    model, _, _ = api.apply(str(base_dir), "rot", pool)
+    model, _, _ = applied(base_dir, "rot", pool)
     assert torch.allclose(out(merged), out(model), atol=1e-5)
 
 
 def test_refuses_another_base_and_corrupt_or_missing_files(base_dir, tmp_path, tiny_vit):
-    from learngene.ancestry import save_local_dir
+    from learngene.core.io import save_local_dir
 
     pool = tmp_path / "pool"
     quick(base_dir, pool)
@@ -130,7 +145,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base_dir, tmp_path):
 
 
 def test_a_new_class_count_needs_the_head(base_dir, tmp_path):
-    base = api.load_base(str(base_dir), tmp_path)
+    base = load(base_dir)
     with pytest.raises(Exception, match="--train-head"):
         D.attach(base.model, "lora", num_classes=3)
     ad = D.attach(base.model, "adapter", num_classes=3, train_head=True)

@@ -3,8 +3,11 @@ import json
 import pytest
 import torch
 
-from learngene.ancestry import load_ancestor, load_state_file, load_timm, save_local_dir, train_embedded
-from learngene.errors import UserError
+from learngene.core.ancestry import train_embedded
+from learngene.core.io import load_state_file, save_local_dir
+from learngene.core.loading import load_timm
+from learngene.core.models import load_model
+from learngene.core.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def deit_base_file(tmp_path_factory):
 
 def test_deit_base_checkpoint_loads_real_shapes(deit_base_file):
     path, sd = deit_base_file
-    anc = load_ancestor("deit_base_patch16_224", checkpoint=path)
+    anc = load_model("deit_base_patch16_224", checkpoint=path)
     assert anc.param_count == 86_567_656  # DeiT-Base: 86.6M
     assert round(anc.param_count / 1e6, 1) == 86.6
     assert anc.source == f"checkpoint:{path}"
@@ -54,21 +57,21 @@ def test_shape_mismatch_is_refused(tmp_path, tiny_vit):
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, str(path))
     with pytest.raises(UserError, match="does not fit deit_small_patch16_224: .*shape mismatches"):
-        load_ancestor("deit_small_patch16_224", checkpoint=path)
+        load_model("deit_small_patch16_224", checkpoint=path)
 
 
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        (dict(name="no_such_model_xyz"), "unknown timm model"),
-        (dict(name="resnet18"), "not a ViT"),
-        (dict(name="deit_tiny_patch16_224", checkpoint="/nope/w.safetensors"), "checkpoint not found"),
-        (dict(name="local-dir:/nope"), "no config.json"),
+        (dict(ref="no_such_model_xyz"), "unknown timm model"),
+        (dict(ref="resnet18"), "not a ViT"),
+        (dict(ref="deit_tiny_patch16_224", checkpoint="/nope/w.safetensors"), "checkpoint not found"),
+        (dict(ref="local-dir:/nope"), "no config.json"),
     ],
 )
 def test_bad_ancestors(kwargs, expected):
     with pytest.raises(UserError, match=expected):
-        load_ancestor(**kwargs)
+        load_model(**kwargs)
 
 
 def test_missing_pretrained_weights_fail_fast_offline(monkeypatch, tmp_path):
@@ -78,7 +81,7 @@ def test_missing_pretrained_weights_fail_fast_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     t = time.perf_counter()
     with pytest.raises(UserError, match="not in timm's cache"):
-        load_ancestor("deit_tiny_patch16_224", pretrained=True)
+        load_model("deit_tiny_patch16_224", pretrained=True)
     assert time.perf_counter() - t < 10
 
 
@@ -86,7 +89,7 @@ def test_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="cannot read checkpoint .*bad.safetensors"):
-        load_ancestor("deit_tiny_patch16_224", checkpoint=bad)
+        load_model("deit_tiny_patch16_224", checkpoint=bad)
 
 
 def test_local_dir_round_trip_plain_timm(tmp_path, tiny_vit):

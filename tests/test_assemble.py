@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from learngene.assemble.configs import descendants, paired_stitching, parse_config, size_budget
-from learngene.errors import UserError
+from learngene.assemble.select import size_budget
+from learngene.core.descendants import descendants, paired_stitching, parse_config
+from learngene.core.errors import UserError
 from test_cli import assert_one_line_error, learngene
 
 from test_pool_cli import RECIPE as TINY_RECIPE
@@ -43,8 +44,8 @@ def setup_dir(tmp_path_factory):
     """A tiny local-dir ancestor, a depth-3 pool built from it through the real CLI."""
     import timm
 
-    from learngene.ancestry import save_local_dir
-    from learngene.data import digits_data_config
+    from learngene.core.io import save_local_dir
+    from learngene.core.data import digits_data_config
 
     d = tmp_path_factory.mktemp("assemble")
     torch.manual_seed(0)
@@ -67,17 +68,16 @@ def fresh_pool(setup_dir, tmp_path):
 
 
 def quiet():
-    from learngene.training import TrainerArgs
+    from learngene.core.training import TrainerArgs
 
     return TrainerArgs(progress=False, accelerator="cpu")
 
 
 def test_stitched_model_matches_the_pool_forward_and_timm_loads_it(setup_dir):
-    from learngene.assemble.api import load_pool_model
-    from learngene.assemble.model import StitchedViT
+    from learngene.core.stitching import StitchedViT
     from learngene.pool import Pool
 
-    pm, has = load_pool_model(Pool.open(setup_dir / "pool"), "r0")
+    pm, has = Pool.open(setup_dir / "pool").model("r0")
     assert not has and len(pm.specs) == 9
     torch.manual_seed(1)
     for lin in pm.stitches.values():
@@ -100,12 +100,11 @@ def test_stitched_model_matches_the_pool_forward_and_timm_loads_it(setup_dir):
 
 
 def test_lstsq_init_solves_the_weighted_least_squares(setup_dir):
-    from learngene.assemble.api import load_pool_model
-    from learngene.assemble.stitch_init import init_lstsq
+    from learngene.core.stitch_init import init_lstsq
     from learngene.pool import Pool
-    from learngene.vit import ViTView
+    from learngene.core.vit import ViTView
 
-    pm, _ = load_pool_model(Pool.open(setup_dir / "pool"), "r0")
+    pm, _ = Pool.open(setup_dir / "pool").model("r0")
     images = torch.randn(64, 3, 16, 16)
     init_lstsq(pm, images, ridge=0.0, norm_weight=False, prefix_weight=1.0)
     spec = pm.spec("stitch-1-2")
@@ -124,8 +123,8 @@ def test_lstsq_init_solves_the_weighted_least_squares(setup_dir):
 
 
 def test_distill_init_composes_the_maps():
-    from learngene.assemble.model import PoolModel
-    from learngene.assemble.stitch_init import init_distill
+    from learngene.core.stitching import PoolModel
+    from learngene.core.stitch_init import init_distill
     import timm
 
     kw = dict(img_size=16, patch_size=4, depth=2, num_classes=10)
@@ -148,7 +147,7 @@ def test_distill_init_composes_the_maps():
 
 def test_training_keeps_the_best_state_and_never_ends_worse(setup_dir, tmp_path):
     from learngene.assemble.api import assemble
-    from learngene.assemble.train import AssembleSpec
+    from learngene.core.joint import AssembleSpec
 
     pool = fresh_pool(setup_dir, tmp_path)
     # A learning rate that wrecks the weights: the initialisation must come back.
@@ -166,9 +165,9 @@ def test_training_keeps_the_best_state_and_never_ends_worse(setup_dir, tmp_path)
 def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     import timm
 
-    from learngene.ancestry import file_sha256
-    from learngene.assemble.api import Selection, assemble
-    from learngene.assemble.train import AssembleSpec
+    from learngene.core.io import file_sha256
+    from learngene.assemble import Selection, assemble
+    from learngene.core.joint import AssembleSpec
     from learngene.pool import Pool
 
     pool_dir = fresh_pool(setup_dir, tmp_path)
@@ -211,10 +210,9 @@ def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
 
 
 def res_model(pool_dir, desc_id):
-    from learngene.assemble.api import load_pool_model
     from learngene.pool import Pool
 
-    pm, _ = load_pool_model(Pool.open(pool_dir), "latest")
+    pm, _ = Pool.open(pool_dir).model("latest")
     return pm.descendant(pm.spec(desc_id))
 
 

@@ -6,14 +6,14 @@ import copy
 import pytest
 import torch
 
-from learngene.ancestry import state_dict_sha256
-from learngene.assemble.configs import descendants
+from learngene.core.io import state_dict_sha256
+from learngene.core.descendants import descendants
 from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture)
 
 
 @pytest.fixture(scope="module")
 def dm():
-    from learngene.data import LearngeneDataModule
+    from learngene.core.data import LearngeneDataModule
 
     return LearngeneDataModule(None, batch_size=32, train_fraction=0.25)
 
@@ -45,7 +45,7 @@ def test_vanilla_inherits_the_last_blocks_and_trains_new_ones_faster(tiny_vit, d
 
 def test_vanilla_param_groups_split_inherited_from_new(tiny_vit):
     from learngene.baselines.vanilla_learngene import vanilla_model
-    from learngene.training import lr_groups
+    from learngene.core.training import lr_groups
 
     m = vanilla_model(tiny_vit, n_lower=2, narrow_dim=16, narrow_heads=2, inherit=3)
     inherited = ("blocks.3.", "blocks.4.", "blocks.5.", "norm.", "fc_norm.", "head.")
@@ -59,7 +59,7 @@ def test_vanilla_param_groups_split_inherited_from_new(tiny_vit):
 
 
 def test_snnet_stitches_a_scratch_anchor_to_the_ancestor(tiny_vit, dm):
-    from learngene.assemble.train import AssembleSpec
+    from learngene.core.joint import AssembleSpec
     from learngene.baselines import snnet, train_anchor
 
     frozen = copy.deepcopy(tiny_vit).requires_grad_(False)  # as a teacher elsewhere would leave it
@@ -79,19 +79,19 @@ def test_snnet_stitches_a_scratch_anchor_to_the_ancestor(tiny_vit, dm):
 
 
 def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_path, dm):  # noqa: F811
-    from learngene.assemble.api import load_pool_model, static_rows
-    from learngene.baselines import pool_zoo, scratch
+    from learngene.baselines import scratch
+    from learngene.core.stitching import static_rows
     from learngene.pool import Pool
+    from learngene.zoo import pool_zoo
 
     pool = Pool.open(fresh_pool(setup_dir, tmp_path))
-    pm, _ = load_pool_model(pool, "r0")
-    zoo = scratch(pool, dm, steps_each=2, seed=0, trainer_args=quiet())
-    static = {r["id"]: r for r in static_rows(pm, 16)}
+    pm, _ = pool.model("r0")
+    pz = pool_zoo(pool, "r0", pm=pm)  # the pool's members; scratch takes their architectures
+    zoo = scratch(pz, dm, steps_each=2, seed=0, trainer_args=quiet())
+    static = {r["id"]: r for r in static_rows(pm)}
     assert [r["id"] for r in zoo.rows] == [s.id for s in pm.specs]
     for r in zoo.rows:  # same architecture (params, FLOPs), not the pool's weights
         assert (r["params"], r["flops"]) == (static[r["id"]]["params"], static[r["id"]]["flops"])
     assert not torch.equal(zoo.models["narrow"].blocks[0].attn.qkv.weight, pm.narrow.blocks[0].attn.qkv.weight)
     # the pool under the same interface
-    rows = [dict(r, val_top1=1.0, test_top1=2.0, test_top5=3.0) for r in static.values()]
-    pz = pool_zoo(pool, rows, revision="r0")
     assert set(pz.models) == set(zoo.models) and pz.stored_params == sum(p.numel() for p in pm.parameters())

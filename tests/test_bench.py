@@ -44,13 +44,14 @@ def test_latency_reports_median_p90_and_throughput():
 
 
 def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_path):  # noqa: F811
-    from learngene.assemble.api import evaluate_specs, init_stitches, load_pool_model, make_datamodule
-    from learngene.bench import bench
-    from learngene.data import LearngeneDataModule
+    from learngene.assemble.api import pool_data
+    from learngene.core.stitch_init import init_stitches
+    from learngene.core.stitching import evaluate_specs
+    from learngene.deploy import bench_pool
     from learngene.pool import Pool
 
     pool = fresh_pool(setup_dir, tmp_path)
-    res = bench(pool, batch_sizes="1,4", include=["ancestor"], min_run_time=0.01)
+    res = bench_pool(pool, batch_sizes="1,4", include=["ancestor"], min_run_time=0.01)
     df = res.df
     assert len(df) == 2 * 10 and set(df.infer_batch_size) == {1, 4}  # 9 descendants + the ancestor
     assert res.report.parent == pool / "reports" and res.report.name.startswith("cpu-")
@@ -62,9 +63,9 @@ def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_pa
     assert not df[df.kind == "stitch"].trained.any() and df[df.kind != "stitch"].trained.all()
     # the accuracies are the pool's own: the same lstsq init evaluated through PoolModel
     p = Pool.open(pool)
-    pm, _ = load_pool_model(p, "latest")
-    dm = make_datamodule(p, LearngeneDataModule(None, augment=False), 64, None)
-    init_stitches(p, pm, "lstsq", dm)
+    pm, _ = p.model("latest")
+    dm = pool_data(p, None, augment=False)
+    init_stitches(pm, "lstsq", dm)
     ref = evaluate_specs(pm, pm.specs, dm.test_dataloader())
     b1 = df[df.infer_batch_size == 1].set_index("model")
     for sid, acc in ref.items():
@@ -94,7 +95,7 @@ def test_cli_missing_pool(tmp_path):
 
 def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
     from learngene.bench.budget import pick
-    from learngene.errors import UserError
+    from learngene.core.errors import UserError
 
     rows = [{"model": m, "top1": a, "infer_step_time": t, "infer_step_time_p90": 1.5 * t, "param_count": p}
             for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))]
@@ -107,10 +108,10 @@ def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
 
 
 def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):  # noqa: F811
-    from learngene.bench import bench, target
+    from learngene.deploy import bench_pool, target
 
     pool = fresh_pool(setup_dir, tmp_path)
-    rep = bench(pool, batch_sizes=[1], min_run_time=0.01)
+    rep = bench_pool(pool, batch_sizes=[1], min_run_time=0.01)
     df = rep.df
     budget = float(df.infer_step_time_p90.median())
     res = target(pool, max_latency_ms=budget)  # the budget holds the p90 by default
@@ -142,12 +143,15 @@ def test_target_measures_when_no_report_fits_and_a_refusal_writes_nothing(setup_
 def test_bench_includes_adapted_models_on_their_own_task(setup_dir, tmp_path):  # noqa: F811
     pytest.importorskip("peft")
     from learngene.adapt import api
-    from learngene.bench import bench
-    from learngene.training import TrainerArgs
+    from learngene.core.training import TrainerArgs
+    from learngene.deploy import bench_pool
+    from learngene.zoo import resolve
 
     pool = fresh_pool(setup_dir, tmp_path)
-    api.adapt(str(setup_dir / "anc"), "digits:rot90", "rot", epochs=1, pool=pool, train_fraction=0.2, trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
-    df = bench(pool, batch_sizes=[1], include=["adapted"], min_run_time=0.01, write=False).df
+    base = resolve(str(setup_dir / "anc"))
+    api.adapt(base.load(), "digits:rot90", name="rot", adapters=pool / "adapters", ref=api.base_ref(str(setup_dir / "anc"), base),
+              epochs=1, train_fraction=0.2, trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
+    df = bench_pool(pool, batch_sizes=[1], include=["adapted"], min_run_time=0.01, write=False).df
     row = df[df.model == "adapted:rot"].iloc[0]
     assert row.kind == "adapted" and row.data == "digits:rot90"
     rec = json.loads((pool / "adapters" / "rot" / "learngene.json").read_text())

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from learngene.data import LearngeneDataModule, digits_data_config, digits_splits
-from learngene.errors import UserError
+from learngene.core.data import LearngeneDataModule, digits_data_config, digits_splits
+from learngene.core.errors import UserError
 
 from conftest import make_image_folder
 
@@ -50,7 +50,7 @@ def test_image_folder_single_folder_split(tmp_path):
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape[1:] == (3, 16, 16)
     again = LearngeneDataModule(root, data_config=EVAL_CFG, num_workers=0)
-    assert again._samples == dm._samples, "split is deterministic"
+    assert again.source.samples == dm.source.samples, "split is deterministic"
 
 
 def test_image_folder_train_val_layout(tmp_path):
@@ -83,12 +83,15 @@ def test_bad_data_paths_are_one_line_errors(tmp_path, make, expected):
     assert "\n" not in str(e.value)
 
 
-def test_unreadable_image_is_named(tmp_path):
+def test_unreadable_image_is_skipped_with_a_count_or_refused_when_strict(tmp_path, capfd):
     root = make_image_folder(tmp_path / "imgs")
     bad = root / "dog" / "broken.png"
     bad.write_bytes(b"not a png at all")
+    dm = LearngeneDataModule(root, data_config=EVAL_CFG)
+    assert "skipped 1 unreadable image(s), first" in capfd.readouterr().err
+    assert all(path != str(bad) for split in dm.source.samples.values() for path, _ in split)
     with pytest.raises(UserError, match="unreadable image .*broken.png"):
-        LearngeneDataModule(root, data_config=EVAL_CFG)
+        LearngeneDataModule(root, data_config=EVAL_CFG, strict=True)
 
 
 def test_randaugment_draws_every_op_and_level_without_error(tmp_path):

@@ -152,8 +152,8 @@ def test_ligo_reproduces_net2net_and_stacking():
 
 
 def test_ligo_starts_as_net2net_and_trains_its_operator():
-    from learngene.data import LearngeneDataModule, digits_data_config
-    from learngene.training import TrainerArgs
+    from learngene.core.data import LearngeneDataModule, digits_data_config
+    from learngene.core.training import TrainerArgs
 
     m = random_vit(2, 4, 2, 12, 4)
     tmpl = G.template_for(m, embed_dim=16, num_heads=4, mlp_hidden=24, depth=4)
@@ -177,8 +177,8 @@ def test_ligo_starts_as_net2net_and_trains_its_operator():
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    from learngene.ancestry import save_local_dir
-    from learngene.data import digits_data_config
+    from learngene.core.io import save_local_dir
+    from learngene.core.data import digits_data_config
 
     m = random_vit(2, 8, 2, 32, 0)
     args = dict(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5)

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from learngene.ancestry import Ancestor, load_timm
-from learngene.data import digits_data_config
-from learngene.errors import UserError
+from learngene.core.loading import LoadedModel, load_timm
+from learngene.core.data import digits_data_config
+from learngene.core.errors import UserError
 from learngene.pool import Pool, build_pool, load_recipe
 from learngene.pool.recipe import recipe_from_dict
 
@@ -29,7 +29,7 @@ def digits_ancestor():
 
     torch.manual_seed(0)
     m = timm.create_model("deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    return Ancestor(model=m.eval(), name="test-vit", source="random-init", data_config=digits_data_config())
+    return LoadedModel(model=m.eval(), name="test-vit", source="test-fixture", data_config=digits_data_config())
 
 
 def recipe(**distill):
@@ -45,7 +45,7 @@ def built(tmp_path_factory, digits_ancestor):
 
 
 def _quiet():
-    from learngene.training import TrainerArgs
+    from learngene.core.training import TrainerArgs
 
     return TrainerArgs(progress=False, accelerator="cpu")
 

@@ -23,8 +23,8 @@ def setup_dir(tmp_path_factory):
     """A tiny local-dir ancestor for the digits and a recipe file."""
     import timm
 
-    from learngene.ancestry import save_local_dir
-    from learngene.data import digits_data_config
+    from learngene.core.io import save_local_dir
+    from learngene.core.data import digits_data_config
 
     d = tmp_path_factory.mktemp("cli_pool")
     torch.manual_seed(0)

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
-from learngene.vit import ViTView, fractional_positions
+from learngene.core.errors import UserError
+from learngene.core.vit import ViTView, fractional_positions
 
 
 def test_taps_match_timm_forward(tiny_vit):

@@ -1,8 +1,8 @@
 """adapt: fit a model to a new task with a small stored delta (LoRA through PEFT, or a
 bottleneck adapter), apply / merge / roll it back. PEFT is imported only when used."""
 
-_EXPORTS = {"adapt": "api", "apply": "api", "ls": "api", "load_base": "api",
-            "attach": "delta", "merge": "delta", "rollback": "delta", "Adapted": "delta"}
+_EXPORTS = {"adapt": "api", "apply": "api", "ls": "api", "members": "api",
+            "attach": "delta", "merge": "delta", "rollback": "delta", "Adapted": "delta", "METHODS": "delta"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -1,80 +1,60 @@
 """`learngene adapt`: train a small delta for a new task, store it beside the pool, apply /
-merge / roll it back, list what a pool has.
+merge / roll it back, list what a pool has, and hand the deltas to the zoo as members.
 
-Models (``--model``): a child of the pool by id (``stitch-4-6``: POOL/children/<id>), a timm
-local-dir (``local-dir:DIR`` or ``DIR``), ``embedded`` (the embedded ancestor), or a timm
-name with ``--checkpoint``. Deltas live in ``POOL/adapters/<TASK>/``.
+The base is a `LoadedModel` (``learngene.zoo.resolve`` turns ``--model`` into one). A delta
+of a pool's member is written to that pool's ``adapters/<TASK>/``; the base is recorded as a
+reference that resolves from anywhere (the member's id for a pool member, an absolute path
+for a folder or checkpoint, ``embedded``, a timm name).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from learngene.adapt import delta as D
-from learngene.errors import UserError
+from learngene.core.errors import UserError
+from learngene.core.io import check_output, save_local_dir, staged_folder
+from learngene.core.loading import LoadedModel
 
 
-@dataclass
-class Base:
-    model: nn.Module
-    spec: str
-    checksum: str
-    data_config: dict
+def base_ref(ref: str, member) -> dict:
+    """How a delta records its base (a `learngene.zoo.Member`) so that it resolves from any
+    working directory: a pool member by its id (the delta lives in that pool), a folder or
+    checkpoint by its absolute path, else the reference as given."""
+    if member.provenance.get("pool") and member.kind in ("child", "narrow", "wide", "stitch"):
+        return {"base": member.id.removeprefix("child:"), "base_in_pool": True}
+    src = str(member.provenance.get("source", ref))
+    if src.startswith("local-dir:"):
+        return {"base": f"local-dir:{Path(src.split(':', 1)[1]).resolve()}", "base_in_pool": False}
+    if src.startswith("checkpoint:"):
+        return {"base": ref, "base_checkpoint": str(Path(src.split(":", 1)[1]).resolve()), "base_in_pool": False}
+    return {"base": ref, "base_in_pool": False}
 
 
-def load_base(spec: str, pool: str | Path = "pools/embedded", checkpoint: str | None = None) -> Base:
-    import timm
+def adapters_for(ref: str, pool) -> Path:
+    """Where a delta of this base is stored: beside the pool the base belongs to (a pool
+    member, or a folder under POOL/children/), else in ``pool``'s adapters/."""
+    from learngene.core.models import parse_ref
 
-    import learngene.assemble.model  # noqa: F401  registers the stitched children with timm
-    from learngene.ancestry import EMBEDDED, embedded_ancestor, load_timm, state_dict_sha256
-
-    if spec == EMBEDDED:
-        anc = embedded_ancestor(progress=False)
-        model, cfg = anc.model, anc.data_config
-    else:
-        child = Path(pool) / "children" / spec
-        folder = child if (child / "config.json").is_file() else Path(spec.removeprefix("local-dir:"))
-        if (folder / "config.json").is_file():
-            try:
-                model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-            except Exception as e:
-                raise UserError(f"cannot load model folder {folder}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
-            if checkpoint:
-                raise UserError("--checkpoint is for a timm name, not a model folder")
-            cfg = dict(model.pretrained_cfg)
-            spec = str(folder)
-        elif spec.startswith("local-dir:") or Path(spec).exists():
-            raise UserError(f"not a model folder (no config.json): {folder}")
-        else:
-            anc = load_timm(spec, checkpoint=checkpoint)
-            model, cfg = anc.model, anc.data_config
-    if not hasattr(model, "blocks") or not hasattr(model, "head"):
-        raise UserError(f"{spec} is not a timm ViT")
-    model.eval()
-    return Base(model, spec, state_dict_sha256(model.state_dict()), cfg)
-
-
-def data_for(base: Base, data: str | None, batch_size: int = 64, train_fraction: float = 1.0, seed: int = 0):
-    from timm.data import resolve_data_config
-
-    from learngene.data import EMBEDDED, LearngeneDataModule, digits_data_config
-
-    embedded = data is None or data == EMBEDDED or str(data).startswith(EMBEDDED + ":")
-    img = int(base.model.patch_embed.img_size[0])
-    cfg = digits_data_config(img) if embedded else resolve_data_config({}, model=base.model)
-    return LearngeneDataModule(data, data_config=cfg, batch_size=batch_size, train_fraction=train_fraction, seed=seed)
+    r = parse_ref(ref, pool=pool)
+    if r.kind == "pool":
+        return Path(r.target) / "adapters"
+    if r.kind == "local-dir":
+        folder = Path(r.target).expanduser().resolve()
+        if folder.parent.name == "children" and (folder.parent.parent / "pool.json").is_file():
+            return folder.parent.parent / "adapters"
+    return Path(pool) / "adapters"
 
 
 def train(model: nn.Module, dm, epochs: int, lr: float, progress: bool = False, trainer_args=None) -> float:
     """Lightning fit of the parameters that require grad (with a delta attached, the base is
     frozen); seconds."""
-    from learngene.training import Classifier, OptimConfig, TrainerArgs, make_trainer
+    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, make_trainer
 
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
@@ -91,39 +71,32 @@ def model_bytes(model: nn.Module) -> int:
     return D.bytes_of(model.state_dict())
 
 
-# Default peak learning rates, from benchmarks/adapt.py's grids (results/adapt.md): LoRA 3e-3 was
-# picked on the ancestor and on the child with 10% of the data (1e-2 sends the 12-block ancestor
-# to chance), the adapter's zero-initialised bottleneck wants a larger step.
-DEFAULT_LR = {"lora": 3e-3, "adapter": 1e-2}
+def check_request(*, name: str, method: str, lr: float | None, rank: int, adapters: Path, force: bool) -> float:
+    """Everything about a delta request that can be refused before any model is loaded;
+    returns the learning rate (the method's default when none is given)."""
+    D.check_name(name)
+    kind = D.method_of(method)
+    if rank < 1:
+        raise UserError(f"--rank must be >= 1, got {rank}")
+    check_output(adapters / name, force, "delta")
+    kind.check()
+    lr = kind.default_lr if lr is None else lr
+    if lr <= 0:
+        raise UserError(f"--lr must be > 0, got {lr:g}")
+    return lr
 
 
-def adapters_dir(pool: str | Path) -> Path:
-    return Path(pool) / "adapters"
-
-
-def adapt(model: str, data: str | None, name: str, method: str = "lora", rank: int = 8, targets=D.TARGETS,
-          train_head: bool = False, epochs: int = 10, lr: float | None = None, pool: str | Path = "pools/embedded",
-          train_fraction: float = 1.0, seed: int = 0, force: bool = False, checkpoint: str | None = None,
-          trainer_args=None, progress: bool = False) -> dict:
-    """Train and store a delta; returns its record (what ``adapt ls`` shows)."""
+def adapt(base: LoadedModel, data, *, name: str, adapters: Path, ref: dict, method: str = "lora", rank: int = 8,
+          targets=D.TARGETS, train_head: bool = False, epochs: int = 10, lr: float | None = None,
+          train_fraction: float = 1.0, seed: int = 0, force: bool = False, trainer_args=None, progress: bool = False) -> dict:
+    """Train and store a delta in ``adapters/<name>``; returns its record (what ``adapt ls`` shows)."""
     import lightning as L
 
-    from learngene import paths
-    from learngene.training import evaluate
+    from learngene.core.data import data_for
+    from learngene.core.training import evaluate
 
-    D.check_name(name)
-    out = adapters_dir(pool) / name
-    if out.exists() and not force:
-        raise UserError(f"delta exists: {out} (pass --force to replace it)")
-    if method == "lora":
-        D.peft()  # a missing extra fails now, not after loading and training
-    if method not in D.METHODS:  # before the base is loaded
-        raise UserError(f"unknown adapt method {method!r} (choose from {', '.join(D.METHODS)})")
-    lr = DEFAULT_LR[method] if lr is None else lr
-    if lr <= 0:
-        raise UserError(f"--lr must be > 0, got {lr}")
-    base = load_base(model, pool, checkpoint)
-    dm = data_for(base, data, train_fraction=train_fraction, seed=seed)
+    lr = check_request(name=name, method=method, lr=lr, rank=rank, adapters=adapters, force=force)
+    dm = data_for(data, base.data_config, train_fraction=train_fraction, seed=seed)
     L.seed_everything(seed, verbose=False)
     ad = D.attach(base.model, method, rank, targets, train_head, dm.num_classes, seed=seed)
     seconds = train(ad.model, dm, epochs, lr, progress, trainer_args)
@@ -131,34 +104,33 @@ def adapt(model: str, data: str | None, name: str, method: str = "lora", rank: i
     val = evaluate(ad.model, dm.val_dataloader())
     sd = D.delta_state(ad)
     meta = {
-        "task": name, "base": base.spec, "base_checksum": base.checksum, "data": dm.name,
+        "task": name, **ref, "base_checksum": base.checksum, "data": dm.name, "data_fingerprint": dm.fingerprint(),
         "train_fraction": train_fraction, "epochs": epochs, "lr": lr, "seed": seed,
         "test_top1": round(test["top1"], 2), "val_top1": round(val["top1"], 2),
         "trainable_params": ad.trainable, "delta_bytes": D.bytes_of(sd), "model_bytes": model_bytes(base.model),
         "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     meta["delta_fraction"] = round(meta["delta_bytes"] / meta["model_bytes"], 4)
-    adapters_dir(pool).mkdir(parents=True, exist_ok=True)
-    with paths.staged_folder(out) as tmp:
+    out = adapters / name
+    with staged_folder(out) as tmp:
         D.save(ad, tmp, meta)
     return {**meta, "method": method, "r": rank, "path": str(out)}
 
 
-def resolve_delta(delta: str, pool: str | Path) -> Path:
+def resolve_delta(delta: str, adapters: Path) -> Path:
+    """A delta folder, or the name of one in ``adapters``."""
     p = Path(delta)
-    if (p / D.META).is_file() or p.exists():
+    if (p / D.META).is_file():
         return p
-    named = adapters_dir(pool) / delta
-    if named.exists():
-        return named
-    raise UserError(f"no delta {delta!r}: neither a folder nor a task in {adapters_dir(pool)}")
+    if "/" not in delta and not p.exists() and (adapters / D.check_name(delta)).is_dir():
+        return adapters / delta
+    raise UserError(f"no delta {delta!r}: neither a delta folder nor a task in {adapters}")
 
 
-def apply(model: str, delta: str, pool: str | Path = "pools/embedded", merge: bool = False, checkpoint: str | None = None):
-    """(adapted or merged model, Adapted, Base)."""
-    base = load_base(model, pool, checkpoint)
-    ad = D.load(base.model, resolve_delta(delta, pool), base.checksum)
-    return (D.merge(ad) if merge else ad.model), ad, base
+def apply(base: LoadedModel, folder: Path, merge: bool = False):
+    """(adapted or merged model, Adapted)."""
+    ad = D.load(base.model, folder, base.checksum)
+    return (D.merge(ad) if merge else ad.model), ad
 
 
 def max_diff(a: nn.Module, b: nn.Module, img_size: int, n: int = 8) -> float:
@@ -167,35 +139,45 @@ def max_diff(a: nn.Module, b: nn.Module, img_size: int, n: int = 8) -> float:
         return float((a.eval()(x) - b.eval()(x)).abs().max())
 
 
-def export_merged(merged: nn.Module, ad: D.Adapted, base: Base, out: Path, force: bool = False) -> Path:
+def export_merged(merged: nn.Module, ad: D.Adapted, base: LoadedModel, out: Path, force: bool = False) -> Path:
     """The merged model as a timm local-dir folder (plain timm loads it)."""
-    from learngene.ancestry import save_local_dir
-    from learngene.assemble.export import check_child_dir
-
-    check_child_dir(out, force)
-    cfg = dict(base.model.pretrained_cfg)
-    arch = cfg.get("architecture") or type(base.model).__name__
-    args_file = Path(base.spec) / "config.json"
-    args = json.loads(args_file.read_text()).get("model_args", {}) if args_file.is_file() else {}
-    if not args:
-        from learngene.grow.api import shape_args
-
-        args = shape_args(base.model)
-    args = {**args, "num_classes": ad.config["num_classes"]}
-    meta = {"adapted_from": base.spec, "task": ad.meta.get("task"), "delta_sha256": ad.meta.get("delta_sha256"),
-            "test_top1": ad.meta.get("test_top1")}
-    cfg = json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
-    return save_local_dir(merged, out, arch, args, {**cfg, "num_classes": ad.config["num_classes"]}, extra=meta)
+    check_output(out, force)
+    args = {**base.model_args, "num_classes": ad.config["num_classes"]}
+    meta = {"adapted_from": ad.meta.get("base"), "task": ad.meta.get("task"), "delta_sha256": ad.meta.get("delta_sha256"),
+            "test_top1": ad.meta.get("test_top1"), "base_checksum": base.checksum}
+    return save_local_dir(merged, out, base.architecture, args, {**base.pretrained_cfg, "num_classes": ad.config["num_classes"]},
+                          extra=meta)
 
 
-def ls(pool: str | Path = "pools/embedded") -> list[dict]:
+def ls(adapters: Path) -> list[dict]:
+    """One row per delta folder (the folder's name is the task)."""
     rows = []
-    for meta_file in sorted(adapters_dir(pool).glob(f"*/{D.META}")):
+    for folder in sorted(p for p in Path(adapters).glob("*") if p.is_dir() and not p.name.startswith(".")):
         try:
-            m = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
-            rows.append({"task": meta_file.parent.name, "method": "?", "note": "corrupt learngene.json"})
+            m = D.read_meta(folder)
+        except UserError as e:
+            rows.append({"task": folder.name, "method": "?", "note": str(e)})
             continue
-        rows.append({k: m.get(k) for k in ("task", "method", "r", "base", "data", "test_top1", "trainable_params",
-                                           "delta_bytes", "delta_fraction", "created")})
+        rows.append({"task": folder.name, **{k: m.get(k) for k in ("method", "r", "base", "data", "test_top1", "trainable_params",
+                                                                   "delta_bytes", "delta_fraction", "created")}})
     return rows
+
+
+def members(pool, resolve) -> list:
+    """Every stored delta of a pool as a zoo member, in the form it ships in (LoRA merged
+    into the weights, an adapter applied), measured on its own task. ``resolve(ref, pool,
+    checkpoint)`` loads a base (learngene.zoo.resolve)."""
+    from learngene.zoo import Member
+
+    out = []
+    for folder in sorted(p for p in pool.adapters_dir.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        meta = D.read_meta(folder)
+        base = resolve(meta["base"], pool=pool.path if meta.get("base_in_pool") else None,
+                       checkpoint=meta.get("base_checkpoint")).load()
+        model, ad = apply(base, folder, merge=D.method_of(meta["method"]).mergeable)
+        args = {**base.model_args, "num_classes": ad.config["num_classes"]}
+        out.append(Member(f"adapted:{folder.name}", "adapted", lambda m=model: m, base.architecture, args,
+                          dict(base.data_config), accuracy={"test_top1": meta.get("test_top1"), "val_top1": meta.get("val_top1")},
+                          provenance={"source": str(folder), "base": meta["base"], "delta_sha256": meta["delta_sha256"]},
+                          task=meta["data"], _model=model.eval()))
+    return out

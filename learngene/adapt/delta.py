@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
+from learngene.core.io import file_sha256, load_tensors, state_dict_sha256
 
-METHODS = ("lora", "adapter")
 TARGETS = ("qkv", "proj", "fc1", "fc2")
 CONFIG, WEIGHTS, META = "adapter_config.json", "adapter_model.safetensors", "learngene.json"
 ADAPTER_TYPE = "LEARNGENE_BOTTLENECK"
@@ -101,71 +101,143 @@ def _blocks_with(model: nn.Module) -> list[tuple[int, nn.Module]]:
     return [(i, b) for i, b in enumerate(model.blocks) if isinstance(b, Block)]
 
 
+class LoraDelta:
+    """LoRA through PEFT: low-rank updates of the block linears, mergeable into the weights."""
+
+    name = "lora"
+    mergeable = True
+    # the peak lr benchmarks/adapt.py picks (results/adapt.md): 3e-3 on the ancestor and on the
+    # child with 10% of the data; 1e-2 sends the 12-block ancestor to chance
+    default_lr = 3e-3
+
+    def check(self) -> None:
+        peft()  # a missing extra fails now, not after loading and training
+
+    def attach(self, model: nn.Module, cfg: dict, alpha: float | None) -> nn.Module:
+        cfg["lora_alpha"] = alpha if alpha is not None else 2 * cfg["r"]
+        pcfg = peft().LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0,
+                                 target_modules=target_regex(cfg["targets"]),
+                                 modules_to_save=["head"] if cfg["train_head"] else None)
+        return peft().get_peft_model(model, pcfg)
+
+    def state(self, ad: "Adapted") -> dict:
+        return peft().get_peft_model_state_dict(ad.model)
+
+    def save(self, ad: "Adapted", folder: Path) -> None:
+        ad.model.save_pretrained(str(folder))
+        (folder / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
+
+    def load_state(self, ad: "Adapted", sd: dict, folder: Path) -> None:
+        res = peft().set_peft_model_state_dict(ad.model, sd)
+        extra = list(getattr(res, "unexpected_keys", []))
+        if extra:
+            raise UserError(f"delta {folder} has tensors this model lacks, e.g. {extra[0]}")
+
+    def merge(self, ad: "Adapted") -> nn.Module:
+        return copy.deepcopy(ad.model).merge_and_unload().eval()
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        return model.unload()
+
+
+class BottleneckDelta:
+    """Houlsby bottleneck adapters after each block's attention and MLP (written here:
+    PEFT has none for arbitrary modules); nonlinear, so applied, never merged."""
+
+    name = "adapter"
+    mergeable = False
+    default_lr = 1e-2  # the zero-initialised bottleneck wants a larger step (benchmarks/adapt.py)
+
+    def check(self) -> None:
+        pass
+
+    def attach(self, model: nn.Module, cfg: dict, alpha: float | None) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for _, blk in _blocks_with(model):
+            dim = blk.norm1.normalized_shape[0]
+            if {"qkv", "proj"} & set(cfg["targets"]):
+                blk.attn = WithAdapter(blk.attn, dim, cfg["r"])
+            if {"fc1", "fc2"} & set(cfg["targets"]):
+                blk.mlp = WithAdapter(blk.mlp, dim, cfg["r"])
+        if cfg["train_head"]:
+            for p in model.head.parameters():
+                p.requires_grad_(True)
+        return model
+
+    def state(self, ad: "Adapted") -> dict:
+        return {k: v for k, v in ad.model.state_dict().items() if ".adapter." in k or (ad.config["train_head"] and k.startswith("head."))}
+
+    def save(self, ad: "Adapted", folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(delta_state(ad), str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(json.dumps({"peft_type": ADAPTER_TYPE, "r": ad.config["r"],
+                                                 "target_modules": ad.config["targets"],
+                                                 "modules_to_save": ["head"] if ad.config["train_head"] else None}, indent=2))
+
+    def load_state(self, ad: "Adapted", sd: dict, folder: Path) -> None:
+        try:
+            res = ad.model.load_state_dict(sd, strict=False)
+        except RuntimeError as e:
+            raise UserError(f"delta {folder} does not fit this model: {str(e).splitlines()[0][:160]}") from None
+        if res.unexpected_keys:
+            raise UserError(f"delta {folder} has tensors this model lacks, e.g. {res.unexpected_keys[0]}")
+
+    def merge(self, ad: "Adapted") -> nn.Module:
+        raise UserError("only LoRA deltas merge into the weights (a bottleneck adapter is nonlinear); apply it unmerged")
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        for _, blk in _blocks_with(model):
+            for name in ("attn", "mlp"):
+                mod = getattr(blk, name)
+                if isinstance(mod, WithAdapter):
+                    setattr(blk, name, mod.inner)
+        return model
+
+
+# delta methods by name: a new one is a class with this interface and one line
+METHODS = {"lora": LoraDelta(), "adapter": BottleneckDelta()}
+
+
+def method_of(name: str):
+    if name not in METHODS:
+        raise UserError(f"unknown adapt method {name!r} (choose from {', '.join(METHODS)})")
+    return METHODS[name]
+
+
 def attach(base: nn.Module, method: str, rank: int = 8, targets=TARGETS, train_head: bool = False,
            num_classes: int | None = None, alpha: float | None = None, seed: int = 0) -> Adapted:
     """A copy of ``base`` with a fresh delta; only the delta (and the head with
     ``train_head``) is trainable. ``num_classes`` other than the base's needs a new head."""
-    if method not in METHODS:
-        raise UserError(f"unknown adapt method {method!r} (choose from {', '.join(METHODS)})")
+    kind = method_of(method)
     if rank < 1:
         raise UserError(f"--rank must be >= 1, got {rank}")
     targets = parse_targets(targets)
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
     base_head = None
-    if num_classes is not None and num_classes != model.num_classes:
-        if not train_head:
-            raise UserError(f"the task has {num_classes} classes but the model's head has {model.num_classes}: pass --train-head")
+    if num_classes is not None and num_classes != model.num_classes and not train_head:
+        raise UserError(f"the task has {num_classes} classes but the model's head has {model.num_classes}: pass --train-head")
     if train_head:
         base_head = copy.deepcopy(model.head)
         if num_classes is not None and num_classes != model.num_classes:
             model.reset_classifier(num_classes)
     cfg = {"method": method, "r": rank, "targets": targets, "train_head": train_head,
            "num_classes": int(num_classes or model.num_classes)}
-    if method == "lora":
-        lora_alpha = alpha if alpha is not None else 2 * rank
-        pcfg = peft().LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=target_regex(targets),
-                                 modules_to_save=["head"] if train_head else None)
-        cfg["lora_alpha"] = lora_alpha
-        return Adapted(peft().get_peft_model(model, pcfg), method, cfg, base_head)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for _, blk in _blocks_with(model):
-        dim = blk.norm1.normalized_shape[0]
-        if {"qkv", "proj"} & set(targets):
-            blk.attn = WithAdapter(blk.attn, dim, rank)
-        if {"fc1", "fc2"} & set(targets):
-            blk.mlp = WithAdapter(blk.mlp, dim, rank)
-    if train_head:
-        for p in model.head.parameters():
-            p.requires_grad_(True)
+    model = kind.attach(model, cfg, alpha)
     return Adapted(model, method, cfg, base_head)
 
 
 def delta_state(ad: Adapted) -> dict[str, torch.Tensor]:
     """The delta's tensors only (what is stored)."""
-    if ad.method == "lora":
-        sd = peft().get_peft_model_state_dict(ad.model)
-    else:
-        sd = {k: v for k, v in ad.model.state_dict().items() if ".adapter." in k or (ad.config["train_head"] and k.startswith("head."))}
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in method_of(ad.method).state(ad).items()}
 
 
 def save(ad: Adapted, folder: Path, meta: dict) -> None:
     """Write the delta into ``folder`` (an empty staging folder)."""
-    from safetensors.torch import save_file
-
-    from learngene.ancestry import file_sha256
-
     folder = Path(folder)
-    if ad.method == "lora":
-        ad.model.save_pretrained(str(folder))
-        (folder / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
-    else:
-        save_file(delta_state(ad), str(folder / WEIGHTS))
-        (folder / CONFIG).write_text(json.dumps({"peft_type": ADAPTER_TYPE, "r": ad.config["r"],
-                                                 "target_modules": ad.config["targets"],
-                                                 "modules_to_save": ["head"] if ad.config["train_head"] else None}, indent=2))
+    method_of(ad.method).save(ad, folder)
     full = {**meta, **ad.config, "delta_sha256": file_sha256(folder / WEIGHTS)}
     (folder / META).write_text(json.dumps(full, indent=2))
 
@@ -176,19 +248,20 @@ def read_meta(folder: Path) -> dict:
         if not (folder / name).is_file():
             raise UserError(f"not a learngene delta (no {name}): {folder}")
     try:
-        return json.loads((folder / META).read_text())
+        meta = json.loads((folder / META).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"corrupt delta metadata {folder / META}: {e}") from None
+    missing = [k for k in ("method", "r", "targets", "train_head", "num_classes", "base_checksum", "delta_sha256")
+               if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UserError(f"delta metadata {folder / META} lacks {missing[0]!r}")
+    method_of(meta["method"])
+    return meta
 
 
 def load(base: nn.Module, folder: Path, base_checksum: str | None = None) -> Adapted:
     """``base`` with the stored delta attached (``base`` itself is not changed). Refuses a
     delta made for other weights, and a delta file that is not what was written."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from learngene.ancestry import file_sha256, state_dict_sha256
-
     folder = Path(folder)
     meta = read_meta(folder)
     have = base_checksum or state_dict_sha256(base.state_dict())
@@ -197,24 +270,10 @@ def load(base: nn.Module, folder: Path, base_checksum: str | None = None) -> Ada
                         f"({meta.get('base', '?')}), not on this model ({have[:12]}): refusing to apply it")
     if file_sha256(folder / WEIGHTS) != meta.get("delta_sha256"):
         raise UserError(f"delta file {folder / WEIGHTS} does not match its recorded checksum (corrupt or edited)")
-    try:
-        sd = load_file(str(folder / WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {folder / WEIGHTS}: {e}") from None
+    sd = load_tensors(folder / WEIGHTS)
     ad = attach(base, meta["method"], meta["r"], meta["targets"], meta["train_head"], meta["num_classes"],
                 alpha=meta.get("lora_alpha"))
-    if ad.method == "lora":
-        res = peft().set_peft_model_state_dict(ad.model, sd)
-        missing = [k for k in getattr(res, "unexpected_keys", [])]
-        if missing:
-            raise UserError(f"delta {folder} has tensors this model lacks, e.g. {missing[0]}")
-    else:
-        try:
-            res = ad.model.load_state_dict(sd, strict=False)
-        except RuntimeError as e:
-            raise UserError(f"delta {folder} does not fit this model: {str(e).splitlines()[0][:160]}") from None
-        if res.unexpected_keys:
-            raise UserError(f"delta {folder} has tensors this model lacks, e.g. {res.unexpected_keys[0]}")
+    method_of(ad.method).load_state(ad, sd, folder)
     ad.model.eval()
     ad.meta = meta
     return ad
@@ -222,22 +281,12 @@ def load(base: nn.Module, folder: Path, base_checksum: str | None = None) -> Ada
 
 def merge(ad: Adapted) -> nn.Module:
     """The delta folded into the weights: a plain timm model for deployment (LoRA only)."""
-    if ad.method != "lora":
-        raise UserError("only LoRA deltas merge into the weights (a bottleneck adapter is nonlinear); apply it unmerged")
-    return copy.deepcopy(ad.model).merge_and_unload().eval()
+    return method_of(ad.method).merge(ad)
 
 
 def rollback(ad: Adapted) -> nn.Module:
     """Remove the delta: the base, weights byte-identical to before."""
-    model = copy.deepcopy(ad.model)
-    if ad.method == "lora":
-        model = model.unload()
-    else:
-        for _, blk in _blocks_with(model):
-            for name in ("attn", "mlp"):
-                mod = getattr(blk, name)
-                if isinstance(mod, WithAdapter):
-                    setattr(blk, name, mod.inner)
+    model = method_of(ad.method).remove(copy.deepcopy(ad.model))
     if ad.base_head is not None:
         model.head = copy.deepcopy(ad.base_head)
         model.num_classes = ad.base_head.out_features if isinstance(ad.base_head, nn.Linear) else model.num_classes

@@ -1,14 +1,11 @@
 """assemble: stitch descendants of variable size from a pool, train them, export a child.
 
-Names are imported lazily: importing timm registers `learngene.assemble.model` with it,
+Names are imported lazily: importing timm registers `learngene.core.stitching` with it,
 and that must not drag Lightning in.
 """
 
-_EXPORTS = {
-    "AssembleResult": "api", "Selection": "api", "assemble": "api", "load_pool_model": "api",
-    "DescSpec": "configs", "descendants": "configs", "paired_stitching": "configs",
-    "PoolModel": "model", "StitchedViT": "model", "AssembleSpec": "train",
-}
+_EXPORTS = {"AssembleResult": "api", "assemble": "api", "pool_data": "api", "Selection": "select",
+            "size_budget": "select"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -1,17 +1,18 @@
-"""Baselines for the pool, under the same interfaces: each builds a `Zoo` (standalone timm
-ViTs with params, FLOPs and validation / test accuracy) from the same ancestor and data.
+"""Baselines for the pool, under the same interfaces: each builds a `learngene.zoo.Zoo`
+(standalone timm ViTs with params, FLOPs and validation / test accuracy) from the same
+ancestor and data.
 
 - `snnet`: SN-Net stitching between a narrow anchor trained from scratch and the ancestor;
 - `vanilla`: vanilla learngene, the ancestor's last blocks under new random narrow blocks;
 - `scratch`: every descendant architecture of a pool from random init.
 
-`pool_zoo` presents a pool's own descendants the same way. Names import lazily (timm,
+A pool's own descendants are `learngene.zoo.pool_zoo`. Names import lazily (timm,
 Lightning) as in `learngene.assemble`.
 """
 
 # module names differ from the functions', so importing a module never shadows a function
-_EXPORTS = {"Zoo": "zoo", "pool_zoo": "zoo", "train_alone": "zoo", "snnet": "sn_net", "train_anchor": "sn_net",
-            "vanilla": "vanilla_learngene", "vanilla_model": "vanilla_learngene", "scratch": "from_scratch"}
+_EXPORTS = {"train_alone": "alone", "snnet": "sn_net", "train_anchor": "sn_net", "vanilla": "vanilla_learngene",
+            "vanilla_model": "vanilla_learngene", "scratch": "from_scratch"}
 __all__ = sorted(_EXPORTS)
 
 

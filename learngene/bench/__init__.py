@@ -1,8 +1,8 @@
-"""bench: accuracy / kNN probe / params / FLOPs / latency of every descendant on this device,
-the frontier report, and target: the best descendant under a budget. Imported lazily
-(pandas, matplotlib and faiss are heavy)."""
+"""bench: accuracy / kNN probe / params / FLOPs / latency of zoo members on this device,
+the frontier report, and the rules that pick the best member under a budget. Imported
+lazily (pandas, matplotlib and faiss are heavy)."""
 
-_EXPORTS = {"BenchResult": "api", "bench": "api", "TargetResult": "budget", "target": "budget"}
+_EXPORTS = {"BenchResult": "api", "bench": "api", "pick": "budget", "LATENCY_STATS": "budget"}
 __all__ = sorted(_EXPORTS)
 
 

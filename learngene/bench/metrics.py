@@ -39,7 +39,7 @@ def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    from learngene.training import topk_hits
+    from learngene.core.training import topk_hits
 
     return {f"top{k}": round(100 * h / len(labels), 2) for k, h in topk_hits(logits, labels, ks).items()}
 

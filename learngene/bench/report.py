@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from learngene.paths import staged_folder
+from learngene.core.io import staged_folder
 
 
 def mark_pareto(df: pd.DataFrame, acc: str = "top1", cost: str = "infer_step_time") -> pd.Series:

@@ -1,8 +1,9 @@
-"""`learngene grow`: sizes in, a grown timm local-dir out.
+"""`learngene grow`: a model and sizes in, a grown timm local-dir out.
 
-Sources: ``embedded`` (the embedded ancestor), a timm name (random init, ``--pretrained``
-from timm's cache, or ``--checkpoint``), ``local-dir:DIR`` or a folder with a timm
-``config.json``, or ``POOL:AUX`` for a pool's auxiliary model (e.g. pools/embedded:narrow).
+The model is a `learngene.core.loading.LoadedModel` (``learngene.zoo.resolve`` turns any
+reference into one: ``embedded``, a timm name, a local-dir, ``POOL:MEMBER``). Methods are a
+registry (`METHODS`): a new one is a function ``(model, target, **options) -> grown model``
+and one line.
 """
 
 from __future__ import annotations
@@ -15,19 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
+from learngene.core.io import check_output, save_local_dir, state_dict_sha256
+from learngene.core.loading import LoadedModel
 from learngene.grow import surgery
-
-METHODS = ("net2net", "expand", "ligo")
-
-
-@dataclass
-class Source:
-    model: nn.Module
-    architecture: str  # the timm entry point the grown model is created with
-    model_args: dict
-    pretrained_cfg: dict
-    name: str
 
 
 @dataclass(frozen=True)
@@ -37,48 +29,6 @@ class Target:
     num_heads: int
     head_dim: int
     mlp_hidden: int
-
-
-def _json_safe(d: dict) -> dict:
-    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
-
-
-def shape_args(model: nn.Module) -> dict:
-    from learngene.vit import ViTView
-
-    s = ViTView(model).shape
-    return dict(img_size=s.img_size, patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
-                num_heads=s.num_heads, mlp_ratio=s.mlp_hidden / s.embed_dim, num_classes=s.num_classes)
-
-
-def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = False) -> Source:
-    from learngene.ancestry import EMBEDDED, embedded_ancestor, load_timm
-
-    if checkpoint and pretrained:
-        raise UserError("give either --pretrained or --checkpoint, not both")
-    if spec == EMBEDDED:
-        spec = f"local-dir:{embedded_ancestor(progress=False).source.split(':', 1)[1]}"
-    head, _, aux = spec.rpartition(":")
-    if head and (Path(head) / "pool.json").is_file():
-        from learngene.pool.store import Pool
-
-        pool = Pool.open(head)
-        model = pool.aux_model(aux, revision=None)
-        meta = pool.auxiliary[aux]
-        return Source(model, meta["architecture"], dict(meta["model_args"]), _json_safe(dict(model.pretrained_cfg)), spec)
-    folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
-    if spec.startswith("local-dir:") or (folder / "config.json").is_file():
-        anc = load_timm(f"local-dir:{folder}", checkpoint=checkpoint)
-        try:
-            cfg = json.loads((folder / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{folder}/config.json is not valid JSON: {e}") from None
-        args = cfg.get("model_args") or shape_args(anc.model)
-        return Source(anc.model, cfg.get("architecture", anc.name), dict(args), _json_safe(cfg.get("pretrained_cfg", {})), spec)
-    if Path(spec).exists():
-        raise UserError(f"not a timm local-dir folder (no config.json) nor a pool: {spec}")
-    anc = load_timm(spec, pretrained=pretrained, checkpoint=checkpoint)
-    return Source(anc.model, anc.name, shape_args(anc.model), _json_safe(dict(anc.model.pretrained_cfg)), spec)
 
 
 def resolve_target(model: nn.Module, method: str, embed_dim=None, depth=None, heads=None, mlp_ratio=None, head_dim=None) -> Target:
@@ -125,41 +75,67 @@ def resolve_target(model: nn.Module, method: str, embed_dim=None, depth=None, he
     return t
 
 
-def grow(model: nn.Module, method: str, target: Target, dm=None, steps: int = 100, noise: float = 0.0,
+def _net2net(model, target, *, noise=0.0, seed=0, **_):
+    from learngene.grow.net2net import net2net
+
+    return net2net(model, embed_dim=target.embed_dim, depth=target.depth, num_heads=target.num_heads,
+                   mlp_hidden=target.mlp_hidden, noise=noise, seed=seed)
+
+
+def _expand(model, target, **_):
+    from learngene.grow.expand import expand
+
+    return expand(model, embed_dim=target.embed_dim, depth=target.depth, num_heads=target.num_heads,
+                  qk_dim=target.head_dim, v_dim=target.head_dim, mlp_hidden_size=target.mlp_hidden)
+
+
+def _ligo(model, target, *, dm=None, steps=100, seed=0, trainer_args=None, ligo_lr=1e-3, **_):
+    from learngene.grow.ligo import ligo
+
+    if dm is None:
+        raise UserError("LiGO trains its operator on data: give a data module")
+    return ligo(model, dm, steps=steps, embed_dim=target.embed_dim, depth=target.depth, num_heads=target.num_heads,
+                qk_dim=target.head_dim, v_dim=target.head_dim, mlp_hidden=target.mlp_hidden, lr=ligo_lr, seed=seed,
+                trainer_args=trainer_args)
+
+
+# name -> (model, target, **options) -> a new, grown module
+METHODS = {"net2net": _net2net, "expand": _expand, "ligo": _ligo}
+
+
+def check_request(*, method: str, out, force: bool, steps: int = 100, noise: float = 0.0, data=None) -> Path:
+    """Everything about a growth request that can be refused before any model is loaded."""
+    if method not in METHODS:
+        raise UserError(f"unknown growth method {method!r} (choose from {', '.join(METHODS)})")
+    if steps < 0:
+        raise UserError(f"--steps must be >= 0, got {steps}")
+    if noise < 0:
+        raise UserError(f"--noise must be >= 0, got {noise}")
+    if method != "net2net" and noise:
+        raise UserError("--noise applies to --method net2net only")
+    if data and method != "ligo":
+        raise UserError("--data is for --method ligo (the other methods need no data)")
+    return check_output(out, force)
+
+
+def grow(model: nn.Module, method: str, target: Target, *, dm=None, steps: int = 100, noise: float = 0.0,
          seed: int = 0, trainer_args=None, ligo_lr: float = 1e-3) -> nn.Module:
     """The grown model (a new module; ``model`` is left as it is). ``steps`` and ``ligo_lr``:
     LiGO's operator training."""
+    if method not in METHODS:
+        raise UserError(f"unknown growth method {method!r} (choose from {', '.join(METHODS)})")
     torch.manual_seed(seed)  # the new weights' random init
-    kw = dict(embed_dim=target.embed_dim, depth=target.depth, num_heads=target.num_heads)
-    if method == "net2net":
-        from learngene.grow.net2net import net2net
-
-        return net2net(model, mlp_hidden=target.mlp_hidden, noise=noise, seed=seed, **kw)
-    if method == "expand":
-        from learngene.grow.expand import expand
-
-        return expand(model, qk_dim=target.head_dim, v_dim=target.head_dim, mlp_hidden_size=target.mlp_hidden, **kw)
-    if method == "ligo":
-        from learngene.grow.ligo import ligo
-
-        if dm is None:
-            raise UserError("LiGO trains its operator on data: give a data module")
-        return ligo(model, dm, steps=steps, qk_dim=target.head_dim, v_dim=target.head_dim, mlp_hidden=target.mlp_hidden,
-                    lr=ligo_lr, seed=seed, trainer_args=trainer_args, **kw)
-    raise UserError(f"unknown growth method {method!r} (choose from {', '.join(METHODS)})")
+    return METHODS[method](model, target, dm=dm, steps=steps, noise=noise, seed=seed, trainer_args=trainer_args, ligo_lr=ligo_lr)
 
 
-def datamodule(model: nn.Module, data: str | None, batch_size: int = 64, seed: int = 0):
+def datamodule(source: LoadedModel, data: str | None, batch_size: int = 64, seed: int = 0):
     """The data LiGO trains its operator on: an ImageFolder, or the embedded digits."""
-    from timm.data import resolve_data_config
+    from learngene.core.data import data_for
 
-    from learngene.data import LearngeneDataModule, digits_data_config
-
-    img = int(model.patch_embed.img_size[0])
-    cfg = digits_data_config(img) if data is None else resolve_data_config({}, model=model)
-    dm = LearngeneDataModule(data, data_config=cfg, batch_size=batch_size, seed=seed)
-    if dm.num_classes != model.num_classes:
-        raise UserError(f"{data or 'the embedded digits'} has {dm.num_classes} classes but the model's head has {model.num_classes}")
+    dm = data_for(data, source.data_config, batch_size=batch_size, seed=seed)
+    n = source.view.shape.num_classes
+    if dm.num_classes != n:
+        raise UserError(f"{data or 'the embedded digits'} has {dm.num_classes} classes but the model's head has {n}")
     return dm
 
 
@@ -176,11 +152,9 @@ def mlp_ratio_for(embed_dim: int, hidden: int) -> float:
     return r if int(embed_dim * r) == hidden else (hidden + 0.5) / embed_dim
 
 
-def save_grown(model: nn.Module, out: Path, source: Source, target: Target, meta: dict) -> Path:
+def save_grown(model: nn.Module, out: Path, source: LoadedModel, target: Target, meta: dict) -> Path:
     """A timm local-dir folder that plain ``timm.create_model('local-dir:OUT', pretrained=True)`` loads."""
     import timm
-
-    from learngene.ancestry import save_local_dir
 
     args = {**source.model_args, "embed_dim": target.embed_dim, "depth": target.depth, "num_heads": target.num_heads,
             "mlp_ratio": mlp_ratio_for(target.embed_dim, target.mlp_hidden)}
@@ -189,19 +163,15 @@ def save_grown(model: nn.Module, out: Path, source: Source, target: Target, meta
     return save_local_dir(model, out, source.architecture, args, source.pretrained_cfg, extra=meta)
 
 
-def grow_to_dir(source: Source, method: str, out: str | Path, target: Target, dm=None, steps: int = 100,
+def grow_to_dir(source: LoadedModel, method: str, out: str | Path, target: Target, *, dm=None, steps: int = 100,
                 noise: float = 0.0, seed: int = 0, force: bool = False, trainer_args=None) -> dict:
-    from learngene.ancestry import state_dict_sha256
-    from learngene.assemble.export import check_child_dir
-
-    out = Path(out)
-    check_child_dir(out, force)
+    out = check_output(out, force)
     t0 = time.perf_counter()
     grown = grow(source.model, method, target, dm=dm, steps=steps, noise=noise, seed=seed, trainer_args=trainer_args)
     wall = time.perf_counter() - t0
     img = int(source.model.patch_embed.img_size[0])
     meta = {
-        "grown_from": source.name,
+        "grown_from": source.source,
         "source_checksum": state_dict_sha256(source.model.state_dict()),
         "method": method,
         "target": asdict(target),

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
 from learngene.grow import surgery
 from learngene.grow.surgery import new_weights, set_linear
 

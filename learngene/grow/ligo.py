@@ -22,16 +22,14 @@ materialised into a plain timm ViT that trains as usual.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
+from learngene.core.vit import block_prefix, parse_block_key
 from learngene.grow import expand, surgery
 
-BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 # per-block weight kinds that get their own depth operator
 KINDS = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
          "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
@@ -70,7 +68,7 @@ class LigoOperator(nn.Module):
         for k, v in small.state_dict().items():
             self.register_buffer("src__" + k.replace(".", "__"), v.detach().clone(), persistent=False)
         self.L, self.L2 = s["depth"], t["depth"]
-        self.has_kind = {k for k in KINDS if f"blocks.0.{k}" in self.src_keys}
+        self.has_kind = {k for k in KINDS if block_prefix(0) + k in self.src_keys}
         gen = torch.Generator().manual_seed(seed)
         E, E2, L = s["embed_dim"], t["embed_dim"], self.L
 
@@ -116,7 +114,7 @@ class LigoOperator(nn.Module):
         sd: dict[str, torch.Tensor] = {}
         width: list[dict[str, torch.Tensor]] = [{} for _ in range(self.L)]
         for k, v in src.items():
-            mb = BLOCK_KEY.match(k)
+            mb = parse_block_key(k)
             if mb is None:
                 if k.startswith("patch_embed.proj."):
                     sd[k] = out(v)
@@ -129,14 +127,14 @@ class LigoOperator(nn.Module):
                 else:
                     sd[k] = v
                 continue
-            l, kind = int(mb.group(1)), mb.group(2)
+            l, kind = mb
             width[l][kind] = self._widen_block(l, kind, v, B, A, src)
         for kind in self.has_kind:
             D = self.depth_ops[kind.replace(".", "__")]
             stacked = torch.stack([width[l][kind] for l in range(self.L)])
             grown = torch.tensordot(D, stacked, dims=1)
             for j in range(self.L2):
-                sd[f"blocks.{j}.{kind}"] = grown[j]
+                sd[block_prefix(j) + kind] = grown[j]
         return sd
 
     def _widen_block(self, l, kind, v, B, A, src) -> torch.Tensor:
@@ -209,7 +207,7 @@ def ligo_module(op: LigoOperator, template: nn.Module, lr: float = 1e-3, label_s
 def ligo(small: nn.Module, dm, steps: int = 100, embed_dim=None, depth=None, num_heads=None, qk_dim=None, v_dim=None,
          mlp_hidden=None, lr: float = 1e-3, seed: int = 0, trainer_args=None) -> nn.Module:
     """Grow ``small`` with an operator trained ``steps`` steps on ``dm``'s training split."""
-    from learngene.training import TrainerArgs, make_trainer
+    from learngene.core.training import TrainerArgs, make_trainer
 
     template = template_for(small, embed_dim, depth, num_heads, qk_dim, v_dim, mlp_hidden)
     op = LigoOperator(small, template, seed=seed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
 from learngene.grow import surgery
 from learngene.grow.surgery import set_linear
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
 
 INIT_STD = 0.02  # timm's ViT init for new weights
 
@@ -139,7 +139,7 @@ def to_timm(sa: SplitAttention) -> nn.Module:
 
 def start(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` ready for surgery (the caller's model is never changed)."""
-    from learngene.vit import ViTView
+    from learngene.core.vit import ViTView
 
     ViTView(model)  # one-line error when it is not a timm ViT
     m = copy.deepcopy(model).cpu().float()

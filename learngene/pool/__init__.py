@@ -1,7 +1,14 @@
-"""Learngene pool: auxiliary-model distillation and the on-disk store of instances."""
+"""Learngene pool: auxiliary-model distillation (build-pool) and the on-disk store of
+instances (`Pool`). Names import lazily: opening a pool needs neither Lightning nor timm."""
 
-from learngene.pool.build import build_pool, resolve_recipe_path
-from learngene.pool.recipe import AuxSpec, DistillSpec, Recipe, load_recipe
-from learngene.pool.store import Pool
+_EXPORTS = {"build_pool": "build", "resolve_recipe_path": "build", "AuxSpec": "recipe", "DistillSpec": "recipe",
+            "Recipe": "recipe", "load_recipe": "recipe", "Pool": "store"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["AuxSpec", "DistillSpec", "Pool", "Recipe", "build_pool", "load_recipe", "resolve_recipe_path"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"learngene.pool.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from learngene import __version__
-from learngene.ancestry import Ancestor, load_ancestor
-from learngene.data import LearngeneDataModule
-from learngene.errors import UserError
+from learngene.core import __version__
+from learngene.core.data import LearngeneDataModule
+from learngene.core.errors import UserError
+from learngene.core.io import check_output, write_json_atomic
+from learngene.core.loading import LoadedModel
+from learngene.core.training import TrainerArgs, evaluate, make_trainer
 from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
 from learngene.pool.recipe import Recipe, load_recipe, validate
-from learngene.pool.store import FORMAT, FORMAT_VERSION, Pool, finalize, write_aux, write_json_atomic
-from learngene.training import TrainerArgs, evaluate, make_trainer
+from learngene.pool.store import FORMAT, FORMAT_VERSION, Pool, finalize, write_aux
 
 RECIPES = Path(__file__).resolve().parents[2] / "pools"
 DEFAULT_RECIPE = "embedded"
@@ -43,19 +44,6 @@ def resolve_recipe_path(recipe: str | os.PathLike | None) -> Path:
         if cand.is_file():
             return cand
     raise UserError(f"recipe not found: {recipe}")
-
-
-def check_output(out: Path, force: bool) -> None:
-    """Refuse an existing pool (without --force) or an unwritable place, before any work."""
-    if out.exists() and not force:
-        raise UserError(f"pool exists: {out} (pass --force to replace it)")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {parent}: {e.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output folder is not writable: {parent}")
 
 
 def _stage(out: Path, key: dict, resume: bool, force: bool) -> Path:
@@ -80,8 +68,9 @@ def _stage(out: Path, key: dict, resume: bool, force: bool) -> Path:
 
 def build_pool(
     recipe: str | os.PathLike | Recipe | None = None,
+    *,
     out: str | os.PathLike | None = None,
-    ancestor: Ancestor | None = None,
+    ancestor: LoadedModel | None = None,
     data: str | os.PathLike | LearngeneDataModule | None = None,
     epochs: int | None = None,
     overrides: list[str] = (),  # --set KEY=VALUE, when `recipe` is a name or path
@@ -90,8 +79,11 @@ def build_pool(
     trainer_args: TrainerArgs | None = None,
     callbacks: list | None = None,
     num_workers: int | None = None,
+    allow_random_init: bool = False,
 ) -> Pool | None:
-    """Build a pool and return it opened (None on DDP ranks other than 0)."""
+    """Build a pool and return it opened (None on DDP ranks other than 0). A random-init
+    ancestor is refused (distilling it builds a meaningless pool) unless
+    ``allow_random_init`` (tests of the mechanics)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -102,17 +94,22 @@ def build_pool(
         for a in rec.auxiliary:
             a.epochs = epochs
     out = Path(out).expanduser() if out else Path("pools") / rec.name
-    check_output(out, force)
+    check_output(out, force, "pool")
     if ancestor is None:
-        ancestor = load_ancestor(None if rec.ancestor == "embedded" else rec.ancestor)
+        from learngene.core.models import load_model
+
+        ancestor = load_model(None if rec.ancestor == "embedded" else rec.ancestor)
+    if ancestor.source == "random-init" and not allow_random_init:
+        raise UserError(f"ancestor {ancestor.name} has no weights: pass --pretrained or --checkpoint FILE "
+                        "(distilling a random-init model would build a meaningless pool)")
     validate(rec, ancestor.view.depth)
     if isinstance(data, LearngeneDataModule):
         dm = data
         dm.batch_size = rec.distill.batch_size
     else:
         dm = LearngeneDataModule(data, batch_size=rec.distill.batch_size, num_workers=num_workers)
-    if dm.root is not None:
-        dm.data_config = dict(ancestor.data_config)
+    if not dm.embedded:
+        dm.for_model(ancestor.data_config)
     elif ancestor.view.shape.img_size != dm.img_size:
         raise UserError(f"the embedded digits are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
                         f"{ancestor.view.shape.img_size}x{ancestor.view.shape.img_size} images: pass --data DIR")

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from learngene.pool.recipe import AuxSpec, DistillSpec
-from learngene.training import OptimConfig, configure_adamw, param_groups
-from learngene.vit import ViTView, fractional_positions
+from learngene.core.training import OptimConfig, configure_adamw, param_groups
+from learngene.core.vit import ViTView, fractional_positions, join_pieces, split_pieces
 
 STUDENT_ARCH = "deit_tiny_patch16_224"  # timm entry point of the DeiT architecture; sizes overridden
 
@@ -51,20 +51,12 @@ def init_from_ancestor(student: nn.Module, ancestor: nn.Module) -> None:
     """Same-width student: embedding, final norm, head and evenly spaced blocks copied."""
     s, a = ViTView(student).shape, ViTView(ancestor).shape
     if (s.embed_dim, s.num_heads, s.mlp_hidden) != (a.embed_dim, a.num_heads, a.mlp_hidden):
-        from learngene.errors import UserError
+        from learngene.core.errors import UserError
 
         raise UserError(f"init: ancestor needs the ancestor's width and heads ({a.embed_dim}/{a.num_heads}), got {s.embed_dim}/{s.num_heads}")
-    own = student.state_dict()
-    src = ancestor.state_dict()
-    mapping = spaced_blocks(s.depth, a.depth)
-    new = {}
-    for k in own:
-        if k.startswith("blocks."):
-            _, i, rest = k.split(".", 2)
-            new[k] = src[f"blocks.{mapping[int(i)]}.{rest}"]
-        else:
-            new[k] = src[k]
-    student.load_state_dict(new)
+    src = split_pieces(ancestor.state_dict())
+    picked = {f"b{i}": src[f"b{m}"] for i, m in enumerate(spaced_blocks(s.depth, a.depth))}
+    student.load_state_dict(join_pieces({"embed": src["embed"], "head": src["head"], **picked}))
 
 
 def distill_pairs(spec: AuxSpec, ancestor_depth: int) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
 
 POSITIONS = ("end", "front,end")
 INITS = ("random", "ancestor")

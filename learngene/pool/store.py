@@ -23,52 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from learngene.ancestry import file_sha256
-from learngene.paths import staged_folder
-from learngene.errors import UserError
+from learngene.core.errors import UserError
+from learngene.core.io import file_sha256, load_tensors, save_tensors, staged_folder, write_json_atomic
+from learngene.core.vit import is_block_piece, join_pieces, split_pieces
 
 FORMAT = "learngene-pool"
 FORMAT_VERSION = 1
 MANIFEST = "pool.json"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Write a safetensors file via temp + rename; return its sha256."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-    return file_sha256(path)
-
-
-def split_model(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """A timm ViT's state dict cut into pool pieces: 'embed', 'b<i>' per block, 'head'."""
-    pieces: dict[str, dict[str, torch.Tensor]] = {"embed": {}, "head": {}}
-    for k, v in model.state_dict().items():
-        if k.startswith("blocks."):
-            _, i, rest = k.split(".", 2)
-            pieces.setdefault(f"b{int(i)}", {})[rest] = v
-        elif k.startswith(("patch_embed.", "cls_token", "pos_embed", "reg_token", "norm_pre.")):
-            pieces["embed"][k] = v
-        else:  # norm, fc_norm, head
-            pieces["head"][k] = v
-    return pieces
-
-
-def join_pieces(pieces: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    sd = {}
-    for name, tensors in pieces.items():
-        for k, v in tensors.items():
-            sd[f"blocks.{int(name[1:])}.{k}" if name.startswith("b") and name[1:].isdigit() else k] = v
-    return sd
 
 
 @dataclass
@@ -126,12 +87,68 @@ class Pool:
         return self.manifest["auxiliary"]
 
     def tensors(self, file: str) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        return load_tensors(self.path / file)
 
-        try:
-            return load_file(str(self.path / file))
-        except Exception as e:
-            raise UserError(f"cannot read pool file {self.path / file}: {type(e).__name__}") from None
+    # -- what the pool was made from -----------------------------------------------------------
+    @property
+    def ancestor(self) -> dict:
+        """The ancestor's record: name, source, sha256, params, shape, data_config, test_top1."""
+        return dict(self.manifest["ancestor"])
+
+    @property
+    def data_config(self) -> dict:
+        """The timm data config of the ancestor, which every member of the pool reads."""
+        return dict(self.manifest["ancestor"]["data_config"])
+
+    @property
+    def data(self):
+        """The fingerprint of the data the pool was distilled on (a dict; a string in pools
+        built before fingerprints held the classes)."""
+        return self.manifest.get("data")
+
+    def manifest_sha256(self) -> str:
+        return file_sha256(self.path / MANIFEST)
+
+    # -- the two auxiliary models ----------------------------------------------------------------
+    @property
+    def aux_names(self) -> tuple[str, str]:
+        """(narrow, wide): the pool's two auxiliary models, by width."""
+        aux = self.auxiliary
+        if len(aux) != 2:
+            raise UserError(f"pool {self.path} has {len(aux)} auxiliary models; stitching needs exactly two (narrow and wide)")
+        a, b = sorted(aux, key=lambda n: aux[n]["model_args"]["embed_dim"])
+        if aux[a]["model_args"]["depth"] != aux[b]["model_args"]["depth"]:
+            raise UserError(f"pool {self.path}: {a} and {b} differ in depth; stitching needs equal depths")
+        return a, b
+
+    def aux_args(self, aux: str) -> dict:
+        return dict(self.auxiliary[aux]["model_args"])
+
+    @property
+    def depth(self) -> int:
+        return self.aux_args(self.aux_names[0])["depth"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.aux_args(self.aux_names[1])["num_classes"]
+
+    def distill_maps(self) -> tuple:
+        """(narrow W maps, wide W maps, narrow pairs, wide pairs): what `distill` stitch init reads."""
+        n, w = self.aux_names
+        return (self.component(n, "maps"), self.component(w, "maps"), self.auxiliary[n]["pairs"], self.auxiliary[w]["pairs"])
+
+    # -- folders beside the manifest -------------------------------------------------------------
+    @property
+    def children_dir(self) -> Path:
+        return self.path / "children"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.path / "reports"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.path / "adapters"
 
     # -- revisions (written by assemble) -----------------------------------------------------
     @property
@@ -198,6 +215,39 @@ class Pool:
         model.load_state_dict(join_pieces(pieces), strict=True)
         return model.eval()
 
+    def trained_ids(self, rev: dict | None) -> set[str]:
+        """Descendants trained in a revision or its ancestors (the auxiliary models were
+        trained by distillation)."""
+        done = {"narrow", "wide"}
+        while rev is not None:
+            done |= set(rev.get("trained", []))
+            rev = self.revision(rev.get("parent"))
+        return done
+
+    def accuracy(self, rev: dict | None) -> dict[str, dict]:
+        """{descendant id: val_top1 / test_top1 / test_top5 / init_val_top1} as a revision measured them."""
+        keys = ("val_top1", "test_top1", "test_top5", "init_val_top1")
+        return {d["id"]: {k: d.get(k) for k in keys} for d in (rev or {}).get("descendants", [])}
+
+    def model(self, revision: str | None = "latest"):
+        """(PoolModel, has_stitches): every descendant on shared weights as of a revision;
+        has_stitches is False when no revision holds trained stitches yet (they are then
+        fresh, for the caller to initialise)."""
+        from learngene.core.stitching import PoolModel, unflatten_stitches
+
+        n, w = self.aux_names
+        rev = self.revision(revision)
+        rid = (rev or {}).get("id")
+        has = self.has_piece("stitches", rid)
+        stitches = unflatten_stitches(self.piece("stitches", rid)) if has else {}
+        kinds = {}
+        while rev is not None and not kinds:  # the newest record of the stitch kinds
+            kinds = rev.get("stitch_kinds", {})
+            rev = self.revision(rev.get("parent"))
+        pm = PoolModel(self.aux_model(n, rid), self.aux_model(w, rid), self.aux_args(n), self.aux_args(w),
+                       stitches=stitches, aux_arch=self.auxiliary[n]["architecture"], kinds=kinds, aux_names=(n, w))
+        return pm, has
+
     def add_revision(self, files: dict[str, tuple[dict, dict[str, torch.Tensor]]], record: dict) -> dict:
         """Write a new revision: ``files`` maps a file name inside the revision folder to
         (entry fields, tensors). The folder is staged and renamed into place, then the
@@ -212,7 +262,7 @@ class Pool:
         entries = []
         with staged_folder(root / rid) as stage:
             for name, (fields, tensors) in files.items():
-                sha = save_tensors_atomic(stage / name, tensors)
+                sha = save_tensors(stage / name, tensors)
                 entries.append({**fields, "file": f"revisions/{rid}/{name}", "sha256": sha,
                                 "params": sum(v.numel() for v in tensors.values())})
         rec = {"id": rid, **record, "files": entries}
@@ -221,6 +271,17 @@ class Pool:
         write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
         return rec
+
+    def copy_as_distilled(self, dst: str | os.PathLike) -> "Pool":
+        """A copy of the pool as build-pool wrote it: instances, components and the
+        manifest without revisions (no children, reports or adapters either)."""
+        dst = Path(dst)
+        with staged_folder(dst) as stage:
+            for e in self.manifest["instances"] + self.manifest["components"]:
+                (stage / e["file"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.path / e["file"], stage / e["file"])
+            write_json_atomic(stage / MANIFEST, {**self.manifest, "revisions": []})
+        return Pool.open(dst)
 
     def stored_params(self) -> int:
         return sum(e["params"] for e in self.files())
@@ -235,25 +296,25 @@ class Pool:
 def write_aux(stage: Path, aux: str, model: nn.Module, maps: dict[str, torch.Tensor], spec_meta: dict) -> dict:
     """Write one finished auxiliary model's instances and components into the staging folder
     and return its manifest fragment (also saved there, so a resumed build keeps it)."""
-    from learngene.vit import ViTView
+    from learngene.core.vit import ViTView
 
     shape = ViTView(model).shape
     instances, components = [], []
-    for name, tensors in split_model(model).items():
+    for name, tensors in split_pieces(model.state_dict()).items():
         params = sum(v.numel() for v in tensors.values())
         if name.startswith("b") and name[1:].isdigit():
             file = f"instances/{aux}.{name}.safetensors"
             instances.append({
                 "id": f"{aux}.{name}", "source": aux, "width": shape.embed_dim, "heads": shape.num_heads,
-                "block": int(name[1:]), "file": file, "sha256": save_tensors_atomic(stage / file, tensors), "params": params,
+                "block": int(name[1:]), "file": file, "sha256": save_tensors(stage / file, tensors), "params": params,
             })
         else:
             file = f"components/{aux}.{name}.safetensors"
             components.append({"id": f"{aux}.{name}", "source": aux, "kind": name, "file": file,
-                               "sha256": save_tensors_atomic(stage / file, tensors), "params": params})
+                               "sha256": save_tensors(stage / file, tensors), "params": params})
     file = f"components/{aux}.maps.safetensors"
     components.append({"id": f"{aux}.maps", "source": aux, "kind": "maps", "file": file,
-                       "sha256": save_tensors_atomic(stage / file, maps), "params": sum(v.numel() for v in maps.values())})
+                       "sha256": save_tensors(stage / file, maps), "params": sum(v.numel() for v in maps.values())})
     instances.sort(key=lambda e: e["block"])
     fragment = {"aux": spec_meta, "instances": instances, "components": components}
     write_json_atomic(stage / f"{aux}.done.json", fragment)

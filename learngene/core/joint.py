@@ -1,5 +1,5 @@
-"""Training descendants (one LightningModule): the whole pool jointly, one sampled
-descendant per step, or a single target descendant.
+"""Training stitched descendants (one LightningModule, shared by `assemble` and SN-Net):
+the whole set jointly, one sampled descendant per step, or a single target descendant.
 
 loss = 0.5 * CE(descendant, y) + 0.5 * T^2 KL(ancestor/T || descendant/T), ancestor frozen.
 
@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learngene.assemble.configs import DescSpec
-from learngene.assemble.model import PoolModel
-from learngene.training import configure_adamw, param_groups, OptimConfig
+from learngene.core.descendants import DescSpec
+from learngene.core.stitching import PoolModel
+from learngene.core.training import configure_adamw, param_groups, OptimConfig
 
 SAMPLING = ("uniform", "flops")
 TUNE = ("stitches", "all")
@@ -165,7 +165,7 @@ def train_descendants(pm: PoolModel, train_specs: list[DescSpec], spec: Assemble
                       flops=None, trainer_args=None) -> dict:
     """Train in place; return {'best': record, 'history': [...], 'steps': n}. The best state
     (by mean validation top1, the initialisation included) is left in ``pm``."""
-    from learngene.training import TrainerArgs, make_trainer
+    from learngene.core.training import TrainerArgs, make_trainer
 
     L.seed_everything(spec.seed, verbose=False)
     module = AssembleModule(pm, train_specs, spec, teacher=teacher, flops=flops)

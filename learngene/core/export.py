@@ -6,26 +6,14 @@ eager model before the folder is put in place."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
+from learngene.core.io import check_output, save_local_dir
 
 EXPORT_TOL = 1e-4  # max |logit difference| accepted between eager and exported
-
-
-def check_child_dir(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise UserError(f"child exists: {out} (pass --force to replace it)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {out.parent}: {e.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"output folder is not writable: {out.parent}")
 
 
 def export_program(model: nn.Module, folder: Path, img_size: int, in_chans: int = 3) -> float:
@@ -48,10 +36,7 @@ def export_program(model: nn.Module, folder: Path, img_size: int, in_chans: int 
 def export_child(model: nn.Module, out: Path, architecture: str, model_args: dict, pretrained_cfg: dict,
                  meta: dict, force: bool = False, program: bool = True) -> Path:
     """Write the child folder atomically (built beside the target, renamed into place)."""
-    from learngene.ancestry import save_local_dir
-
-    out = Path(out)
-    check_child_dir(out, force)
+    out = check_output(out, force, "child")
 
     def write_program(tmp: Path) -> dict:
         if not program:

@@ -14,3 +14,18 @@ class UserError(Exception):
 
     def __str__(self) -> str:  # one line, always
         return " ".join(self.message.split())
+
+
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM: the run stops, staged work is cleaned up by the `finally` and
+    `except BaseException` blocks it passes through, and the CLI exits 128 + the signal.
+    A BaseException, not a KeyboardInterrupt: Lightning turns a KeyboardInterrupt into
+    exit 1, and SIGTERM into a quiet early stop of training that returns normally."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

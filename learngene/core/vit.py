@@ -2,9 +2,11 @@
 
 Every stage (pool extraction, stitching, growth, bench) goes through `ViTView` instead of
 reaching into timm internals: the embedding (patch_embed + prefix tokens + position
-embedding), the list of blocks, the final norm + head, and taps returning each block's
-output and each block's attention sub-layer output (the residual branch
-``ls1(attn(norm1(x)))`` before it is added back).
+embedding), the list of blocks, the final norm + head, taps returning each block's output
+and each block's attention sub-layer output (the residual branch ``ls1(attn(norm1(x)))``
+before it is added back), the timm ``model_args`` of a model's shape, and every edit of
+state-dict keys by block (``blocks.N.``): cutting a model into pieces and putting blocks
+together under new indices.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from learngene.errors import UserError
+from learngene.core.errors import UserError
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -89,6 +91,12 @@ class ViTView:
             num_classes=m.num_classes,
         )
 
+    def model_args(self) -> dict:
+        """timm ``create_model`` keyword arguments that rebuild this shape."""
+        s = self.shape
+        return dict(img_size=s.img_size, patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
+                    num_heads=s.num_heads, mlp_ratio=s.mlp_hidden / s.embed_dim, num_classes=s.num_classes)
+
     # -- pieces of the forward pass ------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> tokens (B, N, C) entering block 0."""
@@ -147,6 +155,63 @@ class ViTView:
             blocks=out_b,
             attn=out_a,
         )
+
+
+# --------------------------------------------------------------------------- state-dict keys
+
+EMBED_KEYS = ("patch_embed.", "cls_token", "pos_embed", "reg_token", "norm_pre.")
+HEAD_KEYS = ("norm.", "fc_norm.", "head.")
+
+
+def split_pieces(sd: dict) -> dict[str, dict]:
+    """A timm ViT's state dict cut into pieces: 'embed', 'b<i>' per block (keys inside a
+    block without the ``blocks.i.`` prefix), 'head' (final norm, fc_norm, classifier)."""
+    pieces: dict[str, dict] = {"embed": {}, "head": {}}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            pieces.setdefault(f"b{int(i)}", {})[rest] = v
+        elif k.startswith(EMBED_KEYS):
+            pieces["embed"][k] = v
+        else:
+            pieces["head"][k] = v
+    return pieces
+
+
+def is_block_piece(name: str) -> bool:
+    return name.startswith("b") and name[1:].isdigit()
+
+
+def join_pieces(pieces: dict[str, dict]) -> dict:
+    """The inverse of split_pieces."""
+    sd = {}
+    for name, tensors in pieces.items():
+        for k, v in tensors.items():
+            sd[f"blocks.{int(name[1:])}.{k}" if is_block_piece(name) else k] = v
+    return sd
+
+
+def block_prefix(i: int) -> str:
+    return f"blocks.{i}."
+
+
+def parse_block_key(key: str) -> tuple[int, str] | None:
+    """(block index, key inside the block) of a ``blocks.i.rest`` key; None for any other key."""
+    if not key.startswith("blocks."):
+        return None
+    _, i, rest = key.split(".", 2)
+    return int(i), rest
+
+
+def block_state(sd: dict, i: int) -> dict:
+    """Block i's tensors, keys without the ``blocks.i.`` prefix."""
+    pre = block_prefix(i)
+    return {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+
+
+def at_block(tensors: dict, i: int) -> dict:
+    """Tensors of one block (or any module placed in ``blocks``) under index i."""
+    return {block_prefix(i) + k: v for k, v in tensors.items()}
 
 
 def _store(slot: list, i: int):

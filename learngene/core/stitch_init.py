@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from learngene.assemble.model import PoolModel
-from learngene.errors import UserError
+from learngene.core.errors import UserError
+from learngene.core.stitching import PoolModel, linear_part
+from learngene.core.vit import ViTView
 
-INITS = ("lstsq", "distill")
+INIT_IMAGES = 256  # training images for least-squares stitch init
 
 
 @torch.no_grad()
 def init_lstsq(pm: PoolModel, images: torch.Tensor, ridge: float = 1e-4, prefix_weight: float | None = None, norm_weight: bool = True) -> None:
-    from learngene.vit import ViTView
-
     was = pm.training
     pm.eval()
     n_tokens = [t.double() for t in ViTView(pm.narrow).forward_taps(images, attn=[]).blocks]
@@ -51,7 +50,7 @@ def init_lstsq(pm: PoolModel, images: torch.Tensor, ridge: float = 1e-4, prefix_
         gram = xa.T @ xa
         gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
         sol = torch.linalg.solve(gram, xa.T @ y)  # (dn + 1, dw)
-        lin = pm.stitches[spec.id]
+        lin = linear_part(pm.stitches[spec.id])
         lin.weight.copy_(sol[:-1].T.to(lin.weight.dtype))
         lin.bias.copy_(sol[-1].to(lin.bias.dtype))
     pm.train(was)
@@ -72,6 +71,27 @@ def init_distill(pm: PoolModel, narrow_maps: dict, wide_maps: dict, narrow_pairs
         wn, bn = _nearest(narrow_maps, narrow_pairs, spec.j)
         ww, bw = _nearest(wide_maps, wide_pairs, spec.k - 1)
         s = ww @ torch.linalg.pinv(wn)
-        lin = pm.stitches[spec.id]
+        lin = linear_part(pm.stitches[spec.id])
         lin.weight.copy_(s.to(lin.weight.dtype))
         lin.bias.copy_((bw - s @ bn).to(lin.bias.dtype))
+
+
+def init_images(dm) -> torch.Tensor:
+    """The training images least-squares stitch init fits on: INIT_IMAGES spread evenly."""
+    ds = dm.dataset("train")
+    idx = torch.linspace(0, len(ds) - 1, min(INIT_IMAGES, len(ds))).long().tolist()
+    return torch.stack([ds[i][0] for i in idx])
+
+
+def init_stitches(pm: PoolModel, how: str, dm=None, maps: tuple | None = None) -> None:
+    """Initialise every stitch: ``lstsq`` on ``dm``'s training images, or ``distill`` from
+    ``maps`` = (narrow maps, wide maps, narrow pairs, wide pairs) a pool recorded."""
+    if how not in INITS:
+        raise UserError(f"unknown --init {how!r} (choose from {', '.join(INITS)})")
+    if how == "lstsq":
+        init_lstsq(pm, init_images(dm))
+    else:
+        init_distill(pm, *maps)
+
+
+INITS = {"lstsq": init_lstsq, "distill": init_distill}

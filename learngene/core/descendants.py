@@ -1,4 +1,4 @@
-"""Which descendants a pool holds, their sizes, and picking one under a budget.
+"""Which descendants two equal-depth ViTs (a pool's narrow and wide models) give, and their ids.
 
 A descendant of a pool with a narrow and a wide auxiliary model of depth D is
 
@@ -15,11 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learngene.errors import UserError
-
-# DeiT-Ti / DeiT-S / DeiT-B parameter counts (millions): the size names scale to any ancestor.
-DEIT_PARAMS_M = {"tiny": 5.7, "small": 22.1, "base": 86.6}
-SIZES = tuple(DEIT_PARAMS_M)
+from learngene.core.errors import UserError
 
 
 def paired_stitching(depth: int, kernel: int = 2, stride: int = 1) -> list[tuple[int, int]]:
@@ -84,37 +80,3 @@ def parse_config(text: str, depth: int) -> DescSpec:
             return d
     raise UserError(f"--config {text}: not a descendant of this pool (depth {depth}: j,k with k in j..j+2, "
                     f"e.g. 1,2; or narrow / wide; see `learngene assemble --list`)")
-
-
-def size_budget(size: str, ancestor_params: int) -> float | None:
-    """Parameter budget of a size name, scaled from the DeiT family to this ancestor;
-    None for 'base' (the largest: no limit)."""
-    if size not in DEIT_PARAMS_M:
-        raise UserError(f"unknown size {size!r} (choose from {', '.join(SIZES)})")
-    if size == "base":
-        return None
-    return DEIT_PARAMS_M[size] / DEIT_PARAMS_M["base"] * ancestor_params
-
-
-def choose(rows: list[dict], max_params: float | None = None, max_flops: float | None = None,
-           what: str = "budget") -> dict:
-    """The descendant to hand out: among those within the budget, the best measured accuracy
-    (`val_top1`: chosen on validation, never on the test split), else the largest.
-    Nothing fits: an error naming the nearest descendants."""
-    def fits(r):
-        return (max_params is None or r["params"] <= max_params) and (max_flops is None or r["flops"] <= max_flops)
-
-    ok = [r for r in rows if fits(r)]
-    if not ok:
-        key = "params" if max_params is not None else "flops"
-        limit = max_params if max_params is not None else max_flops
-        near = sorted(rows, key=lambda r: r[key])[:2]
-        names = ", ".join(f"{r['id']} ({_fmt(r[key])} {key})" for r in near)
-        raise UserError(f"no descendant fits {what} ({_fmt(limit)} {key}); the smallest are {names}")
-    if all(r.get("val_top1") is not None for r in ok):
-        return max(ok, key=lambda r: (r["val_top1"], -r["params"]))
-    return max(ok, key=lambda r: r["params"])
-
-
-def _fmt(n: float) -> str:
-    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.3f}M" if n >= 1e5 else f"{int(n):,}"

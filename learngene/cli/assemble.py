@@ -1,0 +1,86 @@
+"""`learngene assemble`: stitch pool instances into descendants, train, export a child."""
+
+from __future__ import annotations
+
+import json
+
+from learngene.cli.common import add_data_arg, add_model_args, add_pool_arg, add_trainer_args, print_table, say, trainer_args_from
+
+HELP = "stitch pool instances into a descendant of the size you need"
+
+
+def add_arguments(sp) -> None:
+    add_pool_arg(sp)
+    pick = sp.add_argument_group("the child to export (one of)")
+    pick.add_argument("--size", help="tiny | small | base: parameter budget scaled from DeiT-Ti/S/B to the ancestor")
+    pick.add_argument("--params", type=float, metavar="N", help="at most N parameters")
+    pick.add_argument("--flops", type=float, metavar="N", help="at most N FLOPs per image")
+    pick.add_argument("--config", metavar="J,K", help="narrow blocks 0..J, stitch, wide blocks K..; or narrow / wide")
+    t = sp.add_argument_group("training")
+    t.add_argument("--all", action="store_true", help="train every descendant jointly (same as --train all)")
+    t.add_argument("--train", default="auto", choices=["auto", "all", "target", "none"],
+                   help="auto (default): whatever is not trained yet (everything, or the chosen child)")
+    t.add_argument("--tune", default="all", choices=["all", "stitches"], help="train stitches and instances (all) or stitches only")
+    t.add_argument("--init", default="lstsq", choices=["lstsq", "distill"], help="stitch initialisation for new stitches")
+    t.add_argument("--sampling", default="uniform", choices=["uniform", "flops"], help="descendant sampling in joint training")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default: 40 for --all, 10 for a target)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate of inherited weights (default 1e-4)")
+    t.add_argument("--stitch-lr", type=float, default=None, help="learning rate of stitches (default 1e-3)")
+    t.add_argument("--kl", type=float, default=None, help="weight of the KL to the ancestor (default 0.5; 0: no teacher)")
+    t.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--revision", default="latest", help="pool revision to start from (r0: as distilled; default latest)")
+    add_data_arg(sp)
+    add_model_args(sp, help="the pool's ancestor, when it cannot be reloaded from where the pool recorded it")
+    sp.add_argument("--out", metavar="DIR", help="child folder (default: POOL/children/<id>)")
+    sp.add_argument("--force", action="store_true", help="replace an existing child folder")
+    sp.add_argument("--no-program", action="store_true", help="skip the torch.export program (model.pt2)")
+    sp.add_argument("--list", action="store_true", help="only list the pool's descendants")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_trainer_args(sp)
+
+
+def run(ns) -> int:
+    from learngene.assemble.api import assemble, descendant_rows
+    from learngene.assemble.select import Selection
+    from learngene.core.errors import UserError
+    from learngene.core.joint import AssembleSpec
+    from learngene.pool import Pool
+
+    sel = Selection(size=ns.size, params=ns.params, flops=ns.flops, config=ns.config)
+    if ns.list:
+        pool = Pool.open(ns.pool)
+        pm, _ = pool.model(ns.revision)
+        rows = descendant_rows(pool, pm, pool.revision(ns.revision))
+        print_table(rows, ["id", "blocks", "params", "flops", "val_top1", "test_top1"], ns.json)
+        return 0
+    spec = AssembleSpec(seed=ns.seed)
+    for field, value in (("epochs", ns.epochs), ("lr", ns.lr), ("stitch_lr", ns.stitch_lr), ("kl_weight", ns.kl)):
+        if value is not None:
+            setattr(spec, field, value)
+    spec.tune, spec.sampling = ns.tune, ns.sampling
+    if ns.all and ns.train not in ("auto", "all"):
+        raise UserError(f"--all contradicts --train {ns.train}")
+    ancestor = None
+    if ns.ancestor or ns.pretrained or ns.checkpoint:
+        from learngene.zoo import resolve
+
+        ancestor = resolve(ns.ancestor, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
+                           allow_download=ns.allow_download).load()
+    res = assemble(ns.pool, selection=sel, train="all" if ns.all else ns.train, init=ns.init, spec=spec,
+                   revision=ns.revision, data=ns.data, ancestor=ancestor, out=ns.out, force=ns.force,
+                   export_program=not ns.no_program, trainer_args=trainer_args_from(ns), num_workers=ns.workers,
+                   progress=say(ns))
+    if ns.json:
+        print(json.dumps({"revision": (res.revision or {}).get("id", "r0"), "descendants": res.rows, "chosen": res.chosen,
+                          "child": str(res.child) if res.child else None, "seconds": round(res.seconds, 1)}, indent=2))
+        return 0
+    print_table(res.rows, ["id", "blocks", "params", "flops", "init_val_top1", "val_top1", "test_top1"], False,
+                mark=(res.chosen or {}).get("id"))
+    if res.child:
+        c = res.chosen
+        anc = res.pool.ancestor["params"]
+        acc = f", test top1 {c['test_top1']:.2f}%" if c.get("test_top1") is not None else ""
+        print(f"child {c['id']}: {c['params'] / 1e6:.3f}M params ({100 * c['params'] / anc:.1f}% of the ancestor), "
+              f"{c['flops'] / 1e6:.1f} MFLOPs{acc} -> {res.child}")
+    print(f"pool revision {(res.revision or {}).get('id', 'r0')}, {res.seconds:.1f} s")
+    return 0
