@@ -8,7 +8,13 @@ import torch
 def _isolated_home(tmp_path_factory):
     """Never touch the user's cache: every test session gets its own LEARNGENE_HOME."""
     os.environ["LEARNGENE_HOME"] = str(tmp_path_factory.mktemp("learngene_home"))
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # a worker per core: one thread each (and in the CLI processes they start), not two
+        # workers fighting over every core
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(min(2, torch.get_num_threads()))
     yield
 
 

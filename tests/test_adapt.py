@@ -9,7 +9,7 @@ import torch
 from learngene.adapt import api
 from learngene.adapt import delta as D
 from learngene.core.io import state_dict_sha256
-from test_cli import assert_one_line_error, learngene
+from test_cli import assert_one_line_error, cli, learngene
 
 pytest.importorskip("peft")
 
@@ -117,15 +117,15 @@ def test_refuses_another_base_and_corrupt_or_missing_files(base_dir, tmp_path, t
         tiny_vit.head.weight.add_(0.01)
     save_local_dir(tiny_vit, other, cfg["architecture"], cfg["model_args"], cfg["pretrained_cfg"])
     apply = ["adapt", "apply", "--pool", pool, "--delta", "rot"]
-    assert_one_line_error(learngene(*apply, "--model", other), "refusing", "rot")
+    assert_one_line_error(cli(*apply, "--model", other), "refusing", "rot")
     f = pool / "adapters" / "rot" / "adapter_model.safetensors"
     data = bytearray(f.read_bytes())
     data[-3] ^= 0xFF
     f.write_bytes(bytes(data))
-    assert_one_line_error(learngene(*apply, "--model", base_dir), "checksum", "adapter_model.safetensors")
+    assert_one_line_error(cli(*apply, "--model", base_dir), "checksum", "adapter_model.safetensors")
     f.unlink()
-    assert_one_line_error(learngene(*apply, "--model", base_dir), "no adapter_model.safetensors")
-    assert_one_line_error(learngene(*apply, "--model", base_dir, "--delta", "nope"), "no delta", "nope")
+    assert_one_line_error(cli(*apply, "--model", base_dir), "no adapter_model.safetensors")
+    assert_one_line_error(cli(*apply, "--model", base_dir, "--delta", "nope"), "no delta", "nope")
 
 
 def test_bad_input_is_one_line_and_writes_nothing(base_dir, tmp_path):
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base_dir, tmp_path):
         (["--name", "t", "--data", "digits:upside"], ["digits:upside"]),
         (["--name", "t", "--model", tmp_path / "nowhere"], ["nowhere"]),
     ]:
-        assert_one_line_error(learngene(*base, *args), *needles)
+        assert_one_line_error(cli(*base, *args), *needles)
     assert not (pool / "adapters").exists() or not any((pool / "adapters").iterdir())
 
 

@@ -12,7 +12,7 @@ import yaml
 from learngene.assemble.select import size_budget
 from learngene.core.descendants import descendants, paired_stitching, parse_config
 from learngene.core.errors import UserError
-from test_cli import assert_one_line_error, learngene
+from test_cli import assert_one_line_error, cli, learngene
 
 from test_pool_cli import RECIPE as TINY_RECIPE
 
@@ -242,17 +242,17 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
     ]
     for args, needles in cases:
         argv = ["assemble", *([] if "--pool" in args else ["--pool", pool]), *args, "--accelerator", "cpu"]
-        assert_one_line_error(learngene(*argv), *[str(n) for n in needles])
+        assert_one_line_error(cli(*argv), *[str(n) for n in needles])
     # an existing child folder without --force
     (pool / "children" / "narrow").mkdir(parents=True)
-    assert_one_line_error(learngene("assemble", "--pool", pool, "--config", "narrow"), "child exists", "--force")
+    assert_one_line_error(cli("assemble", "--pool", pool, "--config", "narrow"), "child exists", "--force")
     (pool / "children" / "narrow").rmdir()
     (pool / "children").rmdir()
     assert sorted(p.relative_to(pool) for p in pool.rglob("*")) == before
     # a pool that fails verification names the file
     victim = pool / "instances" / "narrow.b1.safetensors"
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
-    assert_one_line_error(learngene("assemble", "--pool", pool, "--size", "tiny"), "checksum", str(victim))
+    assert_one_line_error(cli("assemble", "--pool", pool, "--size", "tiny"), "checksum", str(victim))
 
 
 def test_assemble_ddp_two_cpu_processes(setup_dir, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from learngene.bench.metrics import knn_top1, latency
 from learngene.bench.report import mark_pareto
 from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
-from test_cli import assert_one_line_error, learngene
+from test_cli import assert_one_line_error, cli, learngene
 
 
 def test_knn_probe_votes_with_similarity_weights():
@@ -83,13 +83,13 @@ def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_pa
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args, culprit):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
-    r = learngene("bench", "--pool", pool, *args)
+    r = cli("bench", "--pool", pool, *args)
     assert_one_line_error(r, culprit)
     assert not (pool / "reports").exists()
 
 
 def test_cli_missing_pool(tmp_path):
-    r = learngene("bench", "--pool", tmp_path / "nope")
+    r = cli("bench", "--pool", tmp_path / "nope")
     assert_one_line_error(r, "nope")
 
 
@@ -124,14 +124,14 @@ def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path
     cfg = json.loads((res.child / "config.json").read_text())
     assert res.child.name == res.chosen["model"] and cfg["learngene"]["descendant"]["id"] == res.chosen["model"]
     # nothing fits: one line naming the closest options, no child written
-    r = learngene("target", "--pool", pool, "--max-latency-ms", "0.000001", "--out", tmp_path / "c2")
+    r = cli("target", "--pool", pool, "--max-latency-ms", "0.000001", "--out", tmp_path / "c2")
     assert_one_line_error(r, "closest")
     assert not (tmp_path / "c2").exists()
 
 
 def test_target_measures_when_no_report_fits_and_a_refusal_writes_nothing(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
-    r = learngene("target", "--pool", pool, "--max-latency-ms", "0.000001")
+    r = cli("target", "--pool", pool, "--max-latency-ms", "0.000001")
     assert_one_line_error(r, "closest")
     assert not (pool / "reports").exists() and not (pool / "children").exists()
     r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--json")

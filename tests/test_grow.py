@@ -14,7 +14,7 @@ from learngene.grow import expand as X
 from learngene.grow import ligo as G
 from learngene.grow import net2net as N
 from learngene.grow import surgery
-from test_cli import assert_one_line_error, learngene
+from test_cli import assert_one_line_error, cli, learngene
 
 TOL = 1e-5
 
@@ -216,9 +216,9 @@ def test_cli_bad_input_is_one_line(tiny_dir, tmp_path):
         (["--method", "net2net", "--head-dim", "16", "--embed-dim", "32"], ["net2net", "head"]),
     ]
     for args, needles in cases:
-        assert_one_line_error(learngene(*base, *args), *needles)
+        assert_one_line_error(cli(*base, *args), *needles)
         assert not out.exists()
-    assert_one_line_error(learngene("grow", "--from", tmp_path / "nowhere", "--method", "expand", "--depth", "3", "--out", out),
+    assert_one_line_error(cli("grow", "--from", tmp_path / "nowhere", "--method", "expand", "--depth", "3", "--out", out),
                           "nowhere")
     out.mkdir()
-    assert_one_line_error(learngene(*base, "--method", "expand", "--depth", "3"), "exists", "--force")
+    assert_one_line_error(cli(*base, "--method", "expand", "--depth", "3"), "exists", "--force")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from test_cli import assert_one_line_error, learngene
+from test_cli import assert_one_line_error, cli, learngene
 
 RECIPE = {
     "name": "tiny",
@@ -64,8 +64,8 @@ def test_pool_verify_names_the_altered_file(setup_dir, tmp_path):
     assert build(setup_dir, out).returncode == 0
     victim = out / "instances" / "wide.b1.safetensors"
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
-    assert_one_line_error(learngene("pool", "verify", out), "checksum", str(victim))
-    assert_one_line_error(learngene("pool", "info", out), "checksum", str(victim))
+    assert_one_line_error(cli("pool", "verify", out), "checksum", str(victim))
+    assert_one_line_error(cli("pool", "info", out), "checksum", str(victim))
 
 
 @pytest.mark.parametrize(
@@ -87,14 +87,14 @@ def test_build_pool_bad_input(setup_dir, tmp_path, args, needles):
     base = ["build-pool", "--recipe", setup_dir / "tiny.yaml", "--out", tmp_path / "p", "-q"]
     if "--ancestor" not in args:
         base += ["--ancestor", f"local-dir:{setup_dir / 'anc'}"]
-    r = learngene(*base, *args)
+    r = cli(*base, *args)
     assert_one_line_error(r, *needles)
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
 def test_existing_output_and_empty_data(setup_dir, tmp_path):
     (tmp_path / "exists").mkdir()
-    r = learngene("build-pool", "--recipe", setup_dir / "tiny.yaml", "--out", tmp_path / "exists")
+    r = cli("build-pool", "--recipe", setup_dir / "tiny.yaml", "--out", tmp_path / "exists")
     assert_one_line_error(r, "pool exists", "--force")
     (tmp_path / "empty").mkdir()
     r = build(setup_dir, tmp_path / "p", "--data", tmp_path / "empty")
@@ -102,8 +102,8 @@ def test_existing_output_and_empty_data(setup_dir, tmp_path):
 
 
 def test_pool_bad_paths(tmp_path):
-    assert_one_line_error(learngene("pool", "info", tmp_path / "nope"), "pool not found")
+    assert_one_line_error(cli("pool", "info", tmp_path / "nope"), "pool not found")
     (tmp_path / "x").mkdir()
-    assert_one_line_error(learngene("pool", "verify", tmp_path / "x"), "not a pool")
+    assert_one_line_error(cli("pool", "verify", tmp_path / "x"), "not a pool")
     (tmp_path / "x" / "pool.json").write_text("{broken")
-    assert_one_line_error(learngene("pool", "info", tmp_path / "x"), "corrupt manifest")
+    assert_one_line_error(cli("pool", "info", tmp_path / "x"), "corrupt manifest")
