@@ -21,22 +21,29 @@ def _register_with_timm() -> None:
 
 class _AfterTimmImport:
     """A meta-path finder that lets timm import as usual, then registers learngene's models.
-    It removes itself at once, so it fires at most once."""
+    It stays until timm's module has really run: libraries probe ``find_spec("timm")``
+    without importing it (an availability check), and a finder that left at the first probe
+    would never see the real import."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "timm":
             return None
         import importlib.util
 
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("timm")
+        sys.meta_path.remove(self)  # find the real spec without finding ourselves again
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
+        finder = self
 
         def exec_then_register(module):
             exec_module(module)
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
             _register_with_timm()
 
         spec.loader.exec_module = exec_then_register

@@ -193,6 +193,12 @@ def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     x = torch.randn(2, 3, 16, 16)
     ref = res_model(pool_dir, "stitch-1-2")(x)
     assert torch.allclose(m(x), ref, atol=1e-6)
+    # the one resolver reads the exported child (a stitched ViT) as a member of the pool
+    from learngene.zoo import resolve
+
+    member = resolve(f"{pool_dir}:stitch-1-2")
+    assert member.kind == "child" and member.accuracy["test_top1"] == res.chosen["test_top1"]
+    assert torch.allclose(member.model()(x), ref, atol=1e-6)
     prog = torch.export.load(str(child / "model.pt2")).module()
     assert torch.allclose(prog(torch.randn(5, 3, 16, 16)).shape[0] * torch.ones(1), torch.tensor([5.0]))
     assert torch.allclose(prog(x), ref, atol=1e-5)

@@ -71,6 +71,8 @@ def assemble(
     out: str | os.PathLike | None = None,
     force: bool = False,
     export_program: bool = True,
+    fmt: str | None = None,
+    precision: str = "fp32",
     trainer_args=None,
     num_workers: int | None = None,
     progress=print,
@@ -154,15 +156,19 @@ def assemble(
     rev = new_revision or base
 
     if chosen is not None:
-        child_dir = export_descendant(pool, pm, chosen, rev, child_dir, force=force, program=export_program)
+        fmt = fmt or ("pt2" if export_program else "timm")
+        onnx_data = (dm or pool_data(pool, data, spec.batch_size, num_workers, augment=False)) if fmt == "onnx" else None
+        child_dir = export_descendant(pool, pm, chosen, rev, child_dir, force=force, fmt=fmt, precision=precision,
+                                      dm=onnx_data)
     return AssembleResult(pool, rev, rows, chosen, child_dir, trained, time.perf_counter() - t0)
 
 
 def export_descendant(pool: Pool, pm: PoolModel, row: dict, rev: dict | None, out: Path, *, force: bool = False,
-                      program: bool = True) -> Path:
-    """A descendant as a timm local-dir child (+ model.pt2) recording its numbers, the pool
-    revision and the manifest checksum it came from."""
-    from learngene.core.export import export_child
+                      fmt: str = "pt2", precision: str = "fp32", dm=None) -> Path:
+    """A descendant as a timm local-dir child plus its format's file (model.pt2, or an ONNX
+    file at ``precision`` whose accuracy ONNX Runtime measures on ``dm``'s test split),
+    recording its numbers, the pool revision and the manifest checksum it came from."""
+    from learngene.core.export import export_model, onnx_options
 
     s = pm.spec(row["id"])
     arch, args = pm.descendant_args(s)
@@ -172,7 +178,9 @@ def export_descendant(pool: Pool, pm: PoolModel, row: dict, rev: dict | None, ou
         "pool_revision": (rev or {}).get("id", "r0"), "ancestor": {k: anc[k] for k in ("name", "sha256", "params")},
         "aux": dict(zip(("narrow", "wide"), pool.aux_names)), "data": pool.data,
     }
-    return export_child(pm.descendant(s), out, arch, args, pool.data_config, meta, force=force, program=program)
+    options = onnx_options(dm, precision) if fmt == "onnx" else {}
+    return export_model(pm.descendant(s), out, arch, args, pool.data_config, {"id": s.id, **meta}, fmt=fmt, force=force,
+                        **options)
 
 
 def write_revision(pool: Pool, pm: PoolModel, base: dict | None, spec: AssembleSpec, init: str, mode: str,

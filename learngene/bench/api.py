@@ -18,7 +18,7 @@ from learngene.core.errors import UserError
 
 @dataclass
 class BenchResult:
-    df: pd.DataFrame  # one row per model and batch size
+    df: pd.DataFrame  # one row per member, runtime, precision and batch size
     report: Path  # where the report is (or would go, with write=False)
     meta: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -54,6 +54,8 @@ def bench(
     members,
     dm,
     *,
+    runtimes=("torch",),
+    precisions=("fp32",),
     device: str = "cpu",
     threads: int | None = None,
     batch_sizes=(1, 32),
@@ -63,55 +65,98 @@ def bench(
     write: bool = True,
     progress: bool = False,
 ) -> BenchResult:
-    """Measure top1/top5, kNN-probe top1, params, FLOPs, latency (median, p90, images/s)
-    and peak memory of every member (`learngene.zoo.Member`) on ``device``, each on ``dm``
-    (or, for a member made for another task, on its own task's data); write the report into
-    ``out`` unless ``write`` is False. ``meta`` (what was measured) goes into the report."""
-    from learngene.bench.metrics import device_name, features_and_logits, knn_top1, latency, topk_accuracy
+    """One row per (member, runtime, precision, batch size): top1/top5 computed by that
+    runtime on the test split (each member on ``dm``, or on its own task's data), kNN-probe
+    top1 of its features (torch rows), params, FLOPs, and latency measured by that runtime
+    (median, p90, spread, images/s, peak memory); the members of one runtime and precision
+    are timed in interleaved rounds. The report goes to ``out`` unless ``write`` is False."""
+    from learngene.bench.metrics import device_name, features_and_logits, knn_top1, topk_accuracy
+    from learngene.bench.probe import load_average, peak_rss_mib, time_interleaved, timing_warnings
     from learngene.bench.report import mark_pareto, write_report
+    from learngene.bench.runtimes import plan
     from learngene.core.data import data_for
+    from learngene.core.export import calibration_of as calibrate
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
     sizes = parse_batch_sizes(batch_sizes)
+    pairs = plan(runtimes, precisions)
     set_threads(threads)
+    n_threads = torch.get_num_threads()
     created = time.strftime("%Y%m%dT%H%M%S")
     report = Path(out) if out else Path("reports") / f"{dev.type}-{created}"
     if write and report.exists():
         raise UserError(f"report folder exists: {report}")
-    tasks = {}
-    rows = []
-    bar = tqdm(total=len(members), desc="bench", unit="model", disable=not progress)
+    tasks = {None: dm}
+    calibration = {}
+
+    def data_of(m):
+        if m.task not in tasks:  # a member made for another task is measured on that task
+            tasks[m.task] = data_for(m.task, m.data_config, augment=False)
+        return tasks[m.task]
+
+    def calibration_of(mdm):
+        if mdm.name not in calibration:
+            calibration[mdm.name] = calibrate(mdm)
+        return calibration[mdm.name]
+
+    base = {}
+    bar = tqdm(total=len(members) * (len(pairs) + 1), desc="bench: accuracy", unit="model", disable=not progress)
     for m in members:
-        if m.task is None:
-            mdm = dm
-        else:  # a member made for another task is measured on that task
-            mdm = tasks.get(m.task) or tasks.setdefault(m.task, data_for(m.task, m.data_config, augment=False))
-        model = m.model()
+        mdm = data_of(m)
         m.static()
-        tr_f, _, tr_y = features_and_logits(model, mdm.eval_loader("train"), dev)
-        te_f, te_logits, te_y = features_and_logits(model, mdm.eval_loader("test"), dev)
-        acc = topk_accuracy(te_logits, te_y)
-        # trained: False for a stitched descendant still at its stitch initialisation
-        base = {"model": m.id, "kind": m.kind, "data": mdm.name, "trained": m.trained,
-                **acc, "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y),
-                "param_count": round(m.params / 1e6, 4), "flops": m.flops}
-        base["infer_gmacs"] = base["flops"] / 2e9
-        img = m.img_size
-        for bs in sizes:
-            lat = latency(model, bs, img, dev, min_run_time=min_run_time)
-            rows.append({**base, "infer_img_size": img, "infer_batch_size": bs,
-                         "infer_samples_per_sec": round(lat["samples_per_sec"], 2),
-                         "infer_step_time": lat["median_s"] * 1e3, "infer_step_time_p90": lat["p90_s"] * 1e3,
-                         "infer_peak_mib": lat["peak_mib"]})
-        model.cpu()
+        tr_f, _, tr_y = features_and_logits(m.model(), mdm.eval_loader("train"), dev)
+        te_f, _, te_y = features_and_logits(m.model(), mdm.eval_loader("test"), dev)
+        m.model().cpu()
+        base[m.id] = {"model": m.id, "kind": m.kind, "data": mdm.name, "trained": m.trained,
+                      "knn_top1": knn_top1(tr_f, tr_y, te_f, te_y), "param_count": round(m.params / 1e6, 4),
+                      "flops": m.flops, "infer_gmacs": m.flops / 2e9, "infer_img_size": m.img_size}
         bar.update(1)
+    rows, warns = [], []
+    for rt, prec in pairs:
+        runners = {}
+        for m in members:
+            mdm = data_of(m)
+            runner = rt.runner(m, prec, dev, n_threads, calibration_of(mdm) if prec == "int8-static" else None)
+            logits, labels = [], []
+            for x, y in mdm.eval_loader("test"):
+                logits.append(runner.logits(x))
+                labels.append(y)
+            runners[m.id] = (runner, topk_accuracy(torch.cat(logits), torch.cat(labels)))
+            bar.update(1)
+        for bs in sizes:
+            calls = {mid: r.call(bs) for mid, (r, _) in runners.items()}
+            load0 = load_average()
+            stats = time_interleaved(calls, min_run_time=min_run_time)
+            warns += [f"{rt.name} {prec} batch {bs}: {w}" for w in timing_warnings(stats, load0, load_average(), n_threads)]
+            for mid, (runner, acc) in runners.items():
+                st = stats[mid]
+                rows.append({**base[mid], "runtime": rt.name, "precision": prec, **acc,
+                             "knn_top1": base[mid]["knn_top1"] if rt.name == "torch" else None,
+                             "infer_batch_size": bs, "infer_samples_per_sec": round(bs / st["median_s"], 2),
+                             "infer_step_time": st["median_s"] * 1e3, "infer_step_time_p90": st["p90_s"] * 1e3,
+                             "infer_step_spread": round(st["spread"], 4), "infer_peak_mib": _peak(runner, bs, dev, peak_rss_mib),
+                             "file_sha256": runner.file_sha256})
+        for m in members:
+            m.model().cpu()
     bar.close()
     df = pd.DataFrame(rows)
     df["pareto"] = mark_pareto(df)
-    meta = {**(meta or {}), "device": str(dev), "device_name": device_name(dev), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "data": dm.name, "test_images": len(dm.dataset("test")), "batch_sizes": sizes,
-            "created": created}
+    meta = {**(meta or {}), "device": str(dev), "device_name": device_name(dev), "threads": n_threads,
+            "torch": torch.__version__, "runtimes": {rt.name: rt.version for rt, _ in pairs},
+            "precisions": sorted({p for _, p in pairs}), "data": dm.name, "test_images": len(dm.dataset("test")),
+            "batch_sizes": sizes, "min_run_time_s": min_run_time, "warnings": warns, "created": created}
     if write:
         write_report(df, meta, report)
     return BenchResult(df, report, meta, time.perf_counter() - t0)
+
+
+def _peak(runner, batch_size: int, dev: torch.device, peak_rss_mib) -> float | None:
+    """Peak memory of one batch: CUDA's allocator peak for torch on a GPU, else the resident
+    high-water mark above what was resident before it (memory reused counts as 0)."""
+    from learngene.bench.metrics import peak_memory_mib
+
+    call = runner.call(batch_size)
+    if dev.type == "cuda" and hasattr(runner, "model"):
+        return peak_memory_mib(runner.model, torch.randn(batch_size, 3, runner.img, runner.img, device=dev))
+    return peak_rss_mib(call)

@@ -63,32 +63,19 @@ def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
     return round(100 * (votes.argmax(1) == test_y).float().mean().item(), 2)
 
 
-@torch.no_grad()
 def latency(model: nn.Module, batch_size: int, img_size: int, device: torch.device,
             min_run_time: float = 0.3, in_chans: int = 3) -> dict:
-    """Median and p90 seconds per forward of one batch (torch.utils.benchmark, after a
-    warm-up), images/s, and the peak memory of a forward in MiB.
+    """Median and p90 seconds per forward of one batch, images/s and peak memory of one
+    model alone, with bench's harness (`learngene.bench.probe.time_interleaved`: warm-up,
+    then samples of ~5 ms until ``min_run_time`` is spent)."""
+    from learngene.bench.probe import time_interleaved
+    from learngene.bench.runtimes import TorchRunner
 
-    Samples of about 5 ms each (n forwards averaged, n from a first estimate) until
-    ``min_run_time`` is spent: enough of them for a p90, none dominated by timer overhead."""
-    import torch.utils.benchmark as tb
-
-    model.eval().to(device)
+    runner = TorchRunner(model, img_size, device)
+    st = time_interleaved({"m": runner.call(batch_size)}, min_run_time=min_run_time)["m"]
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
-    for _ in range(3):  # warm-up: allocator, kernels, caches
-        model(x)
-    timer = tb.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
-    first = timer.timeit(3).median
-    n = max(1, int(0.005 / max(first, 1e-6)))
-    samples, spent = [], 0.0
-    while spent < min_run_time or len(samples) < 5:
-        t = timer.timeit(n).median
-        samples.append(t)
-        spent += t * n
-    times = torch.tensor(samples)
-    median = float(times.median())
-    return {"median_s": median, "p90_s": float(torch.quantile(times, 0.9)), "samples_per_sec": batch_size / median,
-            "peak_mib": peak_memory_mib(model, x)}
+    return {"median_s": st["median_s"], "p90_s": st["p90_s"], "spread": st["spread"],
+            "samples_per_sec": batch_size / st["median_s"], "peak_mib": peak_memory_mib(model, x)}
 
 
 @torch.no_grad()

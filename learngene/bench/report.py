@@ -1,22 +1,27 @@
-"""The frontier report: the Pareto front of accuracy against latency, and its four files
-(frontier.csv / .json / .md / .png), written into a staging folder renamed into place."""
+"""The frontier report: the Pareto front of accuracy against latency for each runtime and
+precision, and its files (frontier.csv / .json / .md, one PNG per runtime and precision),
+written into a staging folder renamed into place."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from learngene.core.io import staged_folder
 
+# rows are comparable only within these: a batch size, a task (adapted models have their
+# own), a runtime and a precision (a frontier never mixes them)
+GROUP = ["infer_batch_size", "data", "runtime", "precision"]
+
 
 def mark_pareto(df: pd.DataFrame, acc: str = "top1", cost: str = "infer_step_time") -> pd.Series:
-    """True for the rows no other row of the same batch size beats: at least as accurate
-    and at most as slow, strictly better in one of the two."""
+    """True for the rows no other row of their group beats: at least as accurate and at most
+    as slow, strictly better in one of the two."""
     out = pd.Series(False, index=df.index)
-    # accuracies on different tasks (adapted models) are not comparable: a frontier per task
-    keys = ["infer_batch_size"] + (["data"] if "data" in df.columns else [])
+    keys = [k for k in GROUP if k in df.columns]
     for _, g in df.groupby(keys):
         for i, r in g.iterrows():
             better = (g[acc] >= r[acc]) & (g[cost] <= r[cost]) & ((g[acc] > r[acc]) | (g[cost] < r[cost]))
@@ -24,29 +29,43 @@ def mark_pareto(df: pd.DataFrame, acc: str = "top1", cost: str = "infer_step_tim
     return out
 
 
+def _cell(r, c) -> str:
+    v = r[c]
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return ""
+    if c in ("infer_step_time", "infer_step_time_p90", "infer_gmacs"):
+        return f"{v:.3f}"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
 def frontier_md(df: pd.DataFrame, meta: dict) -> str:
+    rts = ", ".join(f"{k} {v}" for k, v in meta.get("runtimes", {"torch": meta.get("torch")}).items())
     lines = [f"# Frontier of {meta['pool']} on {meta['device_name']}", "",
-             f"Device {meta['device']} ({meta['device_name']}), {meta['threads']} threads, torch {meta['torch']}; "
+             f"Device {meta['device']} ({meta['device_name']}), {meta['threads']} threads, {rts}; "
              f"pool revision {meta['revision']}, data {meta['data']} ({meta['test_images']} test images); "
              f"{meta['created']}; stitches: {meta['stitches']} (column `trained`). "
-             "`*`: on the accuracy / latency Pareto front of its batch size. "
-             "knn_top1: DINO's weighted kNN (k=20, T=0.07) on L2-normalised pre-logit features.", ""]
-    cols = ["model", "trained", "top1", "top5", "knn_top1", "param_count", "infer_gmacs", "infer_step_time", "infer_step_time_p90",
-            "infer_samples_per_sec", "infer_peak_mib"]
-    for bs, g in df.groupby("infer_batch_size"):
-        lines += [f"## batch {bs}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+             "`*`: on the accuracy / latency Pareto front of its runtime, precision and batch size. "
+             "top1/top5 computed by the runtime itself; knn_top1 (torch rows): DINO's weighted kNN "
+             "(k=20, T=0.07) on L2-normalised pre-logit features.", ""]
+    for w in meta.get("warnings", []):
+        lines += [f"**Warning:** {w}", ""]
+    cols = ["model", "trained", "top1", "top5", "knn_top1", "param_count", "infer_gmacs", "infer_step_time",
+            "infer_step_time_p90", "infer_step_spread", "infer_samples_per_sec", "infer_peak_mib"]
+    cols = [c for c in cols if c in df.columns]
+    keys = [k for k in ("runtime", "precision", "infer_batch_size") if k in df.columns]
+    for key, g in df.groupby(keys, sort=False):
+        title = " ".join(f"{k.removeprefix('infer_').replace('_', ' ')} {v}" for k, v in zip(keys, key))
+        lines += [f"## {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for _, r in g.sort_values("infer_step_time").iterrows():
-            cells = ["" if pd.isna(r[c]) else f"{r[c]:.3f}" if c in ("infer_step_time", "infer_step_time_p90", "infer_gmacs")
-                     else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
-            lines.append("| " + ("*" if r["pareto"] else "") + " | " + " | ".join(cells) + " |")
+            lines.append("| " + ("*" if r["pareto"] else "") + " | " + " | ".join(_cell(r, c) for c in cols) + " |")
         lines.append("")
-    lines += ["infer_step_time: median ms per batch (p90 beside it), torch.utils.benchmark after a warm-up; "
-              "param_count in millions; infer_gmacs per image; infer_peak_mib: peak memory of a forward above what "
-              "was in use before it.", ""]
+    lines += ["infer_step_time: median ms per batch (p90 beside it), members timed in interleaved rounds after a "
+              "warm-up; infer_step_spread: (p90 - p10) / median; param_count in millions; infer_gmacs per image; "
+              "infer_peak_mib: peak memory of a batch above what was in use before it.", ""]
     return "\n".join(lines)
 
 
-def frontier_png(df: pd.DataFrame, meta: dict, path: Path) -> None:
+def frontier_png(df: pd.DataFrame, meta: dict, path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,14 +92,15 @@ def frontier_png(df: pd.DataFrame, meta: dict, path: Path) -> None:
         ax.set_ylabel("test top1 (%)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"{meta['pool']} on {meta['device_name']} ({meta['threads']} threads), revision {meta['revision']}")
+    fig.suptitle(f"{meta['pool']} on {meta['device_name']} ({meta['threads']} threads), revision {meta['revision']}{title}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def write_report(df: pd.DataFrame, meta: dict, out: Path) -> Path:
-    """frontier.{csv,json,md,png} in ``out`` (the caller checked it does not exist);
+    """frontier.{csv,json,md}, frontier-RUNTIME-PRECISION.png for each runtime and precision,
+    and frontier.png (the first of them) in ``out`` (the caller checked it does not exist);
     nothing is left behind if writing fails."""
     with staged_folder(out) as stage:
         df.to_csv(stage / "frontier.csv", index=False)
@@ -89,5 +109,8 @@ def write_report(df: pd.DataFrame, meta: dict, out: Path) -> Path:
         rows = df.astype(object).where(df.notna(), None).to_dict("records")
         (stage / "frontier.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         (stage / "frontier.md").write_text(frontier_md(df, meta))
-        frontier_png(df, meta, stage / "frontier.png")
+        for n, ((rt, prec), g) in enumerate(df.groupby(["runtime", "precision"], sort=False)):
+            frontier_png(g, meta, stage / f"frontier-{rt}-{prec}.png", f", {rt} {prec}")
+            if n == 0:
+                shutil.copyfile(stage / f"frontier-{rt}-{prec}.png", stage / "frontier.png")
     return out

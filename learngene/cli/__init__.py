@@ -15,12 +15,12 @@ import signal
 import sys
 
 from learngene.cli.common import Parser
-from learngene.core.errors import Interrupted, UserError
+from learngene.core.errors import CheckFailed, Interrupted, UserError
 
 # verb -> module in learngene.cli (imported only when the verb runs or its help is built)
 VERBS = {
     "ancestor": "ancestor", "build-pool": "build_pool", "pool": "pool", "assemble": "assemble", "bench": "bench",
-    "target": "target", "grow": "grow", "adapt": "adapt",
+    "target": "target", "export": "export", "kit": "kit", "grow": "grow", "adapt": "adapt",
 }
 
 
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"learngene: error: {e}", file=sys.stderr)
         code = 2
+    except CheckFailed as e:  # something learngene made failed its own check: nothing was written
+        print(f"learngene: error: {e}", file=sys.stderr)
+        code = 1
     except (Interrupted, KeyboardInterrupt) as e:
         print("learngene: interrupted", file=sys.stderr)
         code = e.exit_code if isinstance(e, Interrupted) else 130

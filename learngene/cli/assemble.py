@@ -33,7 +33,10 @@ def add_arguments(sp) -> None:
     add_model_args(sp, help="the pool's ancestor, when it cannot be reloaded from where the pool recorded it")
     sp.add_argument("--out", metavar="DIR", help="child folder (default: POOL/children/<id>)")
     sp.add_argument("--force", action="store_true", help="replace an existing child folder")
-    sp.add_argument("--no-program", action="store_true", help="skip the torch.export program (model.pt2)")
+    sp.add_argument("--no-program", action="store_true", help="skip the torch.export program (model.pt2): --format timm")
+    sp.add_argument("--format", default=None, choices=["timm", "pt2", "onnx"], help="child format (default pt2)")
+    sp.add_argument("--export-precision", default="fp32", help="with --format onnx: fp32 | int8 | int8-static (default fp32; "
+                    "--precision is Lightning's training precision)")
     sp.add_argument("--list", action="store_true", help="only list the pool's descendants")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_trainer_args(sp)
@@ -68,7 +71,7 @@ def run(ns) -> int:
                            allow_download=ns.allow_download).load()
     res = assemble(ns.pool, selection=sel, train="all" if ns.all else ns.train, init=ns.init, spec=spec,
                    revision=ns.revision, data=ns.data, ancestor=ancestor, out=ns.out, force=ns.force,
-                   export_program=not ns.no_program, trainer_args=trainer_args_from(ns), num_workers=ns.workers,
+                   export_program=not ns.no_program, fmt=ns.format, precision=ns.export_precision, trainer_args=trainer_args_from(ns), num_workers=ns.workers,
                    progress=say(ns))
     if ns.json:
         print(json.dumps({"revision": (res.revision or {}).get("id", "r0"), "descendants": res.rows, "chosen": res.chosen,

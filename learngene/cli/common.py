@@ -45,6 +45,16 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
 
+def add_runtime_args(p: argparse.ArgumentParser, many: bool, precision_default: str | None = "fp32") -> None:
+    """The runtime(s) and precision(s) a member is measured or shipped in."""
+    s = "s" if many else ""
+    p.add_argument(f"--runtime{s}", dest="runtime", default="torch",
+                   help="torch | onnxruntime" + (", comma separated" if many else "") + " (default torch)")
+    p.add_argument(f"--precision{s}", dest="precision", default=precision_default,
+                   help="fp32 | int8 (ONNX Runtime dynamic) | int8-static (QDQ, calibrated on training images)"
+                   + (", comma separated" if many else "") + f" (default {precision_default or 'fp32'})")
+
+
 def add_trainer_args(p: argparse.ArgumentParser) -> None:
     """Lightning's own flags, passed through (GPUs, several nodes, precision)."""
     g = p.add_argument_group("Lightning")

@@ -329,6 +329,14 @@ class LearngeneDataModule(L.LightningDataModule):
         return self._loader(split, shuffle=False, eval_batch=True)
 
 
+def sample_images(dm: LearngeneDataModule, n: int = 256, split: str = "train") -> torch.Tensor:
+    """``n`` images of a split spread evenly over it, as the model reads them: what
+    least-squares stitch init fits on and what static int8 quantisation calibrates on."""
+    ds = dm.dataset(split)
+    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
+    return torch.stack([ds[i][0] for i in idx])
+
+
 def data_for(data, model_config: dict | None, **kwargs) -> LearngeneDataModule:
     """The one rule for "data for this model": an ImageFolder through the model's own timm
     transforms, the embedded digits at the model's input size with their own statistics."""

@@ -29,3 +29,9 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class CheckFailed(Exception):
+    """Something learngene made failed its own check before being written (an exported model
+    whose outputs differ from the eager model's): one line naming it, exit 1, nothing written.
+    Not the user's input: the CLI exits 1 as for any internal error, with this message."""

@@ -1,19 +1,62 @@
-"""Exporting a child: a timm local-dir folder (config.json + model.safetensors) that
-``timm.create_model('local-dir:DIR', pretrained=True)`` loads after ``import learngene``
-(plain timm for the two auxiliary models), plus ``model.pt2``, a ``torch.export`` program
-that runs with torch alone (``torch.export.load(path).module()(x)``), checked against the
-eager model before the folder is put in place."""
+"""The formats a model is written in (a registry), and ONNX files for the runtimes devices use.
+
+Every export folder is a timm local-dir (config.json + model.safetensors: timm loads it after
+``import learngene``, plain timm for a plain ViT); a format adds its file:
+
+    timm   the local-dir alone
+    pt2    + model.pt2, a torch.export program (dynamic batch) that runs with torch alone
+    onnx   + model.onnx (torch.onnx.export(dynamo=True), dynamic batch) or, for an int8
+           precision, model.int8.onnx / model.int8-static.onnx, and export.json
+
+Each file is checked against the eager model before the folder is put in place (max |logit
+difference| <= 1e-4 for fp32; the program for pt2, ONNX Runtime for onnx); a failed check is a
+one-line `CheckFailed` naming the model and the difference, and nothing is written.
+
+Precisions (ONNX Runtime's quantisation): ``int8`` is dynamic (weights int8, activations
+quantised per batch at run time: no calibration), ``int8-static`` is static QDQ with per-
+channel weights, calibrated on training images (what edge NPUs want). An int8 file is not
+held to the fp32 tolerance: its own accuracy is measured, never copied from the fp32 one.
+
+ONNX files are cached under $LEARNGENE_HOME/onnx by the weights' checksum (and the
+calibration's), so bench, kit and target export a member once.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from learngene.core.io import check_output, save_local_dir
+from learngene.core.errors import CheckFailed, UserError
+from learngene.core.io import check_output, file_sha256, home, json_safe, save_local_dir, state_dict_sha256
 
-EXPORT_TOL = 1e-4  # max |logit difference| accepted between eager and exported
+EXPORT_TOL = 1e-4  # max |logit difference| accepted between eager and an fp32 export
+PRECISIONS = ("fp32", "int8", "int8-static")
+ONNX_OPSET = 20
+CALIBRATION_IMAGES = 256
+
+
+def onnx_name(precision: str) -> str:
+    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def check_precisions(precisions) -> list[str]:
+    items = [p.strip() for p in (precisions.split(",") if isinstance(precisions, str) else precisions) if p.strip()]
+    bad = [p for p in items if p not in PRECISIONS]
+    if bad or not items:
+        raise UserError(f"unknown precision {bad[0] if bad else '(none)'!r} (choose from {', '.join(PRECISIONS)})")
+    return items
+
+
+# --------------------------------------------------------------------------- torch.export
 
 
 def export_program(model: nn.Module, folder: Path, img_size: int, in_chans: int = 3) -> float:
@@ -29,22 +72,195 @@ def export_program(model: nn.Module, folder: Path, img_size: int, in_chans: int 
     loaded = torch.export.load(str(path)).module()
     x = torch.randn(3, in_chans, img_size, img_size)
     with torch.no_grad():
-        diff = (loaded(x) - model(x)).abs().max().item()
+        return (loaded(x) - model(x)).abs().max().item()
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def ort_session(path, threads: int | None = None, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), so, providers=list(providers))
+
+
+def max_ort_diff(model: nn.Module, path: Path, img_size: int, seed: int = 0) -> float:
+    """max |logit difference| between ONNX Runtime on ``path`` and the eager model (batches of 1 and 3)."""
+    sess = ort_session(path, threads=1)
+    g = torch.Generator().manual_seed(seed)
+    diff = 0.0
+    for n in (1, 3):
+        x = torch.randn(n, 3, img_size, img_size, generator=g)
+        with torch.no_grad():
+            ref = model.eval()(x).numpy()
+        diff = max(diff, float(abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - ref).max()))
     return diff
+
+
+def _export_fp32(model: nn.Module, path: Path, img_size: int, name: str) -> dict:
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        # the exporter narrates each pass on stdout: noise in a CLI's output
+        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            prog = torch.onnx.export(model, (torch.randn(2, 3, img_size, img_size),), dynamo=True, opset_version=ONNX_OPSET,
+                                     dynamic_shapes=({0: batch},), input_names=["images"], output_names=["logits"],
+                                     verbose=False)
+        prog.save(str(tmp))
+        diff = max_ort_diff(model, tmp, img_size)
+        if not diff <= EXPORT_TOL:
+            raise CheckFailed(f"the ONNX export of {name} differs from the eager model by {diff:.2e} "
+                              f"(> {EXPORT_TOL:g}) in ONNX Runtime: not written")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"max_abs_diff": diff}
+
+
+def _quantize(fp32: Path, out: Path, precision: str, calibration: torch.Tensor | None) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_name(f".{out.name}.pre-{os.getpid()}.onnx")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the quantiser logs a warning per LayerNorm it leaves alone
+    try:
+        quant_pre_process(str(fp32), str(pre))
+        if precision == "int8":
+            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
+        else:
+            if calibration is None:
+                raise UserError("int8-static needs calibration images (training images of the data)")
+
+            class Reader(CalibrationDataReader):  # the images in batches of 32
+                batches = iter([{"images": calibration[i:i + 32].numpy()} for i in range(0, len(calibration), 32)])
+
+                def get_next(self):
+                    return next(self.batches, None)
+
+            # the matrix products and the patch embedding; LayerNorm, Softmax and GELU stay in fp32
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+        os.replace(tmp, out)
+    finally:
+        quiet.setLevel(level)
+        for f in (pre, tmp):
+            f.unlink(missing_ok=True)
+
+
+def onnx_file(model: nn.Module, img_size: int, precision: str = "fp32", calibration: torch.Tensor | None = None,
+              calibration_key: str = "", name: str = "model") -> tuple[Path, dict]:
+    """(path, record) of the model's ONNX file at a precision, from the cache when the same
+    weights (and calibration) were exported before."""
+    import onnxruntime
+
+    check_precisions([precision])
+    sha = state_dict_sha256(model.state_dict())[:20]
+    cache = home() / "onnx"
+    cache.mkdir(parents=True, exist_ok=True)
+    fp32 = cache / f"{sha}-{img_size}px.onnx"
+    meta = cache / f"{sha}-{img_size}px.json"
+    if not (fp32.is_file() and meta.is_file()):
+        rec = _export_fp32(model, fp32, img_size, name)
+        meta.write_text(json.dumps(rec))
+    rec = json.loads(meta.read_text())
+    path = fp32
+    if precision != "fp32":
+        key = hashlib.sha256(calibration_key.encode()).hexdigest()[:12] if precision == "int8-static" else "dyn"
+        path = cache / f"{sha}-{img_size}px.{precision}-{key}.onnx"
+        if not path.is_file():
+            _quantize(fp32, path, precision, calibration)
+        rec = {}
+    return path, {**rec, "precision": precision, "opset": ONNX_OPSET, "onnxruntime": onnxruntime.__version__,
+                  "torch": torch.__version__, "sha256": file_sha256(path)}
+
+
+def onnx_accuracy(path: Path, loader, threads: int | None = None) -> dict:
+    """top1 / top5 (percent) of an ONNX file in ONNX Runtime over a loader: the file's own
+    accuracy (an int8 file's is never copied from the fp32 one)."""
+    from learngene.core.training import topk_hits
+
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    hits, n = {1: 0, 5: 0}, 0
+    for x, y in loader:
+        logits = torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+        for k, h in topk_hits(logits, y).items():
+            hits[k] += h
+        n += len(y)
+    return {f"top{k}": round(100 * h / max(n, 1), 2) for k, h in hits.items()}
+
+
+def calibration_of(dm) -> tuple[torch.Tensor, str]:
+    """The training images static int8 calibrates on, and a key naming them (for the cache)."""
+    from learngene.core.data import sample_images
+
+    fp = dm.fingerprint()
+    return sample_images(dm, CALIBRATION_IMAGES), f"{fp.get('files')}|{fp.get('counts')}|{dm.img_size}"
+
+
+def onnx_options(dm, precision: str) -> dict:
+    """What the onnx format needs of the data: calibration images (int8-static) and the
+    evaluation of the written file on the test split."""
+    images, key = calibration_of(dm) if precision == "int8-static" else (None, "")
+    return {"precision": precision, "calibration": images, "calibration_key": key,
+            "evaluate": lambda path: onnx_accuracy(path, dm.eval_loader("test"))}
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _timm(model, folder, img_size, **_) -> dict:
+    return {}
+
+
+def _pt2(model, folder, img_size, name="model", **_) -> dict:
+    diff = export_program(model, folder, img_size)
+    if not diff <= EXPORT_TOL:
+        raise CheckFailed(f"the torch.export program of {name} differs from the eager model by {diff:.2e}: not written")
+    return {"export": {"file": "model.pt2", "format": "torch.export", "max_abs_diff": diff}}
+
+
+def _onnx(model, folder, img_size, precision="fp32", calibration=None, calibration_key="", name="model", evaluate=None, **_) -> dict:
+    path, rec = onnx_file(model, img_size, precision, calibration, calibration_key, name)
+    shutil.copyfile(path, folder / onnx_name(precision))
+    rec = {"file": onnx_name(precision), "format": "onnx", **rec}
+    if evaluate is not None:  # the accuracy of this very file, measured by ONNX Runtime
+        rec["accuracy"] = evaluate(folder / onnx_name(precision))
+    (folder / "export.json").write_text(json.dumps(json_safe(rec), indent=2))
+    return {"export": rec}
+
+
+# name -> writer(model, folder, img_size, **options) -> metadata for config.json
+FORMATS = {"timm": _timm, "pt2": _pt2, "onnx": _onnx}
+
+
+def export_model(model: nn.Module, out: Path, architecture: str, model_args: dict, pretrained_cfg: dict, meta: dict,
+                 *, fmt: str = "pt2", force: bool = False, what: str = "child", **options) -> Path:
+    """Write ``model`` as a timm local-dir plus its format's file, atomically (built beside
+    the target, renamed into place)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r} (choose from {', '.join(FORMATS)})")
+    out = check_output(out, force, what)
+    img = int(model_args.get("img_size") or pretrained_cfg["input_size"][-1])
+    options.setdefault("name", meta.get("id") or out.name)
+
+    def write_format(tmp: Path) -> dict:
+        return FORMATS[fmt](model, tmp, img, **options)
+
+    cfg = {**pretrained_cfg, "architecture": architecture, "num_classes": model_args.get("num_classes")}
+    return save_local_dir(model, out, architecture, model_args, cfg, extra=meta, write_more=write_format)
 
 
 def export_child(model: nn.Module, out: Path, architecture: str, model_args: dict, pretrained_cfg: dict,
                  meta: dict, force: bool = False, program: bool = True) -> Path:
-    """Write the child folder atomically (built beside the target, renamed into place)."""
-    out = check_output(out, force, "child")
-
-    def write_program(tmp: Path) -> dict:
-        if not program:
-            return {}
-        diff = export_program(model, tmp, int(model_args["img_size"]))
-        if diff > EXPORT_TOL:
-            raise RuntimeError(f"torch.export program differs from the eager model by {diff:.2e}")
-        return {"export": {"file": "model.pt2", "format": "torch.export", "max_abs_diff": diff}}
-
-    cfg = {**pretrained_cfg, "architecture": architecture, "num_classes": model_args.get("num_classes")}
-    return save_local_dir(model, out, architecture, model_args, cfg, extra=meta, write_more=write_program)
+    """A pool's child: the local-dir and, unless ``program`` is False, model.pt2."""
+    return export_model(model, out, architecture, model_args, pretrained_cfg, meta, fmt="pt2" if program else "timm", force=force)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from learngene.core.errors import UserError
 from learngene.core.io import json_safe, load_state_file, read_local_dir_config, state_dict_sha256
-from learngene.core.vit import ViTView, is_vit
+from learngene.core.vit import ViTView, is_timm_vit
 
 DEFAULT_TIMM_ANCESTOR = "deit_base_patch16_224"
 
@@ -58,7 +58,7 @@ class LoadedModel:
         """timm's pretrained_cfg of the model with this model's data config in it."""
         cfg = dict(getattr(self.model, "pretrained_cfg", {}) or {})
         cfg.update({k: v for k, v in self.data_config.items()})
-        cfg.update(architecture=self.architecture, num_classes=self.view.shape.num_classes)
+        cfg.update(architecture=self.architecture, num_classes=self.model.num_classes)
         return json_safe(cfg)
 
     def info(self) -> dict:
@@ -192,7 +192,7 @@ def load_timm(name: str = DEFAULT_TIMM_ANCESTOR, *, pretrained: bool = False, ch
                     kwargs["num_classes"] = head.shape[0]
             model = timm.create_model(name, pretrained=False, **kwargs)
             source = "random-init"
-    if not is_vit(model):
+    if not is_timm_vit(model):
         raise UserError(f"{name} is a {type(model).__name__}, not a ViT: learngene's ancestors are timm VisionTransformers")
     if checkpoint is not None:
         load_weights(model, sd if not name.startswith("local-dir:") else load_state_file(checkpoint), str(checkpoint), name)

@@ -78,9 +78,9 @@ def init_distill(pm: PoolModel, narrow_maps: dict, wide_maps: dict, narrow_pairs
 
 def init_images(dm) -> torch.Tensor:
     """The training images least-squares stitch init fits on: INIT_IMAGES spread evenly."""
-    ds = dm.dataset("train")
-    idx = torch.linspace(0, len(ds) - 1, min(INIT_IMAGES, len(ds))).long().tolist()
-    return torch.stack([ds[i][0] for i in idx])
+    from learngene.core.data import sample_images
+
+    return sample_images(dm, INIT_IMAGES)
 
 
 def init_stitches(pm: PoolModel, how: str, dm=None, maps: tuple | None = None) -> None:

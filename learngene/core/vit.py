@@ -20,9 +20,17 @@ from learngene.core.errors import UserError
 
 
 def is_vit(model: nn.Module) -> bool:
+    """A timm VisionTransformer whose blocks are all transformer blocks (what ViTView reads)."""
     from timm.models.vision_transformer import Block, VisionTransformer
 
     return isinstance(model, VisionTransformer) and all(isinstance(b, Block) for b in model.blocks)
+
+
+def is_timm_vit(model: nn.Module) -> bool:
+    """Any timm VisionTransformer, a stitched descendant (a stitch among its blocks) included."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
 
 
 @dataclass

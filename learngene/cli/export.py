@@ -1,0 +1,44 @@
+"""`learngene export MODEL`: any member in the format a device runs."""
+
+from __future__ import annotations
+
+import json
+
+from learngene.cli.common import add_model_args, add_pool_arg
+
+HELP = "write any member (descendant, child, ancestor, grown, adapted) as timm / torch.export / ONNX (fp32, int8)"
+
+
+def add_arguments(sp) -> None:
+    sp.add_argument("model", metavar="MODEL", help="POOL:MEMBER, a child or descendant id (with --pool), local-dir:DIR or DIR, "
+                    "embedded, a timm name")
+    w = sp.add_mutually_exclusive_group()
+    w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")
+    w.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name")
+    add_pool_arg(sp)
+    sp.add_argument("--format", default="onnx", choices=["timm", "pt2", "onnx"], help="default onnx")
+    sp.add_argument("--precision", default="fp32", help="fp32 | int8 (dynamic) | int8-static (QDQ, calibrated): onnx only")
+    sp.add_argument("--int8", nargs="?", const="int8", choices=["int8", "dynamic", "static"],
+                    help="shorthand: --int8 (dynamic) or --int8 static")
+    sp.add_argument("--data", metavar="DIR", help="data for calibration and the ONNX file's accuracy (default: the embedded digits)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="the export folder (a timm local-dir plus the format's file)")
+    sp.add_argument("--force", action="store_true", help="replace an existing folder")
+    sp.add_argument("--json", action="store_true")
+
+
+def run(ns) -> int:
+    from learngene.core.io import read_local_dir_config
+    from learngene.deploy import export
+
+    precision = {"int8": "int8", "dynamic": "int8", "static": "int8-static"}.get(ns.int8, ns.precision)
+    out = export(ns.model, out=ns.out, fmt=ns.format, precision=precision, pool=ns.pool, data=ns.data,
+                 checkpoint=ns.checkpoint, pretrained=ns.pretrained, force=ns.force)
+    rec = read_local_dir_config(out).get("learngene", {}).get("export", {})
+    if ns.json:
+        print(json.dumps({"out": str(out), **rec}, indent=2))
+        return 0
+    acc = rec.get("accuracy")
+    extra = (f", max |logit diff| vs eager {rec['max_abs_diff']:.1e}" if "max_abs_diff" in rec else "") + \
+        (f", test top1 {acc['top1']:.2f}% (measured by ONNX Runtime on this file)" if acc else "")
+    print(f"{ns.model} -> {out} ({ns.format}{' ' + precision if ns.format == 'onnx' else ''}{extra})")
+    return 0
