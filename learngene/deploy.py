@@ -70,13 +70,18 @@ def bench_pool(pool="pools/embedded", *, runtimes=("torch",), precisions=("fp32"
     set_threads(threads)
     include = [i for i in ([include] if isinstance(include, str) else include) if i]
     pool = _open(pool)
-    report = Path(out) if out else pool.reports_dir / f"{dev.type}-{time.strftime('%Y%m%dT%H%M%S')}"
-    if write and report.exists():
-        raise UserError(f"report folder exists: {report}")
+    if out is not None and write and Path(out).exists():
+        raise UserError(f"report folder exists: {out}")
     dm = pool_data(pool, data, 64, num_workers, augment=False)
     members, meta = pool_members(pool, dm, revision=revision, include=include)
-    return bench(members, dm, runtimes=runtimes, precisions=precisions, device=device, batch_sizes=batch_sizes,
-                 out=report, min_run_time=min_run_time, meta=meta, write=write, progress=progress)
+    res = bench(members, dm, runtimes=runtimes, precisions=precisions, device=device, batch_sizes=batch_sizes,
+                out=out, min_run_time=min_run_time, meta=meta, write=False, progress=progress)
+    res.report = Path(out) if out else pool.folder("reports") / f"{dev.type}-{res.meta['created']}"
+    if write:
+        from learngene.bench.report import write_report
+
+        res.report = write_report(res.df, res.meta, res.report, unique=out is None)
+    return res
 
 
 @dataclass
@@ -152,7 +157,7 @@ def target(pool="pools/embedded", *, max_latency_ms: float | None = None, batch_
     if measured:  # written only now: a refused budget leaves nothing behind
         from learngene.bench.report import write_report
 
-        report = write_report(fresh.df, fresh.meta, fresh.report)
+        report = write_report(fresh.df, fresh.meta, fresh.report, unique=True)
     fmt = fmt or ("onnx" if runtime == "onnxruntime" else "pt2")
     child, trained = _finish(pool, best, data=data, out=out, force=force, train=train, fmt=fmt, precision=precision)
     return TargetResult(best, alts, child, report, measured, trained)

@@ -158,7 +158,8 @@ def children(pool: Pool) -> list[Member]:
     """The pool's exported children (timm local-dirs under POOL/children)."""
     out = []
     for cfg in sorted(pool.children_dir.glob("*/config.json")):
-        out.append(child(cfg.parent, f"child:{cfg.parent.name}"))
+        if not cfg.parent.name.startswith("."):  # a killed export's staging folder is no child
+            out.append(child(cfg.parent, f"child:{cfg.parent.name}"))
     return out
 
 

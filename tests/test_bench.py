@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from learngene.bench.metrics import knn_top1, latency
+from learngene.bench.metrics import latency
+from learngene.core.training import knn_top1
 from learngene.bench.report import mark_pareto
 from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli, learngene

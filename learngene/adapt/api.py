@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from learngene.adapt import delta as D
 from learngene.core.errors import UserError
-from learngene.core.io import check_output, save_local_dir, staged_folder
+from learngene.core.io import check_output, lock, real_folder, save_local_dir, staged_folder
 from learngene.core.loading import LoadedModel
 
 
@@ -59,7 +59,7 @@ def train(model: nn.Module, dm, epochs: int, lr: float, progress: bool = False, 
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     targs = trainer_args or TrainerArgs(progress=progress)
-    targs.max_epochs = epochs
+    targs.max_epochs, targs.label = epochs, "adapt"
     module = Classifier(model, OptimConfig(lr=lr, weight_decay=0.0, warmup_fraction=0.1, label_smoothing=0.1))
     t0 = time.perf_counter()
     make_trainer(targs).fit(module, datamodule=dm)
@@ -78,6 +78,7 @@ def check_request(*, name: str, method: str, lr: float | None, rank: int, adapte
     kind = D.method_of(method)
     if rank < 1:
         raise UserError(f"--rank must be >= 1, got {rank}")
+    real_folder(adapters, "adapters folder")
     check_output(adapters / name, force, "delta")
     kind.check()
     lr = kind.default_lr if lr is None else lr
@@ -89,14 +90,26 @@ def check_request(*, name: str, method: str, lr: float | None, rank: int, adapte
 def adapt(base: LoadedModel, data, *, name: str, adapters: Path, ref: dict, method: str = "lora", rank: int = 8,
           targets=D.TARGETS, train_head: bool = False, epochs: int = 10, lr: float | None = None,
           train_fraction: float = 1.0, seed: int = 0, force: bool = False, trainer_args=None, progress: bool = False) -> dict:
-    """Train and store a delta in ``adapters/<name>``; returns its record (what ``adapt ls`` shows)."""
-    import lightning as L
-
+    """Train and store a delta in ``adapters/<name>``; returns its record (what ``adapt ls`` shows).
+    One writer of a delta at a time, from the check to the write: a second run of the same
+    name is refused at once instead of silently replacing the first one's delta."""
     from learngene.core.data import data_for
-    from learngene.core.training import evaluate
 
     lr = check_request(name=name, method=method, lr=lr, rank=rank, adapters=adapters, force=force)
-    dm = data_for(data, base.data_config, train_fraction=train_fraction, seed=seed)
+    dm = data_for(data, base.data_config, train_fraction=train_fraction, seed=seed)  # bad data: refused before the lock
+    with lock(adapters / f".{name}.lock", f"delta {adapters / name}", wait=False):
+        check_output(adapters / name, force, "delta")  # again, now that it is ours
+        return _fit(base, dm, name=name, adapters=adapters, ref=ref, method=method, rank=rank, targets=targets,
+                    train_head=train_head, epochs=epochs, lr=lr, train_fraction=train_fraction, seed=seed, force=force,
+                    trainer_args=trainer_args, progress=progress)
+
+
+def _fit(base, dm, *, name, adapters, ref, method, rank, targets, train_head, epochs, lr, train_fraction, seed, force,
+         trainer_args, progress) -> dict:
+    import lightning as L
+
+    from learngene.core.training import evaluate
+
     L.seed_everything(seed, verbose=False)
     ad = D.attach(base.model, method, rank, targets, train_head, dm.num_classes, seed=seed)
     seconds = train(ad.model, dm, epochs, lr, progress, trainer_args)
@@ -112,7 +125,7 @@ def adapt(base: LoadedModel, data, *, name: str, adapters: Path, ref: dict, meth
     }
     meta["delta_fraction"] = round(meta["delta_bytes"] / meta["model_bytes"], 4)
     out = adapters / name
-    with staged_folder(out) as tmp:
+    with staged_folder(out, replace=force) as tmp:
         D.save(ad, tmp, meta)
     return {**meta, "method": method, "r": rank, "path": str(out)}
 

@@ -299,10 +299,7 @@ def bytes_of(sd: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in sd.values())
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
 def check_name(name: str) -> str:
-    if not name or not _SAFE_NAME.match(name):
-        raise UserError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
-    return name
+    from learngene.core.io import check_name as safe
+
+    return safe(name, "--name")

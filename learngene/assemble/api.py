@@ -82,6 +82,7 @@ def assemble(
     spec = spec or AssembleSpec()
     _check_spec(spec, train, init)
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
+    pool.check_writable()  # a read-only pool is refused now, not after the training
     depth = pool.depth
     sel.check(depth)  # a bad --config / --size is refused before any work
     if sel.given and (out is not None or sel.config is not None):  # the child folder is known already
@@ -158,8 +159,9 @@ def assemble(
     if chosen is not None:
         fmt = fmt or ("pt2" if export_program else "timm")
         onnx_data = (dm or pool_data(pool, data, spec.batch_size, num_workers, augment=False)) if fmt == "onnx" else None
-        child_dir = export_descendant(pool, pm, chosen, rev, child_dir, force=force, fmt=fmt, precision=precision,
-                                      dm=onnx_data)
+        with pool.writing(" (a child)"):
+            child_dir = export_descendant(pool, pm, chosen, rev, child_dir, force=force, fmt=fmt, precision=precision,
+                                          dm=onnx_data)
     return AssembleResult(pool, rev, rows, chosen, child_dir, trained, time.perf_counter() - t0)
 
 

@@ -70,7 +70,8 @@ def bench(
     top1 of its features (torch rows), params, FLOPs, and latency measured by that runtime
     (median, p90, spread, images/s, peak memory); the members of one runtime and precision
     are timed in interleaved rounds. The report goes to ``out`` unless ``write`` is False."""
-    from learngene.bench.metrics import device_name, features_and_logits, knn_top1, topk_accuracy
+    from learngene.bench.metrics import device_name, topk_accuracy
+    from learngene.core.training import features_and_logits, knn_top1
     from learngene.bench.probe import load_average, peak_rss_mib, time_interleaved, timing_warnings
     from learngene.bench.report import mark_pareto, write_report
     from learngene.bench.runtimes import plan
@@ -147,7 +148,7 @@ def bench(
             "precisions": sorted({p for _, p in pairs}), "data": dm.name, "test_images": len(dm.dataset("test")),
             "batch_sizes": sizes, "min_run_time_s": min_run_time, "warnings": warns, "created": created}
     if write:
-        write_report(df, meta, report)
+        report = write_report(df, meta, report, unique=out is None)
     return BenchResult(df, report, meta, time.perf_counter() - t0)
 
 

@@ -21,6 +21,8 @@ def latest_report(reports: Path, revision: str, device: str, device_name: str, t
     rev = revision
     found = []
     for f in Path(reports).glob("*/frontier.json"):
+        if f.parent.name.startswith("."):  # a killed bench's staging folder is no report
+            continue
         try:
             meta = json.loads(f.read_text())["meta"]
         except (OSError, ValueError, KeyError):

@@ -1,5 +1,6 @@
-"""What bench measures of one model: top1/top5, a kNN probe of its features, latency and
-peak memory on this device. Every function takes a plain nn.Module (a timm ViT)."""
+"""What bench measures of one model: top1/top5, latency and peak memory on this device (the
+kNN probe of its features is the core's, `learngene.core.training.knn_top1`). Every function
+takes a plain nn.Module (a timm ViT)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def device_name(device: torch.device) -> str:
@@ -24,43 +24,10 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-@torch.no_grad()
-def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pre-logit features, logits and labels over a loader, in one pass (timm's
-    forward_features -> forward_head(pre_logits=True) -> head)."""
-    model.eval().to(device)
-    feats, logits, labels = [], [], []
-    for x, y in loader:
-        f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
-        feats.append(f.float().cpu())
-        logits.append(model.head(f).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(logits), torch.cat(labels)
-
-
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
     from learngene.core.training import topk_hits
 
     return {f"top{k}": round(100 * h / len(labels), 2) for k, h in topk_hits(logits, labels, ks).items()}
-
-
-def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-             k: int = 20, temperature: float = 0.07) -> float:
-    """DINO's weighted kNN classifier on L2-normalised features: the k nearest training
-    features by cosine similarity (faiss IndexFlatIP) vote with weight exp(sim / T)."""
-    import faiss  # lazily: faiss and torch can clash over OpenMP depending on import order
-
-    tr = F.normalize(train_f.float(), dim=1).numpy()
-    te = F.normalize(test_f.float(), dim=1).numpy()
-    index = faiss.IndexFlatIP(tr.shape[1])
-    index.add(tr)
-    k = min(k, len(tr))
-    sims, idx = index.search(te, k)
-    sims, idx = torch.from_numpy(sims), torch.from_numpy(idx).long()
-    n_cls = int(max(train_y.max(), test_y.max())) + 1
-    votes = torch.zeros(len(te), n_cls)
-    votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
-    return round(100 * (votes.argmax(1) == test_y).float().mean().item(), 2)
 
 
 def latency(model: nn.Module, batch_size: int, img_size: int, device: torch.device,

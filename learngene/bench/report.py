@@ -98,11 +98,18 @@ def frontier_png(df: pd.DataFrame, meta: dict, path: Path, title: str = "") -> N
     plt.close(fig)
 
 
-def write_report(df: pd.DataFrame, meta: dict, out: Path) -> Path:
+def write_report(df: pd.DataFrame, meta: dict, out: Path, unique: bool = False) -> Path:
     """frontier.{csv,json,md}, frontier-RUNTIME-PRECISION.png for each runtime and precision,
     and frontier.png (the first of them) in ``out`` (the caller checked it does not exist);
-    nothing is left behind if writing fails."""
-    with staged_folder(out) as stage:
+    nothing is left behind if writing fails. ``unique``: the name is learngene's own (a time),
+    so a report another bench wrote there meanwhile gets this one a -2, -3 suffix; a name the
+    user gave is never replaced."""
+    if unique:
+        n = 2
+        base = out
+        while out.exists():
+            out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    with staged_folder(out, replace=False) as stage:
         df.to_csv(stage / "frontier.csv", index=False)
         # full precision (pandas' to_json rounds to 10 decimals), so target compares a
         # budget against exactly the latencies bench measured; NaN is written as null

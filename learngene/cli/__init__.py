@@ -16,6 +16,7 @@ import sys
 
 from learngene.cli.common import Parser
 from learngene.core.errors import CheckFailed, Interrupted, UserError
+from learngene.core.io import WRITE_ERRORS
 
 # verb -> module in learngene.cli (imported only when the verb runs or its help is built)
 VERBS = {
@@ -66,6 +67,16 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+def _internal(e: Exception) -> int:
+    """Anything else is our bug, not the user's input: one line (the traceback with
+    LEARNGENE_DEBUG=1), exit 1."""
+    if os.environ.get("LEARNGENE_DEBUG"):
+        raise e
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    print(f"learngene: internal error: {type(e).__name__}: {first} (LEARNGENE_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_interrupted)
@@ -80,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     except (Interrupted, KeyboardInterrupt) as e:
         print("learngene: interrupted", file=sys.stderr)
         code = e.exit_code if isinstance(e, Interrupted) else 130
-    except Exception as e:  # anything else is our bug, not the user's input
-        if os.environ.get("LEARNGENE_DEBUG"):
-            raise
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        print(f"learngene: internal error: {type(e).__name__}: {first} (LEARNGENE_DEBUG=1 shows the traceback)", file=sys.stderr)
-        code = 1
+    except OSError as e:
+        if e.errno in WRITE_ERRORS:  # a full disk, a read-only folder, no permission: the machine's state
+            print(f"learngene: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+            code = 2
+        else:
+            code = _internal(e)
+    except Exception as e:
+        code = _internal(e)
     sys.stdout.flush()
     sys.exit(code)
 

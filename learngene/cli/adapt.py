@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from learngene.cli.common import add_pool_arg, add_trainer_args, print_table, trainer_args_from
+from learngene.cli.common import add_data_arg, add_pool_arg, add_trainer_args, data_arg, print_table, trainer_args_from
 from learngene.core.errors import UserError
 
 HELP = "fit a model to a new task with a small stored delta (LoRA / adapters)"
@@ -18,7 +18,7 @@ def add_arguments(sp) -> None:
     add_pool_arg(sp)
     sp.add_argument("--model", metavar="M", help="a child or member of the pool, a timm local-dir, 'embedded', or a timm name")
     sp.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name")
-    sp.add_argument("--data", metavar="DIR", help="ImageFolder of the new task, or digits:rot90 (embedded)")
+    add_data_arg(sp, "ImageFolder of the new task, or digits:rot90 (embedded)", workers=False)
     sp.add_argument("--method", default="lora", choices=["lora", "adapter"])
     sp.add_argument("--rank", type=int, default=8, help="LoRA rank / adapter bottleneck (default 8)")
     sp.add_argument("--targets", default="qkv,proj,fc1,fc2", help="block linears to adapt (default all four)")
@@ -61,7 +61,7 @@ def run(ns) -> int:
     from learngene.zoo import resolve
 
     member = resolve(ns.model, pool=ns.pool, checkpoint=ns.checkpoint, progress=False)
-    res = api.adapt(member.load(), ns.data, name=ns.name, adapters=adapters, ref=api.base_ref(ns.model, member),
+    res = api.adapt(member.load(), data_arg(ns), name=ns.name, adapters=adapters, ref=api.base_ref(ns.model, member),
                     method=ns.method, rank=ns.rank, targets=ns.targets, train_head=ns.train_head, epochs=ns.epochs,
                     lr=ns.lr, train_fraction=ns.fraction, seed=ns.seed, force=ns.force, trainer_args=trainer_args_from(ns),
                     progress=not ns.quiet)
@@ -87,9 +87,12 @@ def apply(ns, api, adapters: Path) -> int:
     if ns.out:
         check_output(ns.out, ns.force)
     folder = api.resolve_delta(ns.delta, adapters)
+    from learngene.adapt.delta import read_meta
+
+    read_meta(folder)  # a broken delta is refused before the base is loaded (or trained)
     base = resolve(ns.model, pool=ns.pool, checkpoint=ns.checkpoint, progress=False).load()
     model, ad = api.apply(base, folder, merge=ns.merge)
-    dm = data_for(ns.data or ad.meta.get("data"), base.data_config, augment=False)
+    dm = data_for(data_arg(ns) or ad.meta.get("data"), base.data_config, augment=False)
     acc = evaluate(model, dm.test_dataloader())
     res = {"task": ad.meta.get("task"), "method": ad.method, "data": dm.name, "test_top1": round(acc["top1"], 2), "merged": ns.merge}
     if ns.merge:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_data_arg, add_model_args, add_pool_arg, add_trainer_args, print_table, say, trainer_args_from
+from learngene.cli.common import data_arg, add_data_arg, add_model_args, add_pool_arg, add_trainer_args, print_table, say, trainer_args_from
 
 HELP = "stitch pool instances into a descendant of the size you need"
 
@@ -70,7 +70,7 @@ def run(ns) -> int:
         ancestor = resolve(ns.ancestor, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
                            allow_download=ns.allow_download).load()
     res = assemble(ns.pool, selection=sel, train="all" if ns.all else ns.train, init=ns.init, spec=spec,
-                   revision=ns.revision, data=ns.data, ancestor=ancestor, out=ns.out, force=ns.force,
+                   revision=ns.revision, data=data_arg(ns), ancestor=ancestor, out=ns.out, force=ns.force,
                    export_program=not ns.no_program, fmt=ns.format, precision=ns.export_precision, trainer_args=trainer_args_from(ns), num_workers=ns.workers,
                    progress=say(ns))
     if ns.json:

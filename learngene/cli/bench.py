@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learngene.cli.common import add_data_arg, add_device_args, add_pool_arg, add_runtime_args, print_table, progress_on
+from learngene.cli.common import data_arg, add_data_arg, add_device_args, add_pool_arg, add_runtime_args, print_table, progress_on
 
 HELP = "measure accuracy / params / FLOPs / latency of every descendant on this device"
 
@@ -23,7 +23,7 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.deploy import bench_pool
 
-    res = bench_pool(ns.pool, runtimes=ns.runtime, precisions=ns.precision, device=ns.device, threads=ns.threads, batch_sizes=ns.batch_sizes, data=ns.data,
+    res = bench_pool(ns.pool, runtimes=ns.runtime, precisions=ns.precision, device=ns.device, threads=ns.threads, batch_sizes=ns.batch_sizes, data=data_arg(ns),
                      include=[i.strip() for i in ns.include.split(",")], revision=ns.revision, out=ns.out,
                      min_run_time=ns.min_run_time, num_workers=ns.workers, progress=progress_on(ns))
     if ns.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learngene.cli.common import add_data_arg, add_model_args, add_trainer_args, trainer_args_from
+from learngene.cli.common import data_arg, add_data_arg, add_model_args, add_trainer_args, trainer_args_from
 
 HELP = "distil the ancestor into auxiliary models and store their blocks as a pool"
 
@@ -32,7 +32,7 @@ def run(ns) -> int:
     out = Path(ns.out).expanduser() if ns.out else Path("pools") / recipe.name
     if not ns.resume:
         check_output(out, ns.force, "pool")  # before loading (or training) any ancestor
-    data = LearngeneDataModule(ns.data, num_workers=ns.workers)  # checks the folder now, too
+    data = LearngeneDataModule(data_arg(ns), num_workers=ns.workers)  # checks the folder now, too
     ref = ns.ancestor or (None if recipe.ancestor == "embedded" else recipe.ancestor)
     ancestor = resolve(ref, pretrained=ns.pretrained, checkpoint=ns.checkpoint, allow_download=ns.allow_download,
                        progress=not ns.quiet).load()

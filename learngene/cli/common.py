@@ -34,9 +34,23 @@ def add_pool_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
 
 
-def add_data_arg(p: argparse.ArgumentParser, help: str = "ImageFolder (default: the embedded digits)") -> None:
+def add_data_arg(p: argparse.ArgumentParser, help: str = "ImageFolder (default: the embedded digits)",
+                 workers: bool = True) -> None:
     p.add_argument("--data", metavar="DIR", help=help)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 embedded, up to 8 ImageFolder)")
+    p.add_argument("--strict", action="store_true",
+                   help="decode every image up front and refuse the first unreadable one (default: skip them with a count)")
+    if workers:
+        p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 embedded, up to 8 ImageFolder)")
+
+
+def data_arg(ns: argparse.Namespace):
+    """--data as the APIs take it: None (the embedded digits), or a source scanned now, so
+    a bad folder is refused before any model is loaded."""
+    if ns.data is None:
+        return None
+    from learngene.core.data import open_source
+
+    return open_source(ns.data, strict=getattr(ns, "strict", False))
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
@@ -65,15 +79,18 @@ def add_trainer_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default=None)
 
 
-def trainer_args_from(ns: argparse.Namespace):
+def trainer_args_from(ns: argparse.Namespace, label: str = "train"):
     from learngene.core.training import TrainerArgs
 
     devices = ns.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    # Progress bars only on a terminal: in a log file they are thousands of lines.
+    # Progress bars only on a terminal (in a log file they are thousands of lines); a log
+    # gets a line per epoch instead.
+    tty = sys.stderr.isatty()
     return TrainerArgs(accelerator=ns.accelerator, devices=devices, strategy=ns.strategy, num_nodes=ns.num_nodes,
-                       precision=ns.precision, progress=not ns.quiet and sys.stderr.isatty())
+                       precision=ns.precision, progress=not ns.quiet and tty, log_lines=not ns.quiet and not tty,
+                       label=label)
 
 
 def progress_on(ns: argparse.Namespace) -> bool:

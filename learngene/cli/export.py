@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_model_args, add_pool_arg
+from learngene.cli.common import add_data_arg, add_pool_arg, data_arg
 
 HELP = "write any member (descendant, child, ancestor, grown, adapted) as timm / torch.export / ONNX (fp32, int8)"
 
@@ -20,7 +20,7 @@ def add_arguments(sp) -> None:
     sp.add_argument("--precision", default="fp32", help="fp32 | int8 (dynamic) | int8-static (QDQ, calibrated): onnx only")
     sp.add_argument("--int8", nargs="?", const="int8", choices=["int8", "dynamic", "static"],
                     help="shorthand: --int8 (dynamic) or --int8 static")
-    sp.add_argument("--data", metavar="DIR", help="data for calibration and the ONNX file's accuracy (default: the embedded digits)")
+    add_data_arg(sp, "data for calibration and the ONNX file's accuracy (default: the embedded digits)", workers=False)
     sp.add_argument("--out", required=True, metavar="DIR", help="the export folder (a timm local-dir plus the format's file)")
     sp.add_argument("--force", action="store_true", help="replace an existing folder")
     sp.add_argument("--json", action="store_true")
@@ -31,7 +31,7 @@ def run(ns) -> int:
     from learngene.deploy import export
 
     precision = {"int8": "int8", "dynamic": "int8", "static": "int8-static"}.get(ns.int8, ns.precision)
-    out = export(ns.model, out=ns.out, fmt=ns.format, precision=precision, pool=ns.pool, data=ns.data,
+    out = export(ns.model, out=ns.out, fmt=ns.format, precision=precision, pool=ns.pool, data=data_arg(ns),
                  checkpoint=ns.checkpoint, pretrained=ns.pretrained, force=ns.force)
     rec = read_local_dir_config(out).get("learngene", {}).get("export", {})
     if ns.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_trainer_args, trainer_args_from
+from learngene.cli.common import add_data_arg, add_trainer_args, data_arg, trainer_args_from
 
 HELP = "make a model larger without changing what it computes"
 
@@ -21,7 +21,7 @@ def add_arguments(sp) -> None:
     w = sp.add_mutually_exclusive_group()
     w.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name (.safetensors or weights-only torch file)")
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")
-    sp.add_argument("--data", metavar="DIR", help="ImageFolder LiGO trains its operator on (default: the embedded digits)")
+    add_data_arg(sp, "ImageFolder LiGO trains its operator on (default: the embedded digits)", workers=False)
     sp.add_argument("--steps", type=int, default=100, help="LiGO operator training steps (default 100)")
     sp.add_argument("--noise", type=float, default=0.0, help="net2net: relative noise on the copies (breaks symmetry; no longer exact)")
     sp.add_argument("--seed", type=int, default=0)
@@ -38,7 +38,7 @@ def run(ns) -> int:
     out = api.check_request(method=ns.method, out=ns.out, force=ns.force, steps=ns.steps, noise=ns.noise, data=ns.data)
     src = resolve(ns.source, checkpoint=ns.checkpoint, pretrained=ns.pretrained, progress=not ns.quiet).load()
     target = api.resolve_target(src.model, ns.method, ns.embed_dim, ns.depth, ns.heads, ns.mlp_ratio, ns.head_dim)
-    dm = api.datamodule(src, ns.data, seed=ns.seed) if ns.method == "ligo" else None
+    dm = api.datamodule(src, data_arg(ns), seed=ns.seed) if ns.method == "ligo" else None
     res = api.grow_to_dir(src, ns.method, out, target, dm=dm, steps=ns.steps, noise=ns.noise, seed=ns.seed,
                           force=ns.force, trainer_args=trainer_args_from(ns))
     if ns.json:

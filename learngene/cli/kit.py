@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learngene.cli.common import add_pool_arg, say
+from learngene.cli.common import add_data_arg, add_pool_arg, data_arg, say
 
 HELP = "write a device kit: every member as ONNX, kit.json and probe.py (needs only onnxruntime + numpy)"
 
@@ -13,14 +13,14 @@ def add_arguments(sp) -> None:
     sp.add_argument("--precision", default="fp32,int8", help="fp32, int8, int8-static, comma separated (default fp32,int8)")
     sp.add_argument("--batch-sizes", default="1,8", help="batch sizes probe.py times (default 1,8)")
     sp.add_argument("--members", default=None, help="only these descendants, comma separated (default: all)")
-    sp.add_argument("--data", metavar="DIR", help="ImageFolder (default: the embedded digits)")
+    add_data_arg(sp, workers=False)
     sp.add_argument("--force", action="store_true", help="replace an existing kit folder")
 
 
 def run(ns) -> int:
     from learngene.deploy import kit
 
-    out = kit(ns.pool, out=ns.out, precisions=ns.precision, batch_sizes=ns.batch_sizes, members=ns.members, data=ns.data, force=ns.force,
+    out = kit(ns.pool, out=ns.out, precisions=ns.precision, batch_sizes=ns.batch_sizes, members=ns.members, data=data_arg(ns), force=ns.force,
               progress=say(ns))
     print(f"kit: {out} (copy it to the device, then run there: python probe.py [--threads N] --out latency.json; "
           f"back here: learngene target --pool {ns.pool} --latency-file latency.json --max-latency-ms X)")

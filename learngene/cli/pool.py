@@ -6,12 +6,13 @@ import json
 
 from learngene.cli.common import print_table
 
-HELP = "inspect a pool: `pool info PATH`, `pool verify PATH`"
+HELP = "inspect a pool: `pool info PATH`, `pool verify PATH [--clean]`"
 
 
 def add_arguments(sp) -> None:
     sp.add_argument("action", choices=["info", "verify"])
     sp.add_argument("path", metavar="PATH")
+    sp.add_argument("--clean", action="store_true", help="verify: remove what interrupted writers left")
     sp.add_argument("--json", action="store_true")
 
 
@@ -20,8 +21,12 @@ def run(ns) -> int:
 
     if ns.action == "verify":
         pool = Pool.open(ns.path, verify=False)
-        n = pool.verify()
-        print(f"ok: {n} files in {pool.path} match their sha256")
+        n = pool.verify(finite=True)
+        print(f"ok: {n} files in {pool.path} match their sha256 and hold finite numbers")
+        left = pool.clean() if ns.clean else pool.leftovers()
+        if left:
+            names = ", ".join(str(p.relative_to(pool.path)) for p in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            print(f"{'removed' if ns.clean else 'left by interrupted writers (ignored; --clean removes them)'}: {names}")
         return 0
     pool = Pool.open(ns.path, verify=True)
     rows = pool.info_rows()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_data_arg, add_device_args, add_pool_arg, add_runtime_args, progress_on
+from learngene.cli.common import data_arg, add_data_arg, add_device_args, add_pool_arg, add_runtime_args, progress_on
 
 HELP = "pick the best descendant under a latency / size budget (this device, or a device's latency.json)"
 
@@ -37,7 +37,7 @@ def run(ns) -> int:
     on_device = ns.latency_file is not None
     res = target(ns.pool, max_latency_ms=ns.max_latency_ms, batch_size=ns.batch_size, min_top1=ns.min_top1,
                  max_params=ns.max_params, latency=ns.latency, runtime=ns.runtime, precision=ns.precision, device=ns.device,
-                 threads=ns.threads, data=ns.data, out=ns.out, force=ns.force, remeasure=ns.remeasure, train=not ns.no_train,
+                 threads=ns.threads, data=data_arg(ns), out=ns.out, force=ns.force, remeasure=ns.remeasure, train=not ns.no_train,
                  fmt=ns.format, latency_file=ns.latency_file, progress=progress_on(ns))
     if ns.json:
         print(json.dumps({"chosen": res.chosen, "alternatives": res.alternatives, "child": str(res.child),

@@ -62,15 +62,22 @@ def train_embedded(
     from learngene.core.data import LearngeneDataModule, digits_data_config
     from learngene.core.training import Classifier, OptimConfig, TrainerArgs, evaluate, make_trainer
 
+    from learngene.core.io import check_output
+
     folder = Path(folder) if folder else embedded_dir()
+    check_output(folder, True, "the embedded ancestor's cache")  # an unwritable cache is refused before training
     r = _recipe(epochs, seed)
     L.seed_everything(r["seed"], verbose=False)
     data_cfg = digits_data_config()
     dm = LearngeneDataModule(None, data_config=data_cfg, batch_size=r["batch_size"], seed=r["seed"])
     model = timm.create_model(EMBEDDED_ARCH, **EMBEDDED_MODEL_ARGS)
     optim = OptimConfig(lr=r["lr"], weight_decay=r["weight_decay"], warmup_fraction=r["warmup_fraction"], label_smoothing=r["label_smoothing"])
-    targs = trainer_args or TrainerArgs()
+    import sys
+
+    tty = sys.stderr.isatty()
+    targs = trainer_args or TrainerArgs(progress=progress and tty, log_lines=progress and not tty)
     targs.max_epochs, targs.progress = r["epochs"], progress and targs.progress
+    targs.label = "ancestor (embedded)"
     t0 = time.perf_counter()
     make_trainer(targs).fit(Classifier(model, optim), datamodule=dm)
     wall = time.perf_counter() - t0
@@ -147,3 +154,123 @@ def describe(anc: LoadedModel, data=None) -> dict:
         acc = evaluate(anc.model, dm.test_dataloader())
         info.update({"data": str(data), "data_top1": round(acc["top1"], 2), "data_top5": round(acc["top5"], 2)})
     return info
+
+
+# --------------------------------------------------------------------------- fitted ancestors
+
+# DeiT's fine-tuning recipe, scaled down to a user's folder: AdamW (wd 0.05), 10% warm-up then
+# cosine, label smoothing 0.1, DeiT's RandAugment on the images (the ImageFolder training
+# transform), batch 64; the new head (random, the data's classes) at 10x the learning rate of
+# the inherited backbone, as assemble treats inherited weights. No mixup / cutmix: few epochs
+# on small data. Part of the cache key, so changing it refits.
+FIT_RECIPE = dict(epochs=10, lr=1e-4, head_lr=1e-3, weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.1,
+                  batch_size=64, seed=0)
+
+
+def fitted_root() -> Path:
+    return home() / "ancestors" / "fitted"
+
+
+def _fit_key(base: LoadedModel, fingerprint: dict, recipe: dict) -> str:
+    blob = json.dumps([base.checksum, {k: fingerprint.get(k) for k in ("classes", "counts", "files")}, recipe], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _probe_top1(model, dm) -> float:
+    """DINO's kNN probe (k=20) of the model's features: what a head-less comparison can say."""
+    from learngene.core.training import features_and_logits, knn_top1
+
+    tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), torch.device("cpu"))
+    te_f, _, te_y = features_and_logits(model, dm.eval_loader("test"), torch.device("cpu"))
+    return knn_top1(tr_f, tr_y, te_f, te_y)
+
+
+def fit_ancestor(base: LoadedModel, data, *, epochs: int | None = None, trainer_args=None, progress: bool = True,
+                 refit: bool = False) -> LoadedModel:
+    """``base`` with a new head for ``data``'s classes, fine-tuned (FIT_RECIPE) and cached as a
+    timm local-dir under $LEARNGENE_HOME/ancestors/fitted/<key> (key: the source weights'
+    checksum, the data's fingerprint, the recipe): a second call with the same three loads it.
+    Its metrics hold the accuracy before (the base's own head when the class counts agree; the
+    kNN probe of its features always) and after."""
+    import copy
+    import sys
+
+    import lightning as L
+
+    from learngene.core.data import data_for
+    from learngene.core.io import check_output
+    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, evaluate, lr_groups, make_trainer
+
+    r = dict(FIT_RECIPE)
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs must be >= 1, got {epochs}")
+        r["epochs"] = epochs
+    dm = data_for(data, base.data_config, batch_size=r["batch_size"], seed=r["seed"])
+    key = _fit_key(base, dm.fingerprint(), r)
+    folder = fitted_root() / key
+    if not refit and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return _load_fitted(folder)
+    check_output(folder, True, "the fitted ancestor's cache")  # before any training
+    evald = data_for(data, base.data_config, augment=False)
+    before = {"before_knn_top1": _probe_top1(base.model, evald)}
+    if base.model.num_classes == dm.num_classes:
+        before["before_top1"] = round(evaluate(base.model, evald.test_dataloader())["top1"], 2)
+    L.seed_everything(r["seed"], verbose=False)
+    model = copy.deepcopy(base.model)
+    model.reset_classifier(dm.num_classes)
+    groups = lr_groups(model, r["weight_decay"], lambda name: r["head_lr"] if name.startswith("head.") else r["lr"])
+    optim = OptimConfig(lr=r["lr"], weight_decay=r["weight_decay"], warmup_fraction=r["warmup_fraction"],
+                        label_smoothing=r["label_smoothing"])
+    tty = sys.stderr.isatty()
+    targs = trainer_args or TrainerArgs(progress=progress and tty, log_lines=progress and not tty)
+    targs.max_epochs, targs.label = r["epochs"], "ancestor (fitting to your classes)"
+    t0 = time.perf_counter()
+    make_trainer(targs).fit(Classifier(model, optim, groups), datamodule=dm)
+    model = model.cpu().eval()
+    test, val = evaluate(model, evald.test_dataloader()), evaluate(model, evald.val_dataloader())
+    metrics = {**before, "test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2),
+               "val_top1": round(val["top1"], 2), "knn_top1": _probe_top1(model, evald),
+               "train_seconds": round(time.perf_counter() - t0, 1), "epochs": r["epochs"]}
+    args = {**base.model_args, "num_classes": dm.num_classes}
+    cfg = {**base.pretrained_cfg, "num_classes": dm.num_classes, "label_names": list(dm.classes)}
+    extra = {"fitted_from": base.source, "base_sha256": base.checksum, "data": dm.fingerprint(), "recipe": r,
+             "fit_key": key, "metrics": metrics}
+    save_local_dir(model, folder, base.architecture, args, cfg, extra)
+    return _load_fitted(folder)
+
+
+def _load_fitted(folder: Path) -> LoadedModel:
+    anc = load_timm(f"local-dir:{folder}")
+    meta = json.loads((folder / "config.json").read_text()).get("learngene", {})
+    anc.metrics = dict(meta.get("metrics", {}))
+    return anc
+
+
+def fitted_for(base: LoadedModel, dm) -> LoadedModel | None:
+    """The newest fitted ancestor of ``base`` for this data (same classes and files), if any."""
+    have = dm.fingerprint()
+    found = []
+    for cfg in fitted_root().glob("*/config.json"):
+        try:
+            meta = json.loads(cfg.read_text()).get("learngene", {})
+        except (OSError, json.JSONDecodeError):
+            continue  # a broken cache entry is no ancestor
+        data = meta.get("data") or {}
+        if meta.get("base_sha256") == base.checksum and all(data.get(k) == have.get(k) for k in ("classes", "files")):
+            found.append((cfg.stat().st_mtime, cfg.parent))
+    return _load_fitted(max(found)[1]) if found else None
+
+
+def ancestor_for(base: LoadedModel, dm) -> LoadedModel:
+    """The ancestor that reads ``dm``: ``base`` when its head has the data's classes, else
+    the one fitted to them (``learngene ancestor --data DIR --fine-tune`` made it), else a
+    one-line error saying how to make it."""
+    n = base.model.num_classes
+    if n == dm.num_classes:
+        return base
+    fitted = fitted_for(base, dm)
+    if fitted is not None:
+        return fitted
+    raise UserError(f"data {dm.name} has {dm.num_classes} classes but the ancestor's head has {n}: fit it to them first "
+                    f"with `learngene ancestor --data {dm.name} --fine-tune` (same --ancestor / weights flags)")

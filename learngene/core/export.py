@@ -257,7 +257,7 @@ def export_model(model: nn.Module, out: Path, architecture: str, model_args: dic
         return FORMATS[fmt](model, tmp, img, **options)
 
     cfg = {**pretrained_cfg, "architecture": architecture, "num_classes": model_args.get("num_classes")}
-    return save_local_dir(model, out, architecture, model_args, cfg, extra=meta, write_more=write_format)
+    return save_local_dir(model, out, architecture, model_args, cfg, extra=meta, write_more=write_format, replace=force)
 
 
 def export_child(model: nn.Module, out: Path, architecture: str, model_args: dict, pretrained_cfg: dict,

@@ -7,15 +7,131 @@ torch and safetensors are imported where used, so the CLI can refuse bad input f
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from learngene.core.errors import UserError
+
+# What a name that becomes a file or folder may be (a recipe, an auxiliary model, a task, a
+# member id, a device pick name): no separators, no leading dot, no control characters.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+def check_name(name, what: str = "name") -> str:
+    """``name`` if it is safe to use as one path component, else a one-line error."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{what} {name!r} must be letters, digits, '.', '_', '-', '@' or '+' (it names a file or folder)")
+    return name
+
+
+def inside(root: str | os.PathLike, rel: str, what: str = "path") -> Path:
+    """``root / rel`` for a relative path read from a manifest or a name, refused (one line)
+    when it is absolute, climbs out with '..', or leads through a symlink out of ``root``."""
+    root = Path(root)
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts or "\x00" in rel:
+        raise UserError(f"{what} {rel!r} is not a path inside {root}")
+    path = root / rel
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        raise UserError(f"{what} {rel!r} leads out of {root} (through a symlink)")
+    return path
+
+
+def real_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """A folder learngene writes into, refused when it is a symlink (it would redirect the
+    writes elsewhere)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError(f"{what} {path} is a symlink: learngene does not write through it")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, all it holds) the permissions the umask allows:
+    temp files and folders are born 0600 / 0700, and a model server running as another
+    user could not read an exported child."""
+    path = Path(path)
+    todo = [path] + (list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else [])
+    for p in todo:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
+
+
+# --------------------------------------------------------------------------- locks
+
+
+@contextmanager
+def lock(path: str | os.PathLike, what: str, wait: bool = True, timeout: float = 3600.0):
+    """An exclusive lock on ``path`` (a lock file, created if needed) for one writer at a
+    time. ``wait``: block until the other writer is done (saying so once), else refuse at
+    once in one line, and remove the lock file on the way out (no one waits on it, so no one
+    can be left holding a lock on a removed file). The lock goes with the process, so a
+    killed writer never leaves it held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise UserError(f"{what} is being written by another learngene process (pid {holder}): "
+                                "wait for it to finish") from None
+            print(f"learngene: waiting for another learngene process (pid {holder}) writing {what}", file=sys.stderr)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise UserError(f"{what} stayed locked by pid {holder} for {timeout:.0f} s") from None
+                    time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        held = True
+        yield
+    finally:
+        if not wait and locals().get("held"):
+            path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """Does another process hold the lock on ``path``?"""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM)
 
 
 def home() -> Path:
@@ -31,15 +147,26 @@ def home() -> Path:
 
 
 @contextmanager
-def staged_folder(target: str | os.PathLike):
+def staged_folder(target: str | os.PathLike, replace: bool = True):
     """Build ``target`` in a temp folder beside it (``.NAME.*.partial``). On success the
-    folder takes target's place in one rename (a folder already there is moved aside
-    first, then removed); on any failure it is removed and target is untouched."""
+    folder takes target's place in one rename (with ``replace``, a folder already there is
+    moved aside first, then removed; without, a folder that appeared meanwhile, another
+    process's, is refused and kept); on any failure it is removed and target is untouched."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    real_folder(target.parent, "output folder").mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield stage
+        publish(stage)
+        if not replace:
+            try:
+                os.rename(stage, target)  # fails on a non-empty folder there: never replaced
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise UserError(f"{target} appeared while this run was writing it (another process?): "
+                                "left as it is, pass --force to replace it") from None
+            return
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -55,8 +182,12 @@ def staged_folder(target: str | os.PathLike):
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2))
+        publish(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict) -> str:
@@ -65,10 +196,34 @@ def save_tensors(path: str | os.PathLike, tensors: dict) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_finite(tensors, path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        publish(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return file_sha256(path)
+
+
+def nonfinite(tensors: dict) -> tuple[str, int] | None:
+    """(first key, count) of the floating-point tensors holding NaN or inf; None when all are finite."""
+    import torch
+
+    for k, v in tensors.items():
+        if torch.is_floating_point(v):
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                return k, bad
+    return None
+
+
+def check_finite(tensors: dict, what) -> None:
+    """Refuse to write (or use) weights with NaN or inf: one line naming the tensor."""
+    bad = nonfinite(tensors)
+    if bad:
+        raise UserError(f"{what}: {bad[1]} non-finite value(s) (NaN/inf) in {bad[0]}: refusing to write or use them")
 
 
 def load_tensors(path: str | os.PathLike) -> dict:
@@ -87,12 +242,23 @@ def check_output(out: str | os.PathLike, force: bool, what: str = "output") -> P
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{what} exists: {out} (pass --force to replace it)")
+    # the folders up to it must be creatable: made and removed again now, so a run refused
+    # or interrupted later leaves no empty folder behind
+    missing, parent = [], out.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        for d in reversed(missing):
+            d.mkdir()
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            raise UserError(f"output folder is not writable: {out.parent}")
     except OSError as e:
         raise UserError(f"cannot create {out.parent}: {e.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"output folder is not writable: {out.parent}")
+    finally:
+        for d in missing:
+            if d.is_dir():
+                d.rmdir()
     return out
 
 
@@ -161,15 +327,16 @@ def json_safe(d: dict) -> dict:
 
 
 def save_local_dir(model, folder: str | os.PathLike, architecture: str, model_args: dict, pretrained_cfg: dict,
-                   extra: dict | None = None, write_more=None) -> Path:
+                   extra: dict | None = None, write_more=None, replace: bool = True) -> Path:
     """Write a timm local-dir folder (config.json + model.safetensors) atomically: it is
     built in a temp folder beside the target and renamed into place. ``write_more(tmp)``
     may add files before the rename and returns more metadata for config.json."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    with staged_folder(folder) as tmp:
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    check_finite(sd, f"model {folder.name}")
+    with staged_folder(folder, replace=replace) as tmp:
         save_file(sd, str(tmp / "model.safetensors"))
         if write_more is not None:
             extra = {**(extra or {}), **(write_more(tmp) or {})}

@@ -173,6 +173,7 @@ def train_descendants(pm: PoolModel, train_specs: list[DescSpec], spec: Assemble
     if spec.epochs is None:
         spec.epochs = DEFAULT_EPOCHS["target" if len(train_specs) == 1 else "all"]
     targs.max_epochs = spec.epochs
+    targs.label = "assemble" if len(train_specs) > 1 else f"assemble {train_specs[0].id}"
     if targs.strategy == "ddp":
         # one sampled descendant per step leaves the other stitches without gradients
         targs.strategy = "ddp_find_unused_parameters_true"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -114,8 +116,44 @@ class TrainerArgs:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str | None = None
-    progress: bool = True
+    progress: bool = True  # a progress bar (a terminal)
+    log_lines: bool = False  # a line per epoch on stderr (a log: no terminal to draw a bar on)
+    label: str = "train"  # what the lines and errors call this run ("build-pool narrow", ...)
     extra: dict = field(default_factory=dict)
+
+
+class EpochLines(L.Callback):
+    """One line per epoch on stderr (rank 0): what a log wants instead of a progress bar."""
+
+    def __init__(self, label: str):
+        self.label, self.t0 = label, 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            vals = ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
+            total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+            print(f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
+                  f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+class FiniteLoss(L.Callback):
+    """Stop a run whose loss went NaN or inf, in one line, before anything is written.
+    Checked on the epoch's mean loss (one device sync an epoch, not one a step)."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        from learngene.core.errors import UserError
+
+        for k, v in trainer.callback_metrics.items():
+            if "loss" in k and v.numel() == 1 and not torch.isfinite(v).all():
+                raise UserError(f"{self.label}: training diverged at epoch {trainer.current_epoch + 1} ({k} is {float(v)}): "
+                                "nothing written; lower the learning rate or check the weights and data")
 
 
 def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None = None, **overrides) -> L.Trainer:
@@ -138,6 +176,7 @@ def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None =
         kw["precision"] = args.precision
     kw.update(args.extra)
     kw.update(overrides)
+    kw["callbacks"] = [FiniteLoss(args.label), *([EpochLines(args.label)] if args.log_lines else []), *kw.get("callbacks", [])]
     quiet_lightning()
     return L.Trainer(**kw)
 
@@ -174,3 +213,36 @@ def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=
             correct[k] += h
         n += len(y)
     return {f"top{k}": 100.0 * correct[k] / max(n, 1) for k in topk}
+
+
+@torch.no_grad()
+def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-logit features, logits and labels over a loader, in one pass (timm's
+    forward_features -> forward_head(pre_logits=True) -> head)."""
+    model.eval().to(device)
+    feats, logits, labels = [], [], []
+    for x, y in loader:
+        f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
+        feats.append(f.float().cpu())
+        logits.append(model.head(f).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(logits), torch.cat(labels)
+
+
+def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+             k: int = 20, temperature: float = 0.07) -> float:
+    """DINO's weighted kNN classifier on L2-normalised features: the k nearest training
+    features by cosine similarity (faiss IndexFlatIP) vote with weight exp(sim / T)."""
+    import faiss  # lazily: faiss and torch can clash over OpenMP depending on import order
+
+    tr = F.normalize(train_f.float(), dim=1).numpy()
+    te = F.normalize(test_f.float(), dim=1).numpy()
+    index = faiss.IndexFlatIP(tr.shape[1])
+    index.add(tr)
+    k = min(k, len(tr))
+    sims, idx = index.search(te, k)
+    sims, idx = torch.from_numpy(sims), torch.from_numpy(idx).long()
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    votes = torch.zeros(len(te), n_cls)
+    votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+    return round(100 * (votes.argmax(1) == test_y).float().mean().item(), 2)

@@ -220,6 +220,7 @@ def ligo(small: nn.Module, dm, steps: int = 100, embed_dim=None, depth=None, num
         L.seed_everything(seed, verbose=False)
         module = ligo_module(op, template, lr=lr)
         targs = trainer_args or TrainerArgs(progress=False)
+        targs.label = "grow: LiGO operator"
         dm.setup("fit")
         make_trainer(targs, max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader())
     return materialise(op, template)

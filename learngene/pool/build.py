@@ -10,6 +10,7 @@ renamed into place. So an interrupted build never leaves a half-written pool, an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,12 +22,13 @@ import torch
 from learngene.core import __version__
 from learngene.core.data import LearngeneDataModule
 from learngene.core.errors import UserError
-from learngene.core.io import check_output, write_json_atomic
+from learngene.core.io import check_finite, check_output, lock, save_tensors, write_json_atomic
 from learngene.core.loading import LoadedModel
 from learngene.core.training import TrainerArgs, evaluate, make_trainer
+from learngene.core.vit import ViTView, is_block_piece, split_pieces
 from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
 from learngene.pool.recipe import Recipe, load_recipe, validate
-from learngene.pool.store import FORMAT, FORMAT_VERSION, Pool, finalize, write_aux
+from learngene.pool.store import FORMAT, FORMAT_VERSION, MANIFEST, Pool
 
 RECIPES = Path(__file__).resolve().parents[2] / "pools"
 DEFAULT_RECIPE = "embedded"
@@ -84,9 +86,6 @@ def build_pool(
     """Build a pool and return it opened (None on DDP ranks other than 0). A random-init
     ancestor is refused (distilling it builds a meaningless pool) unless
     ``allow_random_init`` (tests of the mechanics)."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(resolve_recipe_path(recipe), list(overrides))
     if epochs is not None:
         if epochs < 1:
@@ -102,6 +101,7 @@ def build_pool(
     if ancestor.source == "random-init" and not allow_random_init:
         raise UserError(f"ancestor {ancestor.name} has no weights: pass --pretrained or --checkpoint FILE "
                         "(distilling a random-init model would build a meaningless pool)")
+    check_finite(ancestor.model.state_dict(), f"ancestor {ancestor.name} ({ancestor.source})")
     validate(rec, ancestor.view.depth)
     if isinstance(data, LearngeneDataModule):
         dm = data
@@ -109,6 +109,10 @@ def build_pool(
     else:
         dm = LearngeneDataModule(data, batch_size=rec.distill.batch_size, num_workers=num_workers)
     if not dm.embedded:
+        from learngene.core.ancestry import ancestor_for
+
+        dm.for_model(ancestor.data_config)
+        ancestor = ancestor_for(ancestor, dm)  # the one fitted to the data's classes, when the head has others
         dm.for_model(ancestor.data_config)
     elif ancestor.view.shape.img_size != dm.img_size:
         raise UserError(f"the embedded digits are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
@@ -120,9 +124,50 @@ def build_pool(
     key = {"recipe": rec.to_dict(), "ancestor_sha256": ancestor.checksum, "data": dm.fingerprint()}
     targs = trainer_args or TrainerArgs()
     rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-    stage = out.with_name(f".{out.name}.partial")
-    if rank0:
-        stage = _stage(out, key, resume, force)
+    with contextlib.ExitStack() as held:
+        stage = out.with_name(f".{out.name}.partial")
+        if rank0:
+            # one builder of this pool at a time, for the whole build (a second one, --force or
+            # not, would delete or overwrite the first one's staging folder)
+            held.enter_context(lock(out.with_name(f".{out.name}.lock"), f"pool {out}", wait=False))
+            if force and out.exists():
+                say_what_force_deletes(out)
+            fresh = not (resume and stage.exists())
+            stage = _stage(out, key, resume, force)
+        try:
+            fragments = _distil(rec, stage, ancestor, dm, targs, resume, callbacks)
+        except Exception:
+            # nothing to resume (no auxiliary model finished, no checkpoint): leave nothing behind
+            if rank0 and fresh and not list(stage.glob("*.done.json")) and not list(stage.glob("checkpoints/*/*.ckpt")):
+                shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if not rank0:
+            return None
+        return _write(rec, stage, out, ancestor, dm, fragments, force)
+
+
+def say_what_force_deletes(out: Path) -> None:
+    """--force replaces a pool: say, in one line, what goes with it."""
+    import sys
+
+    try:
+        old = Pool.open(out, verify=False)
+        revisions = len(old.revisions)
+    except UserError:
+        revisions = 0
+    counts = {"revision": revisions}
+    for sub, what in (("children", "child"), ("reports", "report"), ("adapters", "delta")):
+        d = out / sub
+        counts[what] = len([p for p in d.iterdir() if not p.name.startswith(".")]) if d.is_dir() else 0
+    lost = [f"{n} {w}{'ren' if w == 'child' and n != 1 else 's' if n != 1 else ''}" for w, n in counts.items() if n]
+    if lost:
+        print(f"learngene: --force replaces pool {out}: its {', '.join(lost)} go with it", file=sys.stderr)
+
+
+def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> dict:
+    """Distil every auxiliary model of the recipe not finished yet; their manifest fragments."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     fragments = {}
     for spec in rec.auxiliary:
@@ -136,7 +181,7 @@ def build_pool(
         ckpt_dir = stage / "checkpoints" / spec.name
         # The newest epoch only; last.ckpt links to it (no second copy of a large model).
         ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch}", save_last="link", save_top_k=1)
-        targs.max_epochs = spec.epochs
+        targs.max_epochs, targs.label = spec.epochs, f"build-pool {spec.name}"
         extra = {"max_steps": rec.distill.max_steps} if rec.distill.max_steps > 0 else {}
         trainer = make_trainer(targs, default_root_dir=stage, enable_checkpointing=True,
                                callbacks=[ckpt, *(callbacks or [])], **extra)
@@ -169,8 +214,10 @@ def build_pool(
         fragments[spec.name] = write_aux(stage, spec.name, student, maps, meta)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-    if not rank0:
-        return None
+    return fragments
+
+
+def _write(rec, stage: Path, out: Path, ancestor, dm, fragments: dict, force: bool) -> Pool:
     info = ancestor.info()
     manifest = {
         "format": FORMAT,
@@ -193,3 +240,49 @@ def build_pool(
     }
     finalize(stage, out, manifest, force)
     return Pool.open(out)
+
+
+def write_aux(stage: Path, aux: str, model: nn.Module, maps: dict[str, torch.Tensor], spec_meta: dict) -> dict:
+    """Write one finished auxiliary model's instances and components into the staging folder
+    and return its manifest fragment (also saved there, so a resumed build keeps it)."""
+    shape = ViTView(model).shape
+    instances, components = [], []
+    for name, tensors in split_pieces(model.state_dict()).items():
+        params = sum(v.numel() for v in tensors.values())
+        if name.startswith("b") and name[1:].isdigit():
+            file = f"instances/{aux}.{name}.safetensors"
+            instances.append({
+                "id": f"{aux}.{name}", "source": aux, "width": shape.embed_dim, "heads": shape.num_heads,
+                "block": int(name[1:]), "file": file, "sha256": save_tensors(stage / file, tensors), "params": params,
+            })
+        else:
+            file = f"components/{aux}.{name}.safetensors"
+            components.append({"id": f"{aux}.{name}", "source": aux, "kind": name, "file": file,
+                               "sha256": save_tensors(stage / file, tensors), "params": params})
+    file = f"components/{aux}.maps.safetensors"
+    components.append({"id": f"{aux}.maps", "source": aux, "kind": "maps", "file": file,
+                       "sha256": save_tensors(stage / file, maps), "params": sum(v.numel() for v in maps.values())})
+    instances.sort(key=lambda e: e["block"])
+    fragment = {"aux": spec_meta, "instances": instances, "components": components}
+    write_json_atomic(stage / f"{aux}.done.json", fragment)
+    return fragment
+
+
+def finalize(stage: Path, out: Path, manifest: dict, force: bool) -> Path:
+    """Write the manifest last, then move the staged folder into place in one rename."""
+    for leftover in list(stage.glob("*.done.json")) + [stage / "checkpoints"]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover.exists():
+            leftover.unlink()
+    write_json_atomic(stage / MANIFEST, manifest)
+    old = None
+    if out.exists():
+        if not force:
+            raise UserError(f"pool exists: {out} (pass --force to replace it)")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from learngene.core.errors import UserError
+from learngene.core.io import check_name
 
 POSITIONS = ("end", "front,end")
 INITS = ("random", "ancestor")
@@ -72,6 +73,10 @@ def _typed(cls, values: dict, where: str):
                 raise UserError(f"recipe field {where}.{k} must be a number, got {v!r}") from None
         elif type(default) is int and isinstance(v, float) and v.is_integer():
             v = int(v)
+        elif isinstance(default, str) and not isinstance(v, str):
+            raise UserError(f"recipe field {where}.{k} must be text, got {v!r}")
+        if type(default) is int and (not isinstance(v, int) or isinstance(v, bool)):
+            raise UserError(f"recipe field {where}.{k} must be an integer, got {v!r}")
         out[k] = v
     return out
 
@@ -85,9 +90,16 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
     aux = d.get("auxiliary") or {}
     if not isinstance(aux, dict) or not aux:
         raise UserError(f"{source}: 'auxiliary' must map names to auxiliary model settings")
+    for section in ("distill",):
+        if d.get(section) is not None and not isinstance(d[section], dict):
+            raise UserError(f"{source}: '{section}' must be a mapping of settings, got {d[section]!r}")
+    check_name(str(d.get("name", Path(source).stem)), f"{source}: recipe name")
     try:
         specs = []
         for name, vals in aux.items():
+            check_name(str(name), f"{source}: auxiliary model name")
+            if vals is not None and not isinstance(vals, dict):
+                raise UserError(f"{source}: auxiliary.{name} must be a mapping of settings, got {vals!r}")
             vals = dict(vals or {})
             for req in ("embed_dim", "num_heads"):
                 if req not in vals:
@@ -96,8 +108,8 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         distill = DistillSpec(**_typed(DistillSpec, dict(d.get("distill") or {}), "distill"))
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None
-    return Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")),
-                  auxiliary=specs, distill=distill, source=source)
+    return validate(Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")),
+                           auxiliary=specs, distill=distill, source=source))
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -118,7 +130,10 @@ def apply_overrides(d: dict, overrides, source: str) -> dict:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {key}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
         parts = key.strip().split(".")
         targets = [d]
         for part in parts[:-1]:
@@ -136,7 +151,10 @@ def apply_overrides(d: dict, overrides, source: str) -> dict:
     return d
 
 
-def validate(recipe: Recipe, ancestor_depth: int) -> None:
+def validate(recipe: Recipe, ancestor_depth: int | None = None) -> Recipe:
+    """Refuse a recipe that cannot build a pool, in one line naming the field; all but the
+    depth check (which needs the ancestor) run when the recipe is read, before any model is
+    loaded."""
     source = recipe.source
     names = [a.name for a in recipe.auxiliary]
     if len(set(names)) != len(names):
@@ -149,7 +167,7 @@ def validate(recipe: Recipe, ancestor_depth: int) -> None:
                 raise UserError(f"{where}.{k} must be a positive integer, got {v!r}")
         if a.embed_dim % a.num_heads:
             raise UserError(f"{where}: width {a.embed_dim} is not divisible by its {a.num_heads} heads")
-        if a.depth > ancestor_depth:
+        if ancestor_depth is not None and a.depth > ancestor_depth:
             raise UserError(f"{where}: depth {a.depth} is deeper than the ancestor's {ancestor_depth} blocks")
         if a.positions not in POSITIONS:
             raise UserError(f"{where}.positions must be one of {', '.join(POSITIONS)}, got {a.positions!r}")
@@ -157,8 +175,11 @@ def validate(recipe: Recipe, ancestor_depth: int) -> None:
             raise UserError(f"{where}.init must be one of {', '.join(INITS)}, got {a.init!r}")
         if not (isinstance(a.lr, float) and a.lr > 0):
             raise UserError(f"{where}.lr must be a positive number, got {a.lr!r}")
+        if not (isinstance(a.mlp_ratio, float) and 0 < a.mlp_ratio <= 64):
+            raise UserError(f"{where}.mlp_ratio must be a number in (0, 64], got {a.mlp_ratio!r}")
     d = recipe.distill
     if not 0 <= d.alpha <= 1:
         raise UserError(f"{source}: distill.alpha must be in [0, 1], got {d.alpha}")
     if d.temperature <= 0 or d.batch_size < 1:
         raise UserError(f"{source}: distill.temperature and distill.batch_size must be positive")
+    return recipe

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,15 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import UserError
-from learngene.core.io import file_sha256, load_tensors, save_tensors, staged_folder, write_json_atomic
-from learngene.core.vit import is_block_piece, join_pieces, split_pieces
+from learngene.core.io import (file_sha256, inside, is_locked, load_tensors, lock, nonfinite, real_folder, save_tensors,
+                               staged_folder, write_json_atomic)
+from learngene.core.vit import join_pieces
 
 FORMAT = "learngene-pool"
 FORMAT_VERSION = 1
 MANIFEST = "pool.json"
+LOCK = ".lock"
+SUBDIRS = ("instances", "components", "revisions", "children", "reports", "adapters")
 
 
 @dataclass
@@ -48,18 +52,40 @@ class Pool:
             raise UserError(f"pool not found: {p}")
         if not mf.is_file():
             raise UserError(f"not a pool (no {MANIFEST}): {p}")
+        pool = cls(p, cls._read(p))
+        if verify:
+            pool.verify()
+        return pool
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        from learngene.pool.schema import validate
+
+        mf = path / MANIFEST
         try:
             manifest = json.loads(mf.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"corrupt manifest {mf}: {e.msg} at line {e.lineno}") from None
-        if manifest.get("format") != FORMAT:
-            raise UserError(f"{mf} is not a learngene pool manifest")
-        if manifest.get("version", 0) > FORMAT_VERSION:
-            raise UserError(f"{mf} has format version {manifest['version']}; this learngene reads up to {FORMAT_VERSION}")
-        pool = cls(p, manifest)
-        if verify:
-            pool.verify()
-        return pool
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read manifest {mf}: {getattr(e, 'strerror', None) or e}") from None
+        return validate(manifest, mf)
+
+    @contextmanager
+    def writing(self, what: str = "", wait: bool = True):
+        """The pool's lock, held while a writer reads, changes and rewrites pool.json (and
+        puts its files in place): a second writer waits (or, ``wait=False``, is refused in
+        one line), and nothing it recorded is lost. The manifest is re-read under the lock."""
+        with lock(self.path / LOCK, f"pool {self.path}{what}", wait=wait):
+            self.manifest = self._read(self.path)
+            yield self
+
+    def folder(self, name: str) -> Path:
+        """A folder of the pool learngene writes into (refused when it is a symlink out)."""
+        return real_folder(self.path / name, f"pool folder {name}/")
+
+    def file(self, rel: str) -> Path:
+        """A file named by the manifest, confined to the pool."""
+        return inside(self.path, rel, f"pool file")
 
     def files(self) -> list[dict]:
         out = list(self.manifest["instances"]) + list(self.manifest["components"])
@@ -67,15 +93,54 @@ class Pool:
             out += rev["files"]
         return out
 
-    def verify(self) -> int:
-        """Re-hash every file; raise naming the first one that is missing or altered."""
+    def verify(self, finite: bool = False) -> int:
+        """Re-hash every file; raise naming the first one that is missing or altered (and,
+        with ``finite``, holds NaN or inf)."""
         for entry in self.files():
-            f = self.path / entry["file"]
-            if not f.is_file():
+            f = self.file(entry["file"])
+            if not f.is_file() or f.is_symlink():
                 raise UserError(f"pool file missing: {f}")
             if file_sha256(f) != entry["sha256"]:
                 raise UserError(f"pool file fails its checksum (altered or corrupt): {f}")
+            if finite:
+                bad = nonfinite(self.tensors(entry["file"]))
+                if bad:
+                    raise UserError(f"pool file holds {bad[1]} non-finite value(s) (NaN/inf) in {bad[0]}: {f}")
         return len(self.files())
+
+    def leftovers(self) -> list[Path]:
+        """What interrupted writers left (staging folders, temp files, revision folders the
+        manifest does not list): every reader ignores them; `pool verify --clean` removes them."""
+        def stale(p: Path) -> bool:  # hidden, and not a lock (locks belong to live writers)
+            return p.name.startswith(".") and not p.name.endswith(".lock")
+
+        out = [p for p in self.path.iterdir() if stale(p)]
+        for sub in SUBDIRS:
+            d = self.path / sub
+            if d.is_dir() and not d.is_symlink():
+                out += [p for p in d.iterdir() if stale(p)]
+        revs = self.path / "revisions"
+        if revs.is_dir() and not revs.is_symlink():
+            known = {r["id"] for r in self.revisions}
+            out += [p for p in revs.iterdir() if not p.name.startswith(".") and p.name not in known]
+        return sorted(out)
+
+    def clean(self) -> list[Path]:
+        """Remove the leftovers (refused while another writer holds the pool)."""
+        with self.writing(" (cleaning)", wait=False):
+            gone = self.leftovers()
+            for p in gone:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return gone
+
+    def check_writable(self) -> None:
+        for name in ("", "revisions", "children"):
+            d = self.folder(name) if name else self.path
+            if d.exists() and not os.access(d, os.W_OK):
+                raise UserError(f"pool folder {d} is not writable: nothing can be recorded there")
+
+    def busy(self) -> bool:
+        return is_locked(self.path / LOCK)
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -87,7 +152,7 @@ class Pool:
         return self.manifest["auxiliary"]
 
     def tensors(self, file: str) -> dict[str, torch.Tensor]:
-        return load_tensors(self.path / file)
+        return load_tensors(self.file(file))
 
     # -- what the pool was made from -----------------------------------------------------------
     @property
@@ -208,7 +273,7 @@ class Pool:
         if aux not in self.auxiliary:
             raise UserError(f"pool {self.path} has no auxiliary model {aux!r} (has: {', '.join(self.auxiliary)})")
         meta = self.auxiliary[aux]
-        model = timm.create_model(meta["architecture"], **meta["model_args"])
+        model = timm.create_model(meta["architecture"], pretrained=False, **meta["model_args"])
         pieces = {"embed": self.component(aux, "embed", revision), "head": self.component(aux, "head", revision)}
         for b in range(meta["model_args"]["depth"]):
             pieces[f"b{b}"] = self.instance(aux, b, revision)
@@ -251,25 +316,27 @@ class Pool:
     def add_revision(self, files: dict[str, tuple[dict, dict[str, torch.Tensor]]], record: dict) -> dict:
         """Write a new revision: ``files`` maps a file name inside the revision folder to
         (entry fields, tensors). The folder is staged and renamed into place, then the
-        manifest is rewritten atomically; earlier revisions and the originals are untouched."""
-        root = self.path / "revisions"
-        root.mkdir(exist_ok=True)
-        taken = {r["id"] for r in self.revisions} | {p.name for p in root.iterdir()}
-        n = 1
-        while f"r{n}" in taken:
-            n += 1
-        rid = f"r{n}"
-        entries = []
-        with staged_folder(root / rid) as stage:
-            for name, (fields, tensors) in files.items():
-                sha = save_tensors(stage / name, tensors)
-                entries.append({**fields, "file": f"revisions/{rid}/{name}", "sha256": sha,
-                                "params": sum(v.numel() for v in tensors.values())})
-        rec = {"id": rid, **record, "files": entries}
-        manifest = json.loads(json.dumps(self.manifest))
-        manifest.setdefault("revisions", []).append(rec)
-        write_json_atomic(self.path / MANIFEST, manifest)
-        self.manifest = manifest
+        manifest is rewritten atomically; earlier revisions and the originals are untouched.
+        Under the pool's lock: two assembles at once each get their own revision."""
+        with self.writing(" (a revision)"):
+            root = self.folder("revisions")
+            root.mkdir(exist_ok=True)
+            taken = {r["id"] for r in self.revisions} | {p.name for p in root.iterdir()}
+            n = 1
+            while f"r{n}" in taken:
+                n += 1
+            rid = f"r{n}"
+            entries = []
+            with staged_folder(root / rid) as stage:
+                for name, (fields, tensors) in files.items():
+                    sha = save_tensors(stage / name, tensors)
+                    entries.append({**fields, "file": f"revisions/{rid}/{name}", "sha256": sha,
+                                    "params": sum(v.numel() for v in tensors.values())})
+            rec = {"id": rid, **record, "files": entries}
+            manifest = json.loads(json.dumps(self.manifest))
+            manifest.setdefault("revisions", []).append(rec)
+            write_json_atomic(self.path / MANIFEST, manifest)
+            self.manifest = manifest
         return rec
 
     def copy_as_distilled(self, dst: str | os.PathLike) -> "Pool":
@@ -291,51 +358,3 @@ class Pool:
             {k: e[k] for k in ("id", "source", "width", "heads", "block", "params", "file")}
             for e in self.instances
         ]
-
-
-def write_aux(stage: Path, aux: str, model: nn.Module, maps: dict[str, torch.Tensor], spec_meta: dict) -> dict:
-    """Write one finished auxiliary model's instances and components into the staging folder
-    and return its manifest fragment (also saved there, so a resumed build keeps it)."""
-    from learngene.core.vit import ViTView
-
-    shape = ViTView(model).shape
-    instances, components = [], []
-    for name, tensors in split_pieces(model.state_dict()).items():
-        params = sum(v.numel() for v in tensors.values())
-        if name.startswith("b") and name[1:].isdigit():
-            file = f"instances/{aux}.{name}.safetensors"
-            instances.append({
-                "id": f"{aux}.{name}", "source": aux, "width": shape.embed_dim, "heads": shape.num_heads,
-                "block": int(name[1:]), "file": file, "sha256": save_tensors(stage / file, tensors), "params": params,
-            })
-        else:
-            file = f"components/{aux}.{name}.safetensors"
-            components.append({"id": f"{aux}.{name}", "source": aux, "kind": name, "file": file,
-                               "sha256": save_tensors(stage / file, tensors), "params": params})
-    file = f"components/{aux}.maps.safetensors"
-    components.append({"id": f"{aux}.maps", "source": aux, "kind": "maps", "file": file,
-                       "sha256": save_tensors(stage / file, maps), "params": sum(v.numel() for v in maps.values())})
-    instances.sort(key=lambda e: e["block"])
-    fragment = {"aux": spec_meta, "instances": instances, "components": components}
-    write_json_atomic(stage / f"{aux}.done.json", fragment)
-    return fragment
-
-
-def finalize(stage: Path, out: Path, manifest: dict, force: bool) -> Path:
-    """Write the manifest last, then move the staged folder into place in one rename."""
-    for leftover in list(stage.glob("*.done.json")) + [stage / "checkpoints"]:
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        elif leftover.exists():
-            leftover.unlink()
-    write_json_atomic(stage / MANIFEST, manifest)
-    old = None
-    if out.exists():
-        if not force:
-            raise UserError(f"pool exists: {out} (pass --force to replace it)")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
