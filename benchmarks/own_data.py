@@ -50,7 +50,7 @@ def write_image(arr: np.ndarray, path: Path, mode: str, size: int) -> None:
     if mode == "RGBA":  # the silhouette opaque, the rest transparent (what a cut-out icon looks like)
         im = Image.merge("RGBA", (im, im, im, im.point(lambda v: 255 if v > 16 else 0)))
     elif mode == "I;16":
-        im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257, "I;16")
+        im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257)  # a 16-bit PNG
     elif mode != "L":
         im = im.convert(mode)
     im.save(path)
