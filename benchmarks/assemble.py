@@ -39,6 +39,19 @@ def copy_as_distilled(pool_dir: Path, dst: Path) -> Path:
     return Pool.open(pool_dir).copy_as_distilled(dst).path
 
 
+def joint(pool_dir: Path, seed: int, init: str) -> dict:
+    from learngene.assemble import assemble
+    from learngene.core.joint import AssembleSpec
+
+    with tempfile.TemporaryDirectory() as d:
+        p = copy_as_distilled(pool_dir, Path(d) / "pool")
+        t0 = time.perf_counter()
+        res = assemble(p, train="all", init=init, spec=AssembleSpec(seed=seed), trainer_args=quiet(), progress=lambda m: None)
+        wall = time.perf_counter() - t0
+    return {"rows": res.rows, "seconds": wall, "best_epoch": res.trained["best"]["epoch"],
+            "history": [round(h["mean"], 2) for h in res.trained["history"]]}
+
+
 def scratch(pool_dir: Path, seed: int, epochs: int, share: bool = False) -> dict:
     """Every descendant architecture from random init, alone, CE, lr 1e-3
     (learngene.baselines.scratch). ``share``: each gets its share of the joint run's

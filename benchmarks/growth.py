@@ -24,7 +24,6 @@ import argparse
 import copy
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch

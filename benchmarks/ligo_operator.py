@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch

@@ -3,7 +3,9 @@ kit round trip, and target from a device's latency file. Writes
 benchmarks/results/runtimes.{md,json}.
 
     learngene build-pool && learngene assemble --all      # once (a copy is assembled if not)
-    python benchmarks/runtimes.py [--pool pools/embedded] [--runs 3]
+    python benchmarks/runtimes.py [--pool pools/embedded] [--runs 3] [--parts runtimes,kit,targets]
+
+(--parts reruns some of the three below and keeps the others' results from runtimes.json.)
 
 1. `bench_pool` with torch fp32 and ONNX Runtime fp32 / int8 / int8-static, the descendants
    and the ancestor, batch 1 and 8, 2 threads, --runs times: per member the median latency
@@ -190,18 +192,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", default="pools/embedded")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--parts", default="runtimes,kit,targets")
     a = ap.parse_args()
+    parts = a.parts.split(",")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
+    old = RESULTS / "runtimes.json"
+    res = json.loads(old.read_text()) if set(parts) != {"runtimes", "kit", "targets"} and old.is_file() else {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         pool = assembled_copy(Path(a.pool), work)
-        got = runtimes(pool, a.runs)
-        res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, 2 threads", "runs": a.runs,
-               "summary": summarise(got["frames"], got["meta"]), "meta": got["meta"], "export_checks": export_checks()}
-        res["kit"] = kit_round_trip(pool, work)
-        print(res["kit"], flush=True)
-        res["targets"] = targets(pool, work)
+        if "runtimes" in parts:
+            got = runtimes(pool, a.runs)
+            res.update({"machine": f"{cpu_name()}, {os.cpu_count()} cores, 2 threads", "runs": a.runs,
+                        "summary": summarise(got["frames"], got["meta"]), "meta": got["meta"], "export_checks": export_checks()})
+        if "kit" in parts or "targets" in parts:
+            res["kit"] = kit_round_trip(pool, work)
+            print(res["kit"], flush=True)
+        if "targets" in parts:
+            res["targets"] = targets(pool, work)
     res["seconds"] = time.perf_counter() - t0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "runtimes.json").write_text(json.dumps(res, indent=2, default=str))

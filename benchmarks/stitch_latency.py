@@ -15,7 +15,6 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import torch

@@ -15,7 +15,6 @@ Stages never import one another; this module is where they meet.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,13 +168,10 @@ def read_latency_file(path, pool: Pool) -> dict:
     whose files differ)."""
     from learngene.bench.probe import LATENCY_FORMAT
 
+    from learngene.core.io import read_json
+
     p = Path(path)
-    try:
-        lat = json.loads(p.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read latency file {p}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"latency file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    lat = read_json(p, "latency file")
     if not isinstance(lat, dict) or lat.get("format") != LATENCY_FORMAT or not isinstance(lat.get("rows"), list):
         raise UserError(f"{p} is not a latency file written by probe.py")
     kit = lat.get("kit") or {}

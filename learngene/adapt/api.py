@@ -9,7 +9,6 @@ for a folder or checkpoint, ``embedded``, a timm name).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

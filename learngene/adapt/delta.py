@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,10 +246,9 @@ def read_meta(folder: Path) -> dict:
     for name in (CONFIG, WEIGHTS, META):
         if not (folder / name).is_file():
             raise UserError(f"not a learngene delta (no {name}): {folder}")
-    try:
-        meta = json.loads((folder / META).read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt delta metadata {folder / META}: {e}") from None
+    from learngene.core.io import read_json
+
+    meta = read_json(folder / META, "delta metadata")
     missing = [k for k in ("method", "r", "targets", "train_head", "num_classes", "base_checksum", "delta_sha256")
                if not isinstance(meta, dict) or k not in meta]
     if missing:

@@ -114,6 +114,10 @@ def bench(
                       "flops": m.flops, "infer_gmacs": m.flops / 2e9, "infer_img_size": m.img_size}
         bar.update(1)
     rows, warns = [], []
+    if any(rt.name == "onnxruntime" for rt, _ in pairs):  # every ONNX file at once, a worker per core
+        from learngene.core.export import prefetch_onnx
+
+        prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members])
     for rt, prec in pairs:
         runners = {}
         for m in members:

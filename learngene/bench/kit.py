@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from learngene.core.export import calibration_of, check_precisions, onnx_accuracy, onnx_file
+from learngene.core.export import calibration_of, check_precisions, onnx_accuracy, onnx_file, prefetch_onnx
 from learngene.core.io import check_output, file_sha256, staged_folder
 
 KIT_FORMAT = "learngene-kit"
@@ -30,6 +30,8 @@ def write_kit(members, dm, out, *, identity: dict, precisions=("fp32", "int8"), 
     calibration = calibration_of(dm) if "int8-static" in precisions else None
     entries = []
     t0 = time.perf_counter()
+    prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members])
+    progress(f"kit: {len(members)} members exported to ONNX, {time.perf_counter() - t0:.0f} s")
     with staged_folder(out) as stage:
         for m in members:
             m.static()

@@ -58,17 +58,6 @@ def peak_memory_mib(model: nn.Module, x: torch.Tensor) -> float | None:
         model(x)
         torch.cuda.synchronize(x.device)
         return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-        before = _status_kib("VmRSS")
-        model(x)
-        return max(_status_kib("VmHWM") - before, 0) / 1024
-    except OSError:
-        return None
+    from learngene.bench.probe import peak_rss_mib
 
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(field)
+    return peak_rss_mib(lambda: model(x))

@@ -42,7 +42,7 @@ def _recipe(epochs: int | None = None, seed: int | None = None) -> dict:
 
 
 def _recipe_key(recipe: dict) -> str:
-    from learngene.core.data import DIGITS_IMG_SIZE, DIGITS_SPLIT_SEED
+    from learngene.core.sources import DIGITS_IMG_SIZE, DIGITS_SPLIT_SEED
 
     blob = json.dumps([EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, recipe, DIGITS_SPLIT_SEED, DIGITS_IMG_SIZE], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

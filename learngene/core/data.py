@@ -30,8 +30,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from learngene.core.errors import UserError
-from learngene.core.sources import (DIGITS_IMG_SIZE, DIGITS_SPLIT_SEED, DIGITS_TASKS, EMBEDDED, AnimalsSource,  # noqa: F401
-                                    DigitsSource, ImageFolderSource, Split, digits_data_config, digits_splits)
+from learngene.core.sources import AnimalsSource, DigitsSource, EMBEDDED, ImageFolderSource
+# the embedded digits, as the rest of learngene reads them from here
+from learngene.core.sources import digits_data_config, digits_splits  # noqa: F401
 
 # --------------------------------------------------------------------------- the registry
 

@@ -156,6 +156,39 @@ def _quantize(fp32: Path, out: Path, precision: str, calibration: torch.Tensor |
             f.unlink(missing_ok=True)
 
 
+def _cache_paths(model: nn.Module, img_size: int) -> tuple[Path, Path]:
+    sha = state_dict_sha256(model.state_dict())[:20]
+    cache = home() / "onnx"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / f"{sha}-{img_size}px.onnx", cache / f"{sha}-{img_size}px.json"
+
+
+def _export_job(model: nn.Module, img_size: int, name: str) -> None:
+    """One fp32 export into the cache, in a worker process (one thread: the workers share the cores)."""
+    torch.set_num_threads(1)
+    fp32, meta = _cache_paths(model, img_size)
+    if not (fp32.is_file() and meta.is_file()):
+        meta.write_text(json.dumps(_export_fp32(model, fp32, img_size, name)))
+
+
+def prefetch_onnx(jobs: list[tuple[nn.Module, int, str]]) -> None:
+    """Export the fp32 ONNX files of several models (model, img_size, name) not cached yet,
+    a worker process per core: the exporter is single-threaded Python, and a kit of 18
+    members spent most of its time exporting one after the other."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = [j for j in jobs if not all(p.is_file() for p in _cache_paths(j[0], j[1]))]
+    workers = min(len(todo), os.cpu_count() or 1, 4)
+    if workers < 2:
+        for job in todo:
+            _export_job(*job)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for _ in ex.map(_export_job, *zip(*todo)):
+            pass
+
+
 def onnx_file(model: nn.Module, img_size: int, precision: str = "fp32", calibration: torch.Tensor | None = None,
               calibration_key: str = "", name: str = "model") -> tuple[Path, dict]:
     """(path, record) of the model's ONNX file at a precision, from the cache when the same
@@ -163,11 +196,7 @@ def onnx_file(model: nn.Module, img_size: int, precision: str = "fp32", calibrat
     import onnxruntime
 
     check_precisions([precision])
-    sha = state_dict_sha256(model.state_dict())[:20]
-    cache = home() / "onnx"
-    cache.mkdir(parents=True, exist_ok=True)
-    fp32 = cache / f"{sha}-{img_size}px.onnx"
-    meta = cache / f"{sha}-{img_size}px.json"
+    fp32, meta = _cache_paths(model, img_size)
     if not (fp32.is_file() and meta.is_file()):
         rec = _export_fp32(model, fp32, img_size, name)
         meta.write_text(json.dumps(rec))
@@ -175,7 +204,7 @@ def onnx_file(model: nn.Module, img_size: int, precision: str = "fp32", calibrat
     path = fp32
     if precision != "fp32":
         key = hashlib.sha256(calibration_key.encode()).hexdigest()[:12] if precision == "int8-static" else "dyn"
-        path = cache / f"{sha}-{img_size}px.{precision}-{key}.onnx"
+        path = fp32.with_name(fp32.name.replace(".onnx", f".{precision}-{key}.onnx"))
         if not path.is_file():
             _quantize(fp32, path, precision, calibration)
         rec = {}

@@ -353,15 +353,24 @@ def save_local_dir(model, folder: str | os.PathLike, architecture: str, model_ar
     return folder
 
 
+def read_json(path: str | os.PathLike, what: str = ""):
+    """A JSON file's content, with one-line errors naming it (``what``: what it is)."""
+    f = Path(path)
+    name = f"{what} {f}".strip()
+    try:
+        return json.loads(f.read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {name}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{name} is not text") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"corrupt {name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def read_local_dir_config(folder: str | os.PathLike) -> dict:
     """config.json of a timm local-dir folder, with one-line errors."""
     f = Path(folder) / "config.json"
-    try:
-        cfg = json.loads(f.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read {f}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{f} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    cfg = read_json(f)
     if not isinstance(cfg, dict):
         raise UserError(f"{f} is not a timm config (a JSON object)")
     return cfg

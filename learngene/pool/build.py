@@ -242,14 +242,14 @@ def _write(rec, stage: Path, out: Path, ancestor, dm, fragments: dict, force: bo
     return Pool.open(out)
 
 
-def write_aux(stage: Path, aux: str, model: nn.Module, maps: dict[str, torch.Tensor], spec_meta: dict) -> dict:
+def write_aux(stage: Path, aux: str, model: torch.nn.Module, maps: dict[str, torch.Tensor], spec_meta: dict) -> dict:
     """Write one finished auxiliary model's instances and components into the staging folder
     and return its manifest fragment (also saved there, so a resumed build keeps it)."""
     shape = ViTView(model).shape
     instances, components = [], []
     for name, tensors in split_pieces(model.state_dict()).items():
         params = sum(v.numel() for v in tensors.values())
-        if name.startswith("b") and name[1:].isdigit():
+        if is_block_piece(name):
             file = f"instances/{aux}.{name}.safetensors"
             instances.append({
                 "id": f"{aux}.{name}", "source": aux, "width": shape.embed_dim, "heads": shape.num_heads,

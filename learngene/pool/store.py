@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import UserError
-from learngene.core.io import (file_sha256, inside, is_locked, load_tensors, lock, nonfinite, real_folder, save_tensors,
-                               staged_folder, write_json_atomic)
+from learngene.core.io import (file_sha256, inside, is_locked, load_tensors, lock, nonfinite, read_json, real_folder,
+                               save_tensors, staged_folder, write_json_atomic)
 from learngene.core.vit import join_pieces
 
 FORMAT = "learngene-pool"
@@ -62,13 +62,7 @@ class Pool:
         from learngene.pool.schema import validate
 
         mf = path / MANIFEST
-        try:
-            manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"corrupt manifest {mf}: {e.msg} at line {e.lineno}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read manifest {mf}: {getattr(e, 'strerror', None) or e}") from None
-        return validate(manifest, mf)
+        return validate(read_json(mf, "manifest"), mf)
 
     @contextmanager
     def writing(self, what: str = "", wait: bool = True):
@@ -85,7 +79,7 @@ class Pool:
 
     def file(self, rel: str) -> Path:
         """A file named by the manifest, confined to the pool."""
-        return inside(self.path, rel, f"pool file")
+        return inside(self.path, rel, "pool file")
 
     def files(self) -> list[dict]:
         out = list(self.manifest["instances"]) + list(self.manifest["components"])
