@@ -2,6 +2,7 @@
 refusal of another base and of a corrupt / missing delta file, the CLI, bench of deltas."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,24 @@ def test_a_new_class_count_needs_the_head(base_dir, tmp_path):
     ad = D.attach(base.model, "adapter", num_classes=3, train_head=True)
     assert out(ad.model).shape == (4, 3)
     assert state_dict_sha256(D.rollback(ad).state_dict()) == base.checksum
+
+
+def test_a_delta_goes_beside_its_base_and_records_a_base_that_resolves_anywhere(tmp_path, base_dir):
+    import shutil
+
+    from learngene.zoo import resolve
+
+    pool = tmp_path / "pool"
+    (pool / "children").mkdir(parents=True)
+    (pool / "pool.json").write_text("{}")  # only its presence makes the folder a pool here
+    shutil.copytree(base_dir, pool / "children" / "kid")
+    other = tmp_path / "elsewhere"
+    # a pool member, by POOL:MEMBER or by its folder: the delta goes to that pool, not to --pool
+    assert api.adapters_for(f"{pool}:kid", other) == pool / "adapters"
+    assert api.adapters_for(str(pool / "children" / "kid"), other) == (pool / "adapters").resolve()
+    assert api.adapters_for(str(base_dir), other) == other / "adapters"
+    member = resolve(str(pool / "children" / "kid"))
+    ref = api.base_ref(str(pool / "children" / "kid"), member)
+    assert ref["base"] == f"local-dir:{(pool / 'children' / 'kid').resolve()}" and not ref["base_in_pool"]
+    assert Path(ref["base"].split(":", 1)[1]).is_absolute()  # resolves from any working folder
+    assert resolve(ref["base"]).load().checksum == member.load().checksum

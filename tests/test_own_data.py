@@ -174,3 +174,20 @@ def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
     r = cli("assemble", "--pool", pool, "--data", more, "--config", "narrow", "--epochs", "0", "-q", "--no-program",
             "--workers", "0", "--accelerator", "cpu")
     assert r.returncode == 0 and "other files" in r.stderr, r.stderr
+
+
+def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
+    """The embedded ancestor knows ten digits; a folder of ten animals has as many classes but
+    not the same ones: build-pool must not distil the digit head into the pool."""
+    import timm
+
+    from learngene.core.io import save_local_dir
+
+    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    cfg = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 10, "crop_pct": 1.0,
+           "label_names": [str(i) for i in range(10)]}
+    save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), tmp_path / "digits", "deit_tiny_patch16_224", args, cfg)
+    animals = folder(tmp_path / "animals", per_class=3, classes=tuple(f"animal{i}" for i in range(10)))
+    r = cli("build-pool", "--ancestor", f"local-dir:{tmp_path / 'digits'}", "--data", animals, "--out", tmp_path / "p")
+    assert_one_line_error(r, "other classes", "--fine-tune")
+    assert not (tmp_path / "p").exists()

@@ -263,14 +263,18 @@ def fitted_for(base: LoadedModel, dm) -> LoadedModel | None:
 
 
 def ancestor_for(base: LoadedModel, dm) -> LoadedModel:
-    """The ancestor that reads ``dm``: ``base`` when its head has the data's classes, else
-    the one fitted to them (``learngene ancestor --data DIR --fine-tune`` made it), else a
-    one-line error saying how to make it."""
-    n = base.model.num_classes
-    if n == dm.num_classes:
-        return base
+    """The ancestor that reads ``dm``: the one fitted to its classes from ``base``'s weights
+    (``learngene ancestor --data DIR --fine-tune`` made it), else ``base`` when its head has
+    the data's classes (by name where both are known: ten animal classes are not the ten
+    digits the embedded ancestor knows), else a one-line error saying how to fit it."""
     fitted = fitted_for(base, dm)
     if fitted is not None:
         return fitted
-    raise UserError(f"data {dm.name} has {dm.num_classes} classes but the ancestor's head has {n}: fit it to them first "
-                    f"with `learngene ancestor --data {dm.name} --fine-tune` (same --ancestor / weights flags)")
+    n = base.model.num_classes
+    names = (getattr(base.model, "pretrained_cfg", None) or {}).get("label_names")
+    if n == dm.num_classes and (not names or list(map(str, names)) == list(dm.classes)):
+        return base
+    what = f"{n} classes" if n != dm.num_classes else f"other classes ({', '.join(map(str, names[:3]))}, ...)"
+    raise UserError(f"data {dm.name} has {dm.num_classes} classes ({', '.join(dm.classes[:3])}, ...) but the ancestor's head "
+                    f"has {what}: fit it to them first with `learngene ancestor --data {dm.name} --fine-tune` "
+                    "(same --ancestor / weights flags)")

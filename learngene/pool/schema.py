@@ -12,6 +12,8 @@ import re
 from learngene.core.errors import UserError
 from learngene.core.io import SAFE_NAME
 
+FORMAT = "learngene-pool"
+FORMAT_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
 REVISION = re.compile(r"r[1-9][0-9]{0,5}")
 TIMM_NAME = re.compile(r"[a-z0-9_]{1,80}")
@@ -85,8 +87,6 @@ def model_args(args, where, what: str = "model_args") -> dict:
 
 def validate(m, where) -> dict:
     """The manifest, or a one-line UserError naming what is wrong with it."""
-    from learngene.pool.store import FORMAT, FORMAT_VERSION
-
     m = _dict(m, where, "the manifest")
     if m.get("format") != FORMAT:
         _fail(where, "not a learngene pool manifest")

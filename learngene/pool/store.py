@@ -29,8 +29,8 @@ from learngene.core.io import (file_sha256, inside, is_locked, load_tensors, loc
                                save_tensors, staged_folder, write_json_atomic)
 from learngene.core.vit import join_pieces
 
-FORMAT = "learngene-pool"
-FORMAT_VERSION = 1
+from learngene.pool.schema import FORMAT, FORMAT_VERSION, validate  # noqa: F401  (FORMAT*: the writers' too)
+
 MANIFEST = "pool.json"
 LOCK = ".lock"
 SUBDIRS = ("instances", "components", "revisions", "children", "reports", "adapters")
@@ -59,8 +59,6 @@ class Pool:
 
     @staticmethod
     def _read(path: Path) -> dict:
-        from learngene.pool.schema import validate
-
         mf = path / MANIFEST
         return validate(read_json(mf, "manifest"), mf)
 
