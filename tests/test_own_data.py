@@ -188,6 +188,10 @@ def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
            "label_names": [str(i) for i in range(10)]}
     save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), tmp_path / "digits", "deit_tiny_patch16_224", args, cfg)
     animals = folder(tmp_path / "animals", per_class=3, classes=tuple(f"animal{i}" for i in range(10)))
-    r = cli("build-pool", "--ancestor", f"local-dir:{tmp_path / 'digits'}", "--data", animals, "--out", tmp_path / "p")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"name": "own", "auxiliary": {"narrow": {"embed_dim": 16, "num_heads": 2, "depth": 2},
+                                                               "wide": {"embed_dim": 32, "num_heads": 2, "depth": 2}}}))
+    r = cli("build-pool", "--recipe", recipe, "--ancestor", f"local-dir:{tmp_path / 'digits'}", "--data", animals,
+            "--out", tmp_path / "p")
     assert_one_line_error(r, "other classes", "--fine-tune")
     assert not (tmp_path / "p").exists()
