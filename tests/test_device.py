@@ -15,8 +15,6 @@ import torch
 from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def assembled(setup_dir, tmp_path_factory):  # noqa: F811
