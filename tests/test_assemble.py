@@ -215,6 +215,66 @@ def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     assert Pool.open(pool_dir).verify() > 0
 
 
+def test_stitch_kinds_parse_start_as_linear_and_export(setup_dir, tmp_path):
+    import timm
+
+    from learngene.assemble import Selection, assemble
+    from learngene.core.errors import UserError
+    from learngene.core.joint import AssembleSpec
+    from learngene.core.stitch_init import init_lstsq
+    from learngene.core.stitching import MLPStitch, parse_stitch_kinds
+    from learngene.pool import Pool
+
+    pool_dir = fresh_pool(setup_dir, tmp_path)
+    pm, _ = Pool.open(pool_dir).model("r0")
+    stitched = [s.id for s in pm.specs if s.kind == "stitch"]
+    assert parse_stitch_kinds("mlp", pm.specs) == dict.fromkeys(stitched, "mlp")
+    j0 = [s.id for s in pm.specs if s.kind == "stitch" and s.j == 0]
+    assert j0 and parse_stitch_kinds("linear,j0=mlp", pm.specs) == {sid: "mlp" if sid in j0 else "linear" for sid in stitched}
+    assert parse_stitch_kinds("stitch-1-2=mlp", pm.specs) == {"stitch-1-2": "mlp"}
+    for bad in ("cubic", "j9=mlp", "stitch-7-8=mlp", "narrow=mlp"):
+        with pytest.raises(UserError, match="--stitch-kind"):
+            parse_stitch_kinds(bad, pm.specs)
+
+    # an MLP stitch starts as its Linear: after the same least squares, every descendant
+    # computes what it computes with linear stitches
+    images = torch.randn(32, 3, 16, 16)
+    init_lstsq(pm, images)
+    mlp, _ = Pool.open(pool_dir).model("r0")
+    assert mlp.set_kinds(dict.fromkeys(stitched, "mlp")) == stitched
+    init_lstsq(mlp, images)
+    assert all(isinstance(m, MLPStitch) for m in mlp.stitches.values())
+    with torch.no_grad():
+        for spec in pm.specs:
+            assert torch.allclose(mlp(images[:4], spec), pm(images[:4], spec), atol=1e-5), spec.id
+
+    # assemble with an MLP stitch after narrow block 0: recorded in the revision, the
+    # exported child's config names the kind and timm loads it back as that kind
+    res = assemble(pool_dir, selection=Selection(config="0,1"), train="all", stitch_kinds="linear,j0=mlp",
+                   spec=AssembleSpec(epochs=1), trainer_args=quiet(), progress=lambda m: None)
+    rev = res.revision
+    assert rev["stitch_kinds"] == {sid: "mlp" if sid in j0 else "linear" for sid in stitched} and rev["restitched"] == j0
+    cfg = json.loads((res.child / "config.json").read_text())
+    assert cfg["model_args"]["stitch_kind"] == "mlp"
+    m = timm.create_model(f"local-dir:{res.child}", pretrained=True).eval()
+    assert isinstance(m.stitch, MLPStitch)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(m(x), res_model(pool_dir, "stitch-0-1")(x), atol=1e-6)
+    # back to linear for stitch-0-1 only: that stitch is made afresh and counts as untrained
+    # until trained again (auto trains it); the others keep their kinds and weights
+    pool = Pool.open(pool_dir)
+    assert "stitch-0-1" in pool.trained_ids(pool.revision("latest"))
+    res2 = assemble(pool_dir, stitch_kinds="stitch-0-1=linear", spec=AssembleSpec(epochs=1), trainer_args=quiet(),
+                    progress=lambda m: None)
+    assert res2.revision["restitched"] == ["stitch-0-1"] and res2.revision["train"] == "all"
+    assert res2.revision["stitch_kinds"] == {**rev["stitch_kinds"], "stitch-0-1": "linear"}
+    # a revision that only restitches (no training) leaves that stitch untrained
+    res3 = assemble(pool_dir, stitch_kinds="stitch-0-1=mlp", train="none", trainer_args=quiet(), progress=lambda m: None)
+    pool = Pool.open(pool_dir)
+    assert res3.revision["restitched"] == ["stitch-0-1"]
+    assert "stitch-0-1" not in pool.trained_ids(pool.revision("latest")) and "stitch-1-2" in pool.trained_ids(pool.revision("latest"))
+
+
 def res_model(pool_dir, desc_id):
     from learngene.pool import Pool
 
@@ -244,6 +304,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
         (["--config", "0,3"], ["--config 0,3", "not a descendant"]),
         (["--config", "1,2", "--size", "tiny"], ["one way"]),
         (["--revision", "r7"], ["no revision r7"]),
+        (["--stitch-kind", "cubic", "--size", "tiny"], ["--stitch-kind", "cubic", "unknown kind"]),
         (["--pool", tmp_path / "nope"], ["pool not found", "nope"]),
     ]
     for args, needles in cases:

@@ -18,7 +18,7 @@ from learngene.core.errors import UserError
 from learngene.core.io import check_output
 from learngene.core.joint import DEFAULT_EPOCHS, SAMPLING, TUNE, AssembleSpec, train_descendants
 from learngene.core.stitch_init import INITS, init_stitches
-from learngene.core.stitching import PoolModel, evaluate_specs, flat_stitches, static_rows
+from learngene.core.stitching import PoolModel, evaluate_specs, flat_stitches, parse_stitch_kinds, static_rows
 from learngene.core.vit import is_block_piece, split_pieces
 from learngene.pool.store import Pool
 
@@ -64,6 +64,7 @@ def assemble(
     selection: Selection | None = None,
     train: str = "auto",
     init: str = "lstsq",
+    stitch_kinds: str | None = None,
     spec: AssembleSpec | None = None,
     revision: str | None = "latest",
     data=None,
@@ -92,6 +93,9 @@ def assemble(
 
     base = pool.revision(revision)
     pm, has_stitches = pool.model(revision)
+    # Other stitch kinds (--stitch-kind): those stitches are made afresh, initialised and
+    # trained like new ones; the rest keep their trained weights.
+    restitched = pm.set_kinds(parse_stitch_kinds(stitch_kinds, pm.specs)) if stitch_kinds else []
     rows = descendant_rows(pool, pm, base)
     anc_params = pool.ancestor["params"]
     # The child as far as it can be chosen now (the pool's evaluation, else the size): what
@@ -100,21 +104,23 @@ def assemble(
     mode = train
     if mode == "auto":
         # Train what is not trained yet: everything when no child is asked for, else the child.
-        done = pool.trained_ids(base)
+        done = pool.trained_ids(base) - set(restitched)
         if target is None:
             mode = "none" if all(s.id in done for s in pm.specs) else "all"
         else:
             mode = "none" if target["id"] in done and has_stitches else "target"
     dm = None
     trained: dict = {}
-    if mode != "none" or not has_stitches:
+    if mode != "none" or not has_stitches or restitched:
         dm = pool_data(pool, data, spec.batch_size, num_workers)
-        if not has_stitches:
+        if not has_stitches or restitched:
             import lightning as L
 
             L.seed_everything(spec.seed, verbose=False)
-            init_stitches(pm, init, dm, pool.distill_maps() if init == "distill" else None)
-            progress(f"stitches initialised ({init}) for {sum(s.kind == 'stitch' for s in pm.specs)} descendants")
+            only = set(restitched) if has_stitches else None
+            init_stitches(pm, init, dm, pool.distill_maps() if init == "distill" else None, only=only)
+            n = len(only) if only is not None else sum(s.kind == "stitch" for s in pm.specs)
+            progress(f"stitches initialised ({init}) for {n} descendants")
         specs = {"target": [pm.spec(target["id"])] if target else None, "all": list(pm.specs)}.get(mode, [])
         if specs is None:
             raise UserError("--train target needs the descendant: --size, --params, --flops or --config")
@@ -152,7 +158,7 @@ def assemble(
 
     new_revision = None
     if dm is not None:  # new stitches and/or training: a new revision
-        new_revision = write_revision(pool, pm, base, spec, init, mode, has_stitches, trained, rows, dm)
+        new_revision = write_revision(pool, pm, base, spec, init, mode, has_stitches, trained, rows, dm, restitched)
         progress(f"pool revision {new_revision['id']} written ({len(new_revision['files'])} files)")
     rev = new_revision or base
 
@@ -186,7 +192,7 @@ def export_descendant(pool: Pool, pm: PoolModel, row: dict, rev: dict | None, ou
 
 
 def write_revision(pool: Pool, pm: PoolModel, base: dict | None, spec: AssembleSpec, init: str, mode: str,
-                   had_stitches: bool, trained: dict, rows: list[dict], dm) -> dict:
+                   had_stitches: bool, trained: dict, rows: list[dict], dm, restitched: list[str] = ()) -> dict:
     """The stitches (and, when instances were tuned, the auxiliary models' pieces) as a new
     revision of the pool, with the settings, the validation history and the descendant table."""
     files = {"stitches.safetensors": ({"id": "stitches", "kind": "stitches", "source": "assemble"}, flat_stitches(pm.stitches))}
@@ -203,8 +209,9 @@ def write_revision(pool: Pool, pm: PoolModel, base: dict | None, spec: AssembleS
         "parent": (base or {}).get("id", "r0"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train": mode if trained else "none",
-        "stitch_init": None if had_stitches else init,
+        "stitch_init": init if restitched or not had_stitches else None,
         "stitch_kinds": dict(pm.kinds),
+        "restitched": list(restitched),  # made afresh here: earlier revisions' training no longer counts for them
         "settings": dataclasses.asdict(spec),
         "data": dm.fingerprint(),
         "trained": trained.get("specs", []) if trained else [],

@@ -22,6 +22,10 @@ def add_arguments(sp) -> None:
                    help="auto (default): whatever is not trained yet (everything, or the chosen child)")
     t.add_argument("--tune", default="all", choices=["all", "stitches"], help="train stitches and instances (all) or stitches only")
     t.add_argument("--init", default="lstsq", choices=["lstsq", "distill"], help="stitch initialisation for new stitches")
+    t.add_argument("--stitch-kind", metavar="SPEC", default=None,
+                   help="stitch kinds: KIND for every stitch, jN=KIND after narrow block N, ID=KIND for one descendant, "
+                        "comma-separated (kinds: linear, mlp; default: as the pool has them, linear at first); "
+                        "a changed stitch is made afresh and trained")
     t.add_argument("--sampling", default="uniform", choices=["uniform", "flops"], help="descendant sampling in joint training")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default: 40 for --all, 10 for a target)")
     t.add_argument("--lr", type=float, default=None, help="learning rate of inherited weights (default 1e-4)")
@@ -69,7 +73,7 @@ def run(ns) -> int:
 
         ancestor = resolve(ns.ancestor, pretrained=ns.pretrained, checkpoint=ns.checkpoint,
                            allow_download=ns.allow_download).load()
-    res = assemble(ns.pool, selection=sel, train="all" if ns.all else ns.train, init=ns.init, spec=spec,
+    res = assemble(ns.pool, selection=sel, train="all" if ns.all else ns.train, init=ns.init, stitch_kinds=ns.stitch_kind, spec=spec,
                    revision=ns.revision, data=data_arg(ns), ancestor=ancestor, out=ns.out, force=ns.force,
                    export_program=not ns.no_program, fmt=ns.format, precision=ns.export_precision, trainer_args=trainer_args_from(ns), num_workers=ns.workers,
                    progress=say(ns))

@@ -21,13 +21,14 @@ INIT_IMAGES = 256  # training images for least-squares stitch init
 
 
 @torch.no_grad()
-def init_lstsq(pm: PoolModel, images: torch.Tensor, ridge: float = 1e-4, prefix_weight: float | None = None, norm_weight: bool = True) -> None:
+def init_lstsq(pm: PoolModel, images: torch.Tensor, ridge: float = 1e-4, prefix_weight: float | None = None,
+               norm_weight: bool = True, only: set[str] | None = None) -> None:
     was = pm.training
     pm.eval()
     n_tokens = [t.double() for t in ViTView(pm.narrow).forward_taps(images, attn=[]).blocks]
     w_tokens = [t.double() for t in ViTView(pm.wide).forward_taps(images, attn=[]).blocks]
     for spec in pm.specs:
-        if spec.kind != "stitch":
+        if spec.kind != "stitch" or (only is not None and spec.id not in only):
             continue
         x = n_tokens[spec.j]
         y = w_tokens[spec.k - 1]
@@ -62,11 +63,12 @@ def _nearest(maps: dict[str, torch.Tensor], pairs: list, block: int) -> tuple[to
 
 
 @torch.no_grad()
-def init_distill(pm: PoolModel, narrow_maps: dict, wide_maps: dict, narrow_pairs: list, wide_pairs: list) -> None:
+def init_distill(pm: PoolModel, narrow_maps: dict, wide_maps: dict, narrow_pairs: list, wide_pairs: list,
+                 only: set[str] | None = None) -> None:
     if not narrow_maps or not wide_maps:
         raise UserError("the pool has no distillation maps: use --init lstsq")
     for spec in pm.specs:
-        if spec.kind != "stitch":
+        if spec.kind != "stitch" or (only is not None and spec.id not in only):
             continue
         wn, bn = _nearest(narrow_maps, narrow_pairs, spec.j)
         ww, bw = _nearest(wide_maps, wide_pairs, spec.k - 1)
@@ -83,15 +85,16 @@ def init_images(dm) -> torch.Tensor:
     return sample_images(dm, INIT_IMAGES)
 
 
-def init_stitches(pm: PoolModel, how: str, dm=None, maps: tuple | None = None) -> None:
-    """Initialise every stitch: ``lstsq`` on ``dm``'s training images, or ``distill`` from
-    ``maps`` = (narrow maps, wide maps, narrow pairs, wide pairs) a pool recorded."""
+def init_stitches(pm: PoolModel, how: str, dm=None, maps: tuple | None = None, only: set[str] | None = None) -> None:
+    """Initialise every stitch (or those ``only`` names; a richer kind on its Linear path):
+    ``lstsq`` on ``dm``'s training images, or ``distill`` from ``maps`` = (narrow maps, wide
+    maps, narrow pairs, wide pairs) a pool recorded."""
     if how not in INITS:
         raise UserError(f"unknown --init {how!r} (choose from {', '.join(INITS)})")
     if how == "lstsq":
-        init_lstsq(pm, init_images(dm))
+        init_lstsq(pm, init_images(dm), only=only)
     else:
-        init_distill(pm, *maps)
+        init_distill(pm, *maps, only=only)
 
 
 INITS = {"lstsq": init_lstsq, "distill": init_distill}

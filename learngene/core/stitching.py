@@ -41,7 +41,31 @@ def linear_stitch(d_in: int, d_out: int) -> nn.Module:
     return nn.Linear(d_in, d_out)
 
 
-STITCH_KINDS = {"linear": linear_stitch}
+class MLPStitch(nn.Module):
+    """A Linear plus a residual MLP beside it: ``linear(x) + fc2(gelu(fc1(norm(x))))``.
+
+    One Linear is all a narrow token can be mapped through when the narrow side is a
+    single block (stitch-0-K): what two wide blocks computed must then be a linear function
+    of one narrow block's output. The MLP branch (hidden width = the wide width, pre-norm as
+    in a transformer block) adds a non-linear correction. ``fc2`` starts at zero, so the
+    stitch starts exactly as its Linear, which least squares / the distillation maps
+    initialise like a plain linear stitch."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+        self.norm = nn.LayerNorm(d_in, eps=1e-6)
+        self.fc1 = nn.Linear(d_in, d_out)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(d_out, d_out)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+STITCH_KINDS = {"linear": linear_stitch, "mlp": MLPStitch}
 DEFAULT_STITCH = "linear"
 
 
@@ -49,6 +73,29 @@ def make_stitch(kind: str, d_in: int, d_out: int) -> nn.Module:
     if kind not in STITCH_KINDS:
         raise UserError(f"unknown stitch kind {kind!r} (known: {', '.join(STITCH_KINDS)})")
     return STITCH_KINDS[kind](d_in, d_out)
+
+
+def parse_stitch_kinds(text: str, specs: list[DescSpec]) -> dict[str, str]:
+    """``--stitch-kind``: comma-separated items, each ``KIND`` (every stitched descendant),
+    ``jN=KIND`` (those whose narrow part ends at block N) or ``ID=KIND`` (one descendant);
+    later items win. {descendant id: kind} for the stitched descendants named."""
+    stitched = [s for s in specs if s.kind == "stitch"]
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        where, _, kind = item.rpartition("=")
+        if kind not in STITCH_KINDS:
+            raise UserError(f"--stitch-kind {item!r}: unknown kind {kind!r} (known: {', '.join(STITCH_KINDS)})")
+        if not where:
+            picked = stitched
+        elif where[:1] == "j" and where[1:].isdigit():
+            picked = [s for s in stitched if s.j == int(where[1:])]
+        else:
+            picked = [s for s in stitched if s.id == where]
+        if not picked:
+            raise UserError(f"--stitch-kind {item!r}: {where!r} names no stitched descendant "
+                            f"(a kind alone, jN=KIND, or an id such as {stitched[0].id}=KIND)")
+        out.update({s.id: kind for s in picked})
+    return out
 
 
 def linear_part(stitch: nn.Module) -> nn.Linear:
@@ -151,6 +198,16 @@ class PoolModel(nn.Module):
         self.stitches = nn.ModuleDict({sid: make_stitch(kind, dn, dw) for sid, kind in self.kinds.items()})
         for sid, v in (stitches or {}).items():
             self.stitches[sid].load_state_dict(v.state_dict() if isinstance(v, nn.Module) else v)
+
+    def set_kinds(self, kinds: dict[str, str]) -> list[str]:
+        """Give stitched descendants other stitch kinds: a changed stitch is made afresh (for
+        the caller to initialise); the ids changed."""
+        dn, dw = ViTView(self.narrow).shape.embed_dim, ViTView(self.wide).shape.embed_dim
+        changed = [sid for sid, kind in kinds.items() if self.kinds[sid] != kind]
+        for sid in changed:
+            self.kinds[sid] = kinds[sid]
+            self.stitches[sid] = make_stitch(kinds[sid], dn, dw)
+        return changed
 
     @property
     def img_size(self) -> int:

@@ -139,5 +139,7 @@ def validate(m, where) -> dict:
             _sha(e.get("sha256"), where, f"revision {rid}: sha256 of {name}")
         for sid, kind in _dict(rev.get("stitch_kinds", {}), where, f"revision {rid}: stitch_kinds").items():
             _name(kind, where, f"revision {rid}: stitch kind of {sid}")
+        for sid in _list(rev.get("restitched", []), where, f"revision {rid}: restitched"):
+            _name(sid, where, f"revision {rid}: restitched id")
         seen.add(rid)
     return m

@@ -275,9 +275,10 @@ class Pool:
     def trained_ids(self, rev: dict | None) -> set[str]:
         """Descendants trained in a revision or its ancestors (the auxiliary models were
         trained by distillation)."""
-        done = {"narrow", "wide"}
+        done, restitched = {"narrow", "wide"}, set()
         while rev is not None:
-            done |= set(rev.get("trained", []))
+            done |= set(rev.get("trained", [])) - restitched
+            restitched |= set(rev.get("restitched", []))  # older training was of another stitch
             rev = self.revision(rev.get("parent"))
         return done
 
