@@ -36,9 +36,13 @@ import torch
 
 from common import RESULTS, cpu_name, quiet
 
-METHODS = ("pool", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
-LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net", "vanilla": "vanilla learngene", "scratch": "scratch",
+METHODS = ("pool", "snnet-plateau", "snnet-distilled", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
+LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net (c), anchor 30 epochs from scratch",
+         "snnet-plateau": "SN-Net (a), anchor from scratch to its plateau",
+         "snnet-distilled": "SN-Net (b), anchor distilled like the pool's narrow",
+         "vanilla": "vanilla learngene", "scratch": "scratch",
          "vanilla-each": "vanilla learngene, E epochs each", "scratch-each": "scratch, E epochs each"}
+SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
 
 
 def log(msg: str) -> None:
@@ -54,10 +58,11 @@ def architectures(pool_dir: Path):
     return pool_zoo(pool, "r0", pm=pool.model("r0")[0])
 
 
-def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None = None) -> tuple[dict, dict]:
+def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None = None,
+             anchors: tuple[str, ...] = tuple(SNNET)) -> tuple[dict, dict]:
     """{budget: {method: zoo record}}, and the last budget's zoos (for latency)."""
     from learngene.assemble import assemble
-    from learngene.baselines import scratch, snnet, train_anchor, vanilla
+    from learngene.baselines import make_anchor, scratch, snnet, vanilla
     from learngene.core.data import LearngeneDataModule
     from learngene.core.joint import AssembleSpec
     from learngene.core.models import load_model
@@ -71,11 +76,12 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
                            overrides=[f"distill.seed={seed}"], epochs=pre_epochs, trainer_args=quiet())
     build_s = time.perf_counter() - t0
     log(f"seed {seed}: pool built in {build_s:.0f} s")
-    t0 = time.perf_counter()
-    anchor = train_anchor(ancestor.model, dm, seed=seed, trainer_args=quiet(),
-                          **({"epochs": pre_epochs} if pre_epochs else {}))
-    anchor_s = time.perf_counter() - t0
-    log(f"seed {seed}: SN-Net narrow anchor trained in {anchor_s:.0f} s")
+    made = {}
+    for how in anchors:
+        t0 = time.perf_counter()
+        made[how] = make_anchor(how, ancestor.model, dm, seed=seed, trainer_args=quiet(), epochs=pre_epochs)
+        made[how] += (time.perf_counter() - t0,)
+        log(f"seed {seed}: SN-Net narrow anchor ({how}) made in {made[how][3]:.0f} s: {made[how][2]}")
 
     out, zoos = {}, {}
     for budget in budgets:
@@ -87,18 +93,23 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
         pool = pool_zoo(Pool.open(p), static=True)
         pool.seconds, pool.steps = {"build-pool": build_s, "assemble --all": time.perf_counter() - t0}, steps
         log(f"seed {seed} budget {budget}: pool assembled ({steps} steps)")
-        sn = snnet(ancestor.model, dm, spec=AssembleSpec(seed=seed, epochs=budget), seed=seed, anchor=anchor,
-                   trainer_args=quiet(), log=log)
-        sn.seconds = {"anchor": anchor_s, **sn.seconds}
+        sns = []
+        for how, (model, args, record, anchor_s) in made.items():
+            sn = snnet(ancestor.model, dm, spec=AssembleSpec(seed=seed, epochs=budget), seed=seed, anchor=(model, args),
+                       trainer_args=quiet(), log=log)
+            sn.method, sn.seconds = SNNET[how], {"anchor": anchor_s, **sn.seconds}
+            sns.append(sn)
         t0 = time.perf_counter()
         va = vanilla(ancestor.model, dm, steps_each=steps // 6, seed=seed, trainer_args=quiet())
         va.seconds = {"train": time.perf_counter() - t0}
         t0 = time.perf_counter()
         sc = scratch(architectures(p), dm, steps_each=steps // len(pool.rows), seed=seed, trainer_args=quiet())
         sc.seconds = {"train": time.perf_counter() - t0}
-        zoos = {z.method: z for z in (pool, sn, va, sc)}
-        out[str(budget)] = {m: {"rows": z.rows, "seconds": z.seconds, "stored_params": z.stored_params, "steps": z.steps}
-                       for m, z in zoos.items()}
+        zoos = {z.method: z for z in (pool, *sns, va, sc)}
+        anchor_of = {SNNET[how]: rec for how, (_, _, rec, _) in made.items()}  # epochs run, best epoch
+        out[str(budget)] = {m: {"rows": z.rows, "seconds": z.seconds, "stored_params": z.stored_params, "steps": z.steps,
+                                **({"anchor": anchor_of[m]} if m in anchor_of else {})}
+                            for m, z in zoos.items()}
         log(f"seed {seed} budget {budget}: " + ", ".join(
             f"{m} {statistics.mean(r['test_top1'] for r in z.rows):.2f}" for m, z in zoos.items()))
     return out, zoos
@@ -146,6 +157,8 @@ def main():
     ap.add_argument("--each", nargs="+", choices=["vanilla", "scratch"],
                     help="add vanilla / scratch with --budgets epochs per member to methods.json (a second, untimed run)")
     ap.add_argument("--pool", type=Path, default=Path("pools/embedded"), help="--each scratch: architectures from this pool")
+    ap.add_argument("--anchors", nargs="+", choices=list(SNNET), default=list(SNNET),
+                    help="SN-Net narrow anchors: plateau (a), distilled (b), fixed (c: 30 epochs from scratch)")
     a = ap.parse_args()
     RESULTS = a.out
     if a.each:
@@ -169,7 +182,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         zoos = {}
         for seed in a.seeds:
-            res["seeds"][str(seed)], zoos = run_seed(seed, a.budgets, Path(d), a.pre_epochs)
+            res["seeds"][str(seed)], zoos = run_seed(seed, a.budgets, Path(d), a.pre_epochs, tuple(a.anchors))
             (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))  # progress survives a stop
         log("latency, batch size 1")
         res["latency_ms"] = latencies(zoos, 16)
@@ -253,44 +266,50 @@ def summary_section(res: dict, budget: int) -> list[str]:
         out.append(f"| {LABEL[m].replace('E epochs', f'{budget} epochs')} | {len(by[m])} | {by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
                    f"{statistics.mean(seed_means):.2f} ± {sd:.2f} | {worst['id']} {pm(worst)} | "
                    f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | {stages} |")
-    # pool vs scratch (same architectures) and vs SN-Net at or below each size
-    anchor = next(r for r in by["snnet"] if r["id"] == "narrow")
-    smallest = by["snnet"][0]
+    # pool vs scratch (same architectures) and vs each SN-Net at or below each size
+    sns = [m for m in methods if m.startswith("snnet")]
     sc = {r["id"]: r for r in by["scratch"]}
     each = {r["id"]: r for r in by.get("scratch-each", [])}
-    out += ["", f"Per pool descendant: scratch is the same architecture; SN-Net is its most accurate member no larger "
-            f"than the descendant, or, below SN-Net's smallest member ({smallest['id']}, {smallest['params'] / 1e6:.3f}M), "
-            f"that member (larger than the descendant). SN-Net's narrow anchor has {anchor['params'] / 1e6:.3f}M params.", "",
-            "| pool descendant | params (M) | latency ms | pool | scratch | SN-Net (member) | pool - SN-Net |"
-            + (f" scratch, {budget} epochs each |" if each else ""), "|---|---|---|---|---|---|---|" + ("---|" if each else "")]
-    above_each = 0
-    above_scratch, below_anchor, below_ok, overlap, overlap_ok = 0, 0, 0, 0, 0
+    smallest = by[sns[0]][0]
+    anchor_params = next(r for r in by[sns[0]] if r["id"] == "narrow")["params"]
+    short = {m: LABEL[m].split(",")[0] for m in sns}  # "SN-Net (a)"
+    out += ["", f"Per pool descendant: scratch is the same architecture; an SN-Net column is that SN-Net's most accurate "
+            f"member no larger than the descendant, or, below SN-Net's smallest member ({smallest['id']}, "
+            f"{smallest['params'] / 1e6:.3f}M), that member (larger than the descendant). SN-Net's narrow anchor has "
+            f"{anchor_params / 1e6:.3f}M params; storage pool / SN-Net: "
+            f"{res['seeds'][seeds[0]][str(budget)]['pool']['stored_params'] / res['seeds'][seeds[0]][str(budget)][sns[0]]['stored_params']:.2f}.", "",
+            "| pool descendant | params (M) | latency ms | pool | scratch | " + " | ".join(f"{short[m]} (member) | pool - {short[m]}" for m in sns)
+            + " |" + (f" scratch, {budget} epochs each |" if each else ""),
+            "|---|---|---|---|---|" + "---|---|" * len(sns) + ("---|" if each else "")]
+    above_each, above_scratch = 0, 0
+    below, overlap = sum(r["params"] < anchor_params for r in by["pool"]), sum(r["params"] >= anchor_params for r in by["pool"])
+    below_ok, overlap_ok = dict.fromkeys(sns, 0), dict.fromkeys(sns, 0)
     for r in by["pool"]:
-        fits = [x for x in by["snnet"] if x["params"] <= r["params"]]
-        ref = max(fits, key=lambda x: x["top1_mean"]) if fits else smallest
-        d = r["top1_mean"] - ref["top1_mean"]
         above_scratch += r["top1_mean"] > sc[r["id"]]["top1_mean"]
         above_each += bool(each) and r["top1_mean"] > each[r["id"]]["top1_mean"]
-        if r["params"] < anchor["params"]:
-            below_anchor += 1
-            below_ok += d >= 0
-        else:
-            overlap += 1
-            overlap_ok += d >= 0
+        cells = []
+        for m in sns:
+            fits = [x for x in by[m] if x["params"] <= r["params"]]
+            ref = max(fits, key=lambda x: x["top1_mean"]) if fits else by[m][0]
+            d = r["top1_mean"] - ref["top1_mean"]
+            (below_ok if r["params"] < anchor_params else overlap_ok)[m] += d >= 0
+            cells.append(f"{pm(ref)} ({ref['id']}) | {d:+.2f}")
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
-        out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | {pm(ref)} ({ref['id']}) | {d:+.2f} |"
+        out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | " + " | ".join(cells) + " |"
                    + (f" {pm(each[r['id']])} |" if each else ""))
     n = len(by["pool"])
-    out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants.",
-            f"- Below the size of SN-Net's narrow anchor ({below_anchor} pool descendants): pool at least as accurate as "
-            f"SN-Net (as above) in **{below_ok}/{below_anchor}**.",
-            f"- From the narrow anchor's size up ({overlap} pool descendants): pool at least as accurate as SN-Net's best "
-            f"member no larger in **{overlap_ok}/{overlap}**."]
+    out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants."]
+    for m in sns:
+        rec = res["seeds"][seeds[0]][str(budget)][m].get("anchor")
+        how = f" (anchor: {', '.join(f'{k} {v}' for k, v in rec.items())}, seed {seeds[0]})" if rec else ""
+        out.append(f"- Against {LABEL[m]}{how}: pool at least as accurate below the anchor's size in "
+                   f"**{below_ok[m]}/{below}** descendants, from the anchor's size up (its best member no larger) in "
+                   f"**{overlap_ok[m]}/{overlap}**.")
     if each:
         out.append(f"- Pool above scratch with {budget} epochs per architecture ({len(each)}x the pool's steps in all): "
                    f"**{above_each}/{n}**.")
     out.append("")
-    for m in [m for m in ("snnet", "vanilla", "vanilla-each") if m in by]:
+    for m in [m for m in (*sns, "vanilla", "vanilla-each") if m in by]:
         out += [f"<details><summary>{LABEL[m].replace('E epochs', f'{budget} epochs')} members</summary>", "", "| member | params (M) | latency ms | test top1 |", "|---|---|---|---|"]
         for r in by[m]:
             lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
@@ -306,7 +325,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    colors = {"pool": "tab:blue", "snnet": "tab:orange", "vanilla": "tab:green", "scratch": "tab:gray",
+    colors = {"pool": "tab:blue", "snnet": "tab:orange", "snnet-plateau": "tab:red", "snnet-distilled": "tab:purple", "vanilla": "tab:green", "scratch": "tab:gray",
               "vanilla-each": "tab:olive", "scratch-each": "black"}
     fig, axes = plt.subplots(len(budgets), 2, figsize=(12, 4.6 * len(budgets)), squeeze=False)
     for i, b in enumerate(budgets):

@@ -78,6 +78,25 @@ def test_snnet_stitches_a_scratch_anchor_to_the_ancestor(tiny_vit, dm):
     assert all(m(x).shape == (2, 10) for m in zoo.models.values())
 
 
+def test_fair_anchors_keep_their_best_state_and_distil_like_the_pool(tiny_vit, dm):
+    from learngene.baselines import make_anchor
+    from learngene.core.training import evaluate
+
+    frozen = copy.deepcopy(tiny_vit).requires_grad_(False)
+    before = state_dict_sha256(frozen.state_dict())
+    # until validation stops improving: the state returned is the best validated one
+    model, args, rec = make_anchor("plateau", frozen, dm, trainer_args=quiet(), epochs=3)
+    assert 1 <= rec["best_epoch"] <= rec["epochs"] <= 3 and args["depth"] == 4
+    assert evaluate(model, dm.val_dataloader())["top1"] == pytest.approx(rec["val_top1"], abs=0.01)
+    # distilled as the pool's narrow auxiliary (the embedded recipe's width and heads), at the ancestor's depth
+    model, args, rec = make_anchor("distilled", frozen, dm, trainer_args=quiet(), epochs=1)
+    assert (args["embed_dim"], args["num_heads"], args["depth"], rec["epochs"]) == (48, 3, 4, 1)
+    assert len(model.blocks) == 4 and model.head.out_features == 10
+    assert state_dict_sha256(frozen.state_dict()) == before and not any(p.requires_grad for p in frozen.parameters())
+    with pytest.raises(ValueError, match="unknown anchor"):
+        make_anchor("long", frozen, dm)
+
+
 def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_path, dm):  # noqa: F811
     from learngene.baselines import scratch
     from learngene.core.stitching import static_rows

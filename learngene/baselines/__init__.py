@@ -2,7 +2,9 @@
 (standalone timm ViTs with params, FLOPs and validation / test accuracy) from the same
 ancestor and data.
 
-- `snnet`: SN-Net stitching between a narrow anchor trained from scratch and the ancestor;
+- `snnet`: SN-Net stitching between a narrow anchor and the ancestor; the anchor made one of
+  `ANCHORS` ways (`make_anchor`: from scratch for a fixed budget or until validation stops
+  improving, or distilled from the ancestor as the pool's narrow auxiliary model is);
 - `vanilla`: vanilla learngene, the ancestor's last blocks under new random narrow blocks;
 - `scratch`: every descendant architecture of a pool from random init.
 
@@ -11,7 +13,8 @@ Lightning) as in `learngene.assemble`.
 """
 
 # module names differ from the functions', so importing a module never shadows a function
-_EXPORTS = {"train_alone": "alone", "snnet": "sn_net", "train_anchor": "sn_net", "vanilla": "vanilla_learngene",
+_EXPORTS = {"train_alone": "alone", "snnet": "sn_net", "train_anchor": "sn_net", "distill_anchor": "sn_net",
+            "make_anchor": "sn_net", "ANCHORS": "sn_net", "vanilla": "vanilla_learngene",
             "vanilla_model": "vanilla_learngene", "scratch": "from_scratch"}
 __all__ = sorted(_EXPORTS)
 

@@ -12,8 +12,10 @@ distilled half-depth models against SN-Net's full-depth anchors.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
+import lightning as L
 import torch.nn as nn
 
 from learngene.core.joint import AssembleSpec, train_descendants
@@ -26,13 +28,41 @@ from learngene.zoo import Member, Zoo
 # the narrow anchor trains from scratch with the embedded ancestor's own recipe
 ANCHOR_OPTIM = OptimConfig(lr=1e-3, weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.1)
 ANCHOR_EPOCHS = 30
+# "until validation stops improving": the same recipe with its cosine schedule stretched
+# over at most PLATEAU_MAX_EPOCHS, stopped PLATEAU_PATIENCE epochs after the best validation
+# accuracy, whose state is kept
+PLATEAU_MAX_EPOCHS, PLATEAU_PATIENCE = 200, 25
+
+# How a narrow anchor is made: SN-Net's anchors are fully trained models, so a fair
+# comparison gives it the best of what a user could do (a, b) beside the first setting (c).
+ANCHORS = {
+    "plateau": "from scratch until validation stops improving",
+    "distilled": "distilled from the ancestor with the pool's narrow-auxiliary recipe and budget",
+    "fixed": f"from scratch, the ancestor's {ANCHOR_EPOCHS}-epoch recipe",
+}
+
+
+class KeepBest(L.Callback):
+    """Keeps the model's state at its best validation top1 (and the epoch)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.best, self.epoch, self.state = model, -1.0, -1, None
+
+    def on_validation_end(self, trainer, pl_module):  # when the epoch's metrics are in (as EarlyStopping reads them)
+        acc = float(trainer.callback_metrics.get("val/top1", -1))
+        if acc > self.best:
+            self.best, self.epoch = acc, trainer.current_epoch
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
 
 def train_anchor(ancestor: nn.Module, dm, embed_dim: int = 48, num_heads: int = 3, epochs: int = ANCHOR_EPOCHS,
-                 seed: int = 0, arch: str = "deit_tiny_patch16_224", trainer_args: TrainerArgs | None = None):
-    """A narrow ViT of the ancestor's depth from random init, cross-entropy only."""
-    import lightning as L
+                 seed: int = 0, arch: str = "deit_tiny_patch16_224", trainer_args: TrainerArgs | None = None,
+                 patience: int | None = None):
+    """A narrow ViT of the ancestor's depth from random init, cross-entropy only: ``epochs``
+    epochs, or with ``patience``, at most ``epochs`` and stopped that many epochs after the
+    best validation top1, whose state it returns. The third value: epochs run and best epoch."""
     import timm
+    from lightning.pytorch.callbacks import EarlyStopping
 
     from learngene.core.training import Classifier, make_trainer
 
@@ -41,8 +71,53 @@ def train_anchor(ancestor: nn.Module, dm, embed_dim: int = 48, num_heads: int = 
     model = timm.create_model(arch, **args)
     targs = copy.copy(trainer_args or TrainerArgs(progress=False))
     targs.max_epochs = epochs
-    make_trainer(targs, limit_val_batches=0).fit(Classifier(model, ANCHOR_OPTIM), datamodule=dm)
-    return model.cpu().eval(), args
+    if patience is None:
+        trainer = make_trainer(targs, limit_val_batches=0)
+        trainer.fit(Classifier(model, ANCHOR_OPTIM), datamodule=dm)
+        return model.cpu().eval(), args, {"epochs": trainer.current_epoch}
+    keep = KeepBest(model)
+    trainer = make_trainer(targs, callbacks=[keep, EarlyStopping("val/top1", patience=patience, mode="max")])
+    trainer.fit(Classifier(model, ANCHOR_OPTIM), datamodule=dm)
+    model.load_state_dict(keep.state)
+    return model.cpu().eval(), args, {"epochs": trainer.current_epoch, "best_epoch": keep.epoch + 1,
+                                      "val_top1": round(keep.best, 2)}
+
+
+def distill_anchor(ancestor: nn.Module, dm, recipe: str = "embedded", seed: int = 0,
+                   trainer_args: TrainerArgs | None = None, epochs: int | None = None):
+    """The narrow anchor distilled from the ancestor exactly as the pool's narrow auxiliary
+    model is (the recipe's narrowest auxiliary: width, heads, loss, lr, epochs, distillation
+    settings), at the ancestor's depth instead of the auxiliary's."""
+    from learngene.core.training import make_trainer
+    from learngene.pool.build import resolve_recipe_path
+    from learngene.pool.distill import DistillModule, make_student, student_args
+    from learngene.pool.recipe import load_recipe
+
+    rec = load_recipe(resolve_recipe_path(recipe))
+    narrow = min(rec.auxiliary, key=lambda a: a.embed_dim)
+    spec = dataclasses.replace(narrow, name="anchor", depth=ViTView(ancestor).depth, epochs=epochs or narrow.epochs)
+    L.seed_everything(seed, verbose=False)
+    student = make_student(spec, ancestor, seed)
+    teacher = copy.deepcopy(ancestor)  # DistillModule freezes its teacher; the caller's stays as it is
+    targs = copy.copy(trainer_args or TrainerArgs(progress=False))
+    targs.max_epochs = spec.epochs
+    trainer = make_trainer(targs, limit_val_batches=0)
+    trainer.fit(DistillModule(student, teacher, spec, dataclasses.replace(rec.distill, seed=seed)), datamodule=dm)
+    return student.cpu().eval(), student_args(spec, ancestor), {"epochs": trainer.current_epoch}
+
+
+def make_anchor(how: str, ancestor: nn.Module, dm, seed: int = 0, trainer_args: TrainerArgs | None = None,
+                epochs: int | None = None):
+    """(model, model_args, record) of a narrow anchor made ``how`` (a key of ANCHORS);
+    ``epochs`` shortens it (smoke runs)."""
+    if how == "fixed":
+        return train_anchor(ancestor, dm, seed=seed, trainer_args=trainer_args, epochs=epochs or ANCHOR_EPOCHS)
+    if how == "plateau":
+        return train_anchor(ancestor, dm, seed=seed, trainer_args=trainer_args, epochs=epochs or PLATEAU_MAX_EPOCHS,
+                            patience=min(PLATEAU_PATIENCE, epochs or PLATEAU_PATIENCE))
+    if how == "distilled":
+        return distill_anchor(ancestor, dm, seed=seed, trainer_args=trainer_args, epochs=epochs)
+    raise ValueError(f"unknown anchor {how!r} (known: {', '.join(ANCHORS)})")
 
 
 def snnet(ancestor: nn.Module, dm, spec=None, *, embed_dim: int = 48, num_heads: int = 3, anchor_epochs: int = ANCHOR_EPOCHS,
@@ -54,12 +129,12 @@ def snnet(ancestor: nn.Module, dm, spec=None, *, embed_dim: int = 48, num_heads:
     seconds = {}
     if anchor is None:
         t0 = time.perf_counter()
-        anchor = train_anchor(ancestor, dm, embed_dim, num_heads, anchor_epochs, seed, trainer_args=trainer_args)
+        anchor = train_anchor(ancestor, dm, embed_dim, num_heads, anchor_epochs, seed, trainer_args=trainer_args)[:2]
         seconds["anchor"] = time.perf_counter() - t0
         if log:
             log(f"snnet seed {seed}: narrow anchor trained in {seconds['anchor']:.0f} s")
     t0 = time.perf_counter()
-    anchor, anchor_args = anchor
+    anchor, anchor_args = anchor[:2]
     # copies, trainable: the caller's ancestor may be frozen (a teacher elsewhere) and stays as it is
     pm = PoolModel(copy.deepcopy(anchor), copy.deepcopy(ancestor), anchor_args, ViTView(ancestor).model_args(),
                    aux_names=("anchor", "ancestor")).requires_grad_(True)
