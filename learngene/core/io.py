@@ -86,8 +86,14 @@ def lock(path: str | os.PathLike, what: str, wait: bool = True, timeout: float =
     can be left holding a lock on a removed file). The lock goes with the process, so a
     killed writer never leaves it held."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    for attempt in range(5):  # another writer's probe (check_output) may remove an empty parent meanwhile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            break
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -248,17 +254,26 @@ def check_output(out: str | os.PathLike, force: bool, what: str = "output") -> P
     while not parent.exists() and parent != parent.parent:
         missing.append(parent)
         parent = parent.parent
+    # Another writer may be making (or probing) the same folders at this moment: only what
+    # this call made is removed, and only while still empty.
+    made = []
     try:
         for d in reversed(missing):
-            d.mkdir()
+            try:
+                d.mkdir(parents=True)  # parents: another probe may have removed one meanwhile
+                made.append(d)
+            except FileExistsError:
+                pass
         if not os.access(out.parent, os.W_OK | os.X_OK):
             raise UserError(f"output folder is not writable: {out.parent}")
     except OSError as e:
         raise UserError(f"cannot create {out.parent}: {e.strerror}") from None
     finally:
-        for d in missing:
-            if d.is_dir():
+        for d in reversed(made):
+            try:
                 d.rmdir()
+            except OSError:  # not empty, or gone: another writer's now
+                pass
     return out
 
 
