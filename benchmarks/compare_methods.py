@@ -8,9 +8,10 @@ benchmarks/results/methods.{md,csv,png} (+ methods.json, the raw figures).
 Per seed, from the cached embedded ancestor and the embedded digits (shuffled with the seed):
 - pool: `build_pool` (the embedded recipe, distillation seed = seed), then per budget
   `assemble --all` on a fresh copy of the distilled pool (lstsq init, joint training);
-- SN-Net: a narrow anchor (width 48, the ancestor's 12 blocks) trained from scratch with the
-  ancestor's own recipe, then per budget stitched to the ancestor, lstsq init, joint training
-  with assemble's recipe and the same number of epochs (sn_net.py);
+- SN-Net: a narrow anchor (width 48, the ancestor's 12 blocks) made each `--anchors` way
+  (plateau: from scratch until validation stops improving; distilled: as the pool's narrow
+  model; fixed: 30 epochs from scratch), then per budget stitched to the ancestor, lstsq init,
+  joint training with assemble's recipe and the same number of epochs (sn_net.py);
 - vanilla learngene: the ancestor's last 3 blocks under 1..6 new narrow blocks, CE, each
   member its 1/6 share of the pool's optimizer steps at that budget;
 - scratch: each pool descendant architecture from random init, CE, each its 1/18 share.

@@ -1,5 +1,5 @@
 """SN-Net (Pan et al., CVPR 2023) on the same data and budget as the pool: the anchors are
-a narrow model of the ancestor's depth trained from scratch and the ancestor itself;
+a narrow model of the ancestor's depth (made one of the `ANCHORS` ways) and the ancestor itself;
 stitches between them start from least squares and everything trains jointly, one
 sampled stitch per step, exactly as `assemble --all` trains a pool.
 
