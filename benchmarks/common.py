@@ -21,6 +21,16 @@ def cpu_name() -> str:
     return device_name(torch.device("cpu"))
 
 
+def ensure_animals() -> None:
+    """The animal-mnist package (the animals' images), installed without its TensorFlow dependency."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("animal_mnist") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "animal-mnist==0.4"], check=True)
+
+
 def quiet():
     """Trainer settings of a benchmark run: CPU, no progress bars."""
     from learngene.core.training import TrainerArgs

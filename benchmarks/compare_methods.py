@@ -1,11 +1,18 @@
-"""The pool against its baselines on the embedded default, side by side, over seeds:
-Learngene Pool, SN-Net stitching, vanilla learngene and scratch, at two descendant-training
-budgets (the calibration's 3 epochs and assemble's default 40). Writes
-benchmarks/results/methods.{md,csv,png} (+ methods.json, the raw figures).
+"""The pool against its baselines on an embedded testbed, side by side, over seeds:
+Learngene Pool, SN-Net stitching, vanilla learngene and scratch, at descendant-training
+budgets. Writes benchmarks/results/methods.{md,csv,png} (+ methods.json, the raw figures) for
+the digits, methods_animals.* for the animals.
 
-    python benchmarks/compare_methods.py [--seeds 0 1 2] [--budgets 3 40]
+    python benchmarks/compare_methods.py [--testbed digits|animals] [--seeds 0 1 2] [--budgets 3 40]
 
-Per seed, from the cached embedded ancestor and the embedded digits (shuffled with the seed):
+Testbeds (`TESTBEDS`): the digits (saturated: size buys nothing; budgets 3 and 40, the three
+SN-Net anchors) and the animal silhouettes (the same ancestor recipe reaches ~9 points more
+than the narrow auxiliary alone; budget 20, anchors (a) and (b): the animals' epochs are 2.5x
+the digits', and this keeps three seeds near an hour on 2 cores). Per seed the slope is
+measured too: the recipe's narrow auxiliary architecture trained alone from scratch with the
+ancestor's 30-epoch recipe, against the ancestor.
+
+Per seed, from the testbed's cached embedded ancestor and its data (shuffled with the seed):
 - pool: `build_pool` (the embedded recipe, distillation seed = seed), then per budget
   `assemble --all` on a fresh copy of the distilled pool (lstsq init, joint training);
 - SN-Net: a narrow anchor (width 48, the ancestor's 12 blocks) made each `--anchors` way
@@ -35,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, cpu_name, quiet
+from common import RESULTS, cpu_name, ensure_animals, quiet
 
 METHODS = ("pool", "snnet-plateau", "snnet-distilled", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
 LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net (c), anchor 30 epochs from scratch",
@@ -44,6 +51,15 @@ LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net (c), anchor 30 epochs from s
          "vanilla": "vanilla learngene", "scratch": "scratch",
          "vanilla-each": "vanilla learngene, E epochs each", "scratch-each": "scratch, E epochs each"}
 SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
+TESTBEDS = {
+    "digits": dict(ancestor="embedded", data=None, recipe="embedded", stem="methods", budgets=[3, 40],
+                   anchors=list(SNNET), about="the cached embedded ancestor (12 blocks, width 128, 2.37M params) and "
+                   "the scikit-learn digits (16 px; test split, 450 images)"),
+    "animals": dict(ancestor="embedded:animals", data="animals", recipe="animals", stem="methods_animals", budgets=[20],
+                    anchors=["plateau", "distilled"], about="the animals' embedded ancestor (the digits' architecture "
+                    "and recipe, 12 blocks, width 128, 2.37M params) and the animal-mnist silhouettes (16 px; 3,000 "
+                    "train, 800 val, 2,000 test images)"),
+}
 
 
 def log(msg: str) -> None:
@@ -59,9 +75,22 @@ def architectures(pool_dir: Path):
     return pool_zoo(pool, "r0", pm=pool.model("r0")[0])
 
 
+def narrow_alone(ancestor, dm, recipe: str, seed: int, epochs: int | None) -> float:
+    """Test top1 of the recipe's narrow auxiliary architecture trained alone from scratch with
+    the ancestor's recipe (cross-entropy, 30 epochs): the low end of the testbed's slope."""
+    from learngene.baselines.sn_net import ANCHOR_EPOCHS, train_anchor
+    from learngene.core.training import evaluate
+    from learngene.pool import load_recipe, resolve_recipe_path
+
+    narrow = min(load_recipe(resolve_recipe_path(recipe)).auxiliary, key=lambda a: a.embed_dim)
+    model = train_anchor(ancestor.model, dm, narrow.embed_dim, narrow.num_heads, epochs or ANCHOR_EPOCHS, seed,
+                         trainer_args=quiet(), depth=narrow.depth)[0]
+    return round(evaluate(model, dm.test_dataloader())["top1"], 2)
+
+
 def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None = None,
-             anchors: tuple[str, ...] = tuple(SNNET)) -> tuple[dict, dict]:
-    """{budget: {method: zoo record}}, and the last budget's zoos (for latency)."""
+             anchors: tuple[str, ...] = tuple(SNNET), bed: dict = TESTBEDS["digits"]) -> tuple[dict, dict]:
+    """{budget: {method: zoo record}, "narrow_alone": top1}, and the last budget's zoos (for latency)."""
     from learngene.assemble import assemble
     from learngene.baselines import make_anchor, scratch, snnet, vanilla
     from learngene.core.data import LearngeneDataModule
@@ -70,21 +99,24 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
     from learngene.pool import Pool, build_pool
     from learngene.zoo import pool_zoo
 
-    ancestor = load_model("embedded", progress=False)
-    dm = LearngeneDataModule(None, batch_size=64, seed=seed)
+    ancestor = load_model(bed["ancestor"], progress=False)
+    dm = LearngeneDataModule(bed["data"], batch_size=64, seed=seed)
     t0 = time.perf_counter()
-    distilled = build_pool("embedded", out=work / f"pool-{seed}", ancestor=ancestor, data=dm,
+    distilled = build_pool(bed["recipe"], out=work / f"pool-{seed}", ancestor=ancestor, data=dm,
                            overrides=[f"distill.seed={seed}"], epochs=pre_epochs, trainer_args=quiet())
     build_s = time.perf_counter() - t0
     log(f"seed {seed}: pool built in {build_s:.0f} s")
+    out, zoos = {}, {}
+    out["narrow_alone"] = narrow_alone(ancestor, dm, bed["recipe"], seed, pre_epochs)
+    log(f"seed {seed}: narrow auxiliary alone from scratch {out['narrow_alone']:.2f}")
     made = {}
     for how in anchors:
         t0 = time.perf_counter()
-        made[how] = make_anchor(how, ancestor.model, dm, seed=seed, trainer_args=quiet(), epochs=pre_epochs)
+        made[how] = make_anchor(how, ancestor.model, dm, seed=seed, trainer_args=quiet(), epochs=pre_epochs,
+                                recipe=bed["recipe"])
         made[how] += (time.perf_counter() - t0,)
         log(f"seed {seed}: SN-Net narrow anchor ({how}) made in {made[how][3]:.0f} s: {made[how][2]}")
 
-    out, zoos = {}, {}
     for budget in budgets:
         t0 = time.perf_counter()
         p = distilled.copy_as_distilled(work / f"pool-{seed}-e{budget}").path
@@ -116,7 +148,7 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
     return out, zoos
 
 
-def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path) -> dict:
+def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path, bed: dict = TESTBEDS["digits"]) -> dict:
     """vanilla / scratch with E full epochs per member (6x / 18x the pool's steps): the
     calibration's reading of "the same budget"; scratch takes its architectures from any
     pool built with the embedded recipe (weights unused)."""
@@ -124,13 +156,13 @@ def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path) -> dict:
     from learngene.core.data import LearngeneDataModule
     from learngene.core.models import load_model
 
-    dm = LearngeneDataModule(None, batch_size=64, seed=seed)
+    dm = LearngeneDataModule(bed["data"], batch_size=64, seed=seed)
     steps = budget * len(dm.train_dataloader())
     out = {}
     for kind in kinds:
         t0 = time.perf_counter()
         if kind == "vanilla":
-            z = vanilla(load_model("embedded", progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet())
+            z = vanilla(load_model(bed["ancestor"], progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet())
         else:
             z = scratch(architectures(pool_dir), dm, steps_each=steps, seed=seed, trainer_args=quiet())
         out[f"{kind}-each"] = {"rows": z.rows, "seconds": {"train": time.perf_counter() - t0},
@@ -150,45 +182,58 @@ def latencies(zoos: dict, img_size: int) -> dict:
 def main():
     global RESULTS
     ap = argparse.ArgumentParser()
+    ap.add_argument("--testbed", choices=list(TESTBEDS), default="digits")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--budgets", type=int, nargs="+", default=[3, 40], help="descendant-training epochs")
-    ap.add_argument("--md-only", action="store_true", help="rewrite methods.md/csv/png from methods.json")
+    ap.add_argument("--budgets", type=int, nargs="+", help="descendant-training epochs (default: the testbed's)")
+    ap.add_argument("--md-only", action="store_true", help="rewrite the testbed's .md/.csv/.png from its .json")
     ap.add_argument("--pre-epochs", type=int, help="smoke runs only: epochs of distillation and anchor training")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--each", nargs="+", choices=["vanilla", "scratch"],
-                    help="add vanilla / scratch with --budgets epochs per member to methods.json (a second, untimed run)")
+                    help="add vanilla / scratch with --budgets epochs per member to the .json (a second, untimed run)")
     ap.add_argument("--pool", type=Path, default=Path("pools/embedded"), help="--each scratch: architectures from this pool")
-    ap.add_argument("--anchors", nargs="+", choices=list(SNNET), default=list(SNNET),
-                    help="SN-Net narrow anchors: plateau (a), distilled (b), fixed (c: 30 epochs from scratch)")
+    ap.add_argument("--anchors", nargs="+", choices=list(SNNET),
+                    help="SN-Net narrow anchors: plateau (a), distilled (b), fixed (c: 30 epochs from scratch); default: the testbed's")
     a = ap.parse_args()
+    bed = TESTBEDS[a.testbed]
+    if bed["data"] == "animals":
+        ensure_animals()
+    budgets, anchors = a.budgets or bed["budgets"], a.anchors or bed["anchors"]
     RESULTS = a.out
+    raw = RESULTS / f"{bed['stem']}.json"
     if a.each:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
-        res = json.loads((RESULTS / "methods.json").read_text())
+        res = json.loads(raw.read_text())
         for seed in a.seeds:
-            for b in a.budgets:
-                res["seeds"][str(seed)][str(b)].update(run_each(seed, b, a.each, a.pool))
-                (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))
+            for b in budgets:
+                res["seeds"][str(seed)][str(b)].update(run_each(seed, b, a.each, a.pool, bed))
+                raw.write_text(json.dumps(res, indent=2))
         res.setdefault("each_commands", []).append("python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]))
-        (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))
+        raw.write_text(json.dumps(res, indent=2))
         return write_outputs(res)
     RESULTS.mkdir(exist_ok=True)
     if a.md_only:
-        return write_outputs(json.loads((RESULTS / "methods.json").read_text()))
+        return write_outputs(json.loads(raw.read_text()))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from learngene.core.models import load_model
+
+    t0 = time.perf_counter()
+    anc = load_model(bed["ancestor"], progress=False)  # trained and cached on first use
     res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "command": "python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]),
-           "budgets": a.budgets, "seeds": {}}
+           "command": "python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]), "testbed": a.testbed,
+           "budgets": budgets, "ancestor": {"test_top1": anc.metrics.get("test_top1"), "params": anc.info()["params"],
+                                            "seconds_to_load_or_train": round(time.perf_counter() - t0, 1)},
+           "seeds": {}}
+    log(f"{a.testbed}: ancestor {anc.name}, test top1 {res['ancestor']['test_top1']}")
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         zoos = {}
         for seed in a.seeds:
-            res["seeds"][str(seed)], zoos = run_seed(seed, a.budgets, Path(d), a.pre_epochs, tuple(a.anchors))
-            (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))  # progress survives a stop
+            res["seeds"][str(seed)], zoos = run_seed(seed, budgets, Path(d), a.pre_epochs, tuple(anchors), bed)
+            raw.write_text(json.dumps(res, indent=2))  # progress survives a stop
         log("latency, batch size 1")
-        res["latency_ms"] = latencies(zoos, 16)
+        res["latency_ms"] = latencies(zoos, anc.view.shape.img_size)
     res["total_s"] = time.perf_counter() - t_all
-    (RESULTS / "methods.json").write_text(json.dumps(res, indent=2))
+    raw.write_text(json.dumps(res, indent=2))
     write_outputs(res)
 
 
@@ -220,21 +265,24 @@ def pm(r: dict) -> str:
 def write_outputs(res: dict) -> None:
     import pandas as pd
 
+    name = res.get("testbed", "digits")
+    bed = TESTBEDS[name]
     seeds = list(res["seeds"])
     budgets = [b for b in res["budgets"] if all(str(b) in res["seeds"][s] for s in seeds)]
     all_rows = [r for b in budgets for r in table(res, b)]
-    pd.DataFrame(all_rows).to_csv(RESULTS / "methods.csv", index=False)
-    lines = ["# Learngene Pool against SN-Net, vanilla learngene and scratch", "",
+    pd.DataFrame(all_rows).to_csv(RESULTS / f"{bed['stem']}.csv", index=False)
+    steps = res["seeds"][seeds[0]][str(budgets[0])]["pool"]["steps"]
+    lines = [f"# Learngene Pool against SN-Net, vanilla learngene and scratch: the {name}", "",
              f"`{res['command'].strip()}` on {res['machine']}; seeds {', '.join(seeds)}"
              + (f"; {res['total_s'] / 60:.0f} min in all." if "total_s" in res else ".")
              + "".join(f" The 'E epochs each' rows: `{c}`." for c in res.get("each_commands", [])), "",
-             "Embedded default: the cached embedded ancestor (12 blocks, width 128, 2.37M params) and the "
-             "scikit-learn digits (test split, 450 images). Accuracy: test top1, mean ± std over seeds. "
+             f"Testbed `{name}`: {bed['about']}. Accuracy: test top1, mean ± std over seeds. "
              "At a budget of E epochs every method spends the same optimizer steps on training its members "
-             "(the pool's joint run: E epochs x 18 batches): the pool and SN-Net jointly, one sampled member "
+             f"(the pool's joint run: E epochs x {steps // budgets[0]} batches): the pool and SN-Net jointly, one sampled member "
              "per step; vanilla learngene 1/6 of them per member, scratch 1/18 per member. "
              "Distillation (pool) and the narrow anchor (SN-Net) are stages before that, timed below. "
              "Latency: batch size 1, median, this CPU, 2 threads.", ""]
+    lines += slope_section(res, budgets)
     for b in budgets:
         lines += summary_section(res, b)
     lines += ["## Reading", "",
@@ -244,10 +292,31 @@ def write_outputs(res: dict) -> None:
               "- Vanilla learngene and scratch train every member alone: at the same total steps each gets a small share. "
               "The 'E epochs each' rows give every member alone the E epochs the pool shares among all its descendants.",
               "- Wall times are medians over seeds on a shared 2-core machine; they vary by tens of percent between runs.",
-              "", "![accuracy against params and latency](methods.png)", ""]
-    (RESULTS / "methods.md").write_text("\n".join(lines))
-    plot(all_rows, budgets, RESULTS / "methods.png")
+              "", f"![accuracy against params and latency]({bed['stem']}.png)", ""]
+    (RESULTS / f"{bed['stem']}.md").write_text("\n".join(lines))
+    plot(all_rows, budgets, RESULTS / f"{bed['stem']}.png", res)
     print("\n".join(lines))
+
+
+def slope_section(res: dict, budgets: list[int]) -> list[str]:
+    """Does size buy accuracy here: the ancestor against the narrow auxiliary architecture
+    trained alone, and the spread of the pool's descendants."""
+    seeds = list(res["seeds"])
+    alone = [res["seeds"][s]["narrow_alone"] for s in seeds if "narrow_alone" in res["seeds"][s]]
+    if not alone or "ancestor" not in res:
+        return []
+    anc = res["ancestor"]["test_top1"]
+    out = ["## Slope: does size buy accuracy", "",
+           f"- The ancestor ({res['ancestor']['params'] / 1e6:.2f}M params, the embedded recipe, 30 epochs, seed 0): "
+           f"**{anc:.2f}**; the pool recipe's narrow auxiliary architecture trained alone from scratch with the same "
+           f"recipe: **{statistics.mean(alone):.2f} ± {(statistics.stdev(alone) if len(alone) > 1 else 0):.2f}** "
+           f"(seeds {', '.join(seeds)}): **{anc - statistics.mean(alone):+.2f} points** for the ancestor."]
+    for b in budgets:
+        pool = [r for r in table(res, b) if r["method"] == "pool"]
+        lo, hi = min(pool, key=lambda r: r["top1_mean"]), max(pool, key=lambda r: r["top1_mean"])
+        out.append(f"- The pool's {len(pool)} descendants after {b} epochs span **{hi['top1_mean'] - lo['top1_mean']:.2f} "
+                   f"points**: {lo['id']} {pm(lo)} ({lo['params'] / 1e6:.3f}M) to {hi['id']} {pm(hi)} ({hi['params'] / 1e6:.3f}M).")
+    return out + [""]
 
 
 def summary_section(res: dict, budget: int) -> list[str]:
@@ -319,7 +388,7 @@ def summary_section(res: dict, budget: int) -> list[str]:
     return out
 
 
-def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
+def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,6 +408,13 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
                 xs = [r[x] / (1e6 if x == "params" else 1) for r in rs]
                 ax.errorbar(xs, [r["top1_mean"] for r in rs], yerr=[r["top1_std"] for r in rs], fmt="o", ms=4,
                             capsize=2, color=colors[m], label=LABEL[m].replace('E epochs', f'{b} epochs'), alpha=0.85)
+            if x == "params" and res and "ancestor" in res:  # the slope's two ends
+                ax.plot([res["ancestor"]["params"] / 1e6], [res["ancestor"]["test_top1"]], "k*", ms=11, label="ancestor")
+                alone = [res["seeds"][s].get("narrow_alone") for s in res["seeds"]]
+                narrow = [r for r in rows if r["method"] == "pool" and r["id"] == "narrow"]
+                if all(v is not None for v in alone) and narrow:
+                    ax.plot([narrow[0]["params"] / 1e6], [statistics.mean(alone)], "kx", ms=9,
+                            label="narrow auxiliary alone, from scratch")
             ax.set_xscale("log")
             plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3x10^-1 (which overlaps)
             ax.xaxis.set_major_formatter(plain)
@@ -348,7 +424,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path) -> None:
             ax.set_ylabel("test top1 (%)")
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3, which="both")
-            ax.set_title(f"{b} epochs of member training: top1 against {x.split('_')[0]}")
+            ax.set_title(f"{(res or {}).get('testbed', 'digits')}, {b} epochs of member training: top1 against {x.split('_')[0]}")
             ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -21,7 +21,6 @@ embedded ancestor):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -33,14 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, cpu_name
+from common import RESULTS, cpu_name, ensure_animals
 
 FORMATS = [("L", "png"), ("RGB", "jpg"), ("RGBA", "png"), ("P", "png"), ("I;16", "png"), ("CMYK", "jpg")]
-
-
-def ensure_animals() -> None:
-    if importlib.util.find_spec("animal_mnist") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "animal-mnist==0.4"], check=True)
 
 
 def write_image(arr: np.ndarray, path: Path, mode: str, size: int) -> None:

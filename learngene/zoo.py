@@ -180,8 +180,8 @@ def ancestor_of(pool: Pool, ancestor: LoadedModel | None = None, progress: bool 
     rec = pool.ancestor
     if ancestor is None:
         src = rec.get("source", "")
-        if rec["name"] == "embedded":
-            ancestor = load_model("embedded", progress=progress)
+        if rec["name"] == "embedded" or rec["name"].startswith("embedded:"):  # an embedded testbed's
+            ancestor = load_model(rec["name"], progress=progress)
         elif src.startswith("checkpoint:"):
             ancestor = load_model(Ref("timm", rec["name"]), checkpoint=src[len("checkpoint:"):])
         elif src.startswith(("local-dir:", "fitted:")):
@@ -218,4 +218,4 @@ def resolve(ref: str | os.PathLike | None, *, pool: str | os.PathLike | None = N
         return pool_member(Pool.open(r.target), r.member)
     lm = load_model(r, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
                     allow_download=allow_download, progress=progress)
-    return of_model(lm, "ancestor" if r.kind == "embedded" else "model", "embedded" if r.kind == "embedded" else str(ref or lm.name))
+    return of_model(lm, "ancestor" if r.kind == "embedded" else "model", lm.name if r.kind == "embedded" else str(ref or lm.name))

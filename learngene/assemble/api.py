@@ -45,9 +45,12 @@ def descendant_rows(pool: Pool, pm: PoolModel, rev: dict | None) -> list[dict]:
 
 def pool_data(pool: Pool, data, batch_size: int = 64, num_workers: int | None = None, augment: bool = True):
     """The data the pool's members read (the pool's ancestor's data config), refused when
-    its classes differ from those the pool was built with."""
+    its classes differ from those the pool was built with. No data: the embedded source the
+    pool was built on (the digits, the animals)."""
     from learngene.core.data import LearngeneDataModule, same_classes
 
+    if data is None:
+        data = pool.embedded_data
     dm = data if isinstance(data, LearngeneDataModule) else LearngeneDataModule(data, num_workers=num_workers, augment=augment)
     dm.batch_size = batch_size
     if not dm.embedded:

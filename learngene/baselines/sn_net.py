@@ -57,8 +57,8 @@ class KeepBest(L.Callback):
 
 def train_anchor(ancestor: nn.Module, dm, embed_dim: int = 48, num_heads: int = 3, epochs: int = ANCHOR_EPOCHS,
                  seed: int = 0, arch: str = "deit_tiny_patch16_224", trainer_args: TrainerArgs | None = None,
-                 patience: int | None = None):
-    """A narrow ViT of the ancestor's depth from random init, cross-entropy only: ``epochs``
+                 patience: int | None = None, depth: int | None = None):
+    """A narrow ViT of the ancestor's depth (or ``depth``) from random init, cross-entropy only: ``epochs``
     epochs, or with ``patience``, at most ``epochs`` and stopped that many epochs after the
     best validation top1, whose state it returns. The third value: epochs run and best epoch."""
     import timm
@@ -67,6 +67,8 @@ def train_anchor(ancestor: nn.Module, dm, embed_dim: int = 48, num_heads: int = 
     from learngene.core.training import Classifier, make_trainer
 
     args = dict(ViTView(ancestor).model_args(), embed_dim=embed_dim, num_heads=num_heads)
+    if depth is not None:
+        args["depth"] = depth
     L.seed_everything(seed, verbose=False)
     model = timm.create_model(arch, **args)
     targs = copy.copy(trainer_args or TrainerArgs(progress=False))
@@ -107,16 +109,17 @@ def distill_anchor(ancestor: nn.Module, dm, recipe: str = "embedded", seed: int 
 
 
 def make_anchor(how: str, ancestor: nn.Module, dm, seed: int = 0, trainer_args: TrainerArgs | None = None,
-                epochs: int | None = None):
+                epochs: int | None = None, recipe: str = "embedded"):
     """(model, model_args, record) of a narrow anchor made ``how`` (a key of ANCHORS);
-    ``epochs`` shortens it (smoke runs)."""
+    ``epochs`` shortens it (smoke runs); ``recipe``: the pool recipe whose narrow auxiliary
+    model a distilled anchor copies."""
     if how == "fixed":
         return train_anchor(ancestor, dm, seed=seed, trainer_args=trainer_args, epochs=epochs or ANCHOR_EPOCHS)
     if how == "plateau":
         return train_anchor(ancestor, dm, seed=seed, trainer_args=trainer_args, epochs=epochs or PLATEAU_MAX_EPOCHS,
                             patience=min(PLATEAU_PATIENCE, epochs or PLATEAU_PATIENCE))
     if how == "distilled":
-        return distill_anchor(ancestor, dm, seed=seed, trainer_args=trainer_args, epochs=epochs)
+        return distill_anchor(ancestor, dm, recipe, seed=seed, trainer_args=trainer_args, epochs=epochs)
     raise ValueError(f"unknown anchor {how!r} (known: {', '.join(ANCHORS)})")
 
 

@@ -49,7 +49,7 @@ def run(ns) -> int:
         if ns.pretrained or ns.checkpoint:
             raise UserError("the embedded ancestor takes no --pretrained/--checkpoint (use --retrain to retrain it)")
         anc = embedded_ancestor(retrain=ns.retrain, progress=not ns.quiet, trainer_args=trainer_args_from(ns, "ancestor (embedded)"),
-                                epochs=ns.epochs, seed=ns.seed)
+                                epochs=ns.epochs, seed=ns.seed, name=ref.target)
     else:
         if ns.retrain or ns.epochs is not None or ns.seed is not None:
             raise UserError("--retrain/--epochs/--seed apply to the embedded ancestor only")

@@ -12,7 +12,7 @@ HELP = "distil the ancestor into auxiliary models and store their blocks as a po
 def add_arguments(sp) -> None:
     sp.add_argument("--recipe", default=None, metavar="YAML", help="a recipe file, or the name of one in pools/ (default: embedded)")
     add_model_args(sp)
-    add_data_arg(sp, "ImageFolder to distil on (default: the embedded digits)")
+    add_data_arg(sp, "ImageFolder to distil on (default: the recipe's data, else the embedded digits)")
     sp.add_argument("--out", metavar="DIR", help="pool folder (default: pools/<recipe name>)")
     sp.add_argument("--epochs", type=int, default=None, help="epochs for every auxiliary model")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -32,7 +32,7 @@ def run(ns) -> int:
     out = Path(ns.out).expanduser() if ns.out else Path("pools") / recipe.name
     if not ns.resume:
         check_output(out, ns.force, "pool")  # before loading (or training) any ancestor
-    data = LearngeneDataModule(data_arg(ns), num_workers=ns.workers)  # checks the folder now, too
+    data = LearngeneDataModule(data_arg(ns) or recipe.data or None, num_workers=ns.workers)  # checks the folder now, too
     ref = ns.ancestor or (None if recipe.ancestor == "embedded" else recipe.ancestor)
     ancestor = resolve(ref, pretrained=ns.pretrained, checkpoint=ns.checkpoint, allow_download=ns.allow_download,
                        progress=not ns.quiet).load()

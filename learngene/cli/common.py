@@ -21,7 +21,7 @@ def add_model_args(p: argparse.ArgumentParser, flag: str = "--ancestor", dest: s
                    download: bool = True) -> None:
     """A model reference and the weights a timm name takes."""
     p.add_argument(flag, dest=dest, default=None, metavar="MODEL", help=help or (
-        "embedded | a timm name | local-dir:DIR or DIR | POOL:MEMBER (default: the embedded ancestor; "
+        "embedded | embedded:animals | a timm name | local-dir:DIR or DIR | POOL:MEMBER (default: the embedded ancestor; "
         "deit_base_patch16_224 when --pretrained/--checkpoint is given)"))
     w = p.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")

@@ -5,6 +5,7 @@ A reference is what a user types after ``--ancestor``, ``--from``, ``--model`` o
 plain timm name, and it is never guessed over: a path is never taken for a timm name.
 
     embedded                 the embedded ancestor (trained and cached on first use)
+    embedded:TESTBED         another testbed's embedded ancestor (embedded:animals)
     local-dir:DIR | DIR      a timm local-dir folder (config.json + model.safetensors): an
                              exported child, a grown or merged model, a fitted ancestor
     POOL:MEMBER              a member of the pool in folder POOL (narrow, wide, stitch-J-K,
@@ -23,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from learngene.core.ancestry import DEFAULT_TESTBED, testbed
 from learngene.core.errors import UserError
 from learngene.core.loading import DEFAULT_TIMM_ANCESTOR, LoadedModel, load_timm
 
@@ -33,7 +35,7 @@ REMOTE_SOURCES = ("hf-hub", "hf_hub", "timm")  # timm's remote prefixes: learnge
 @dataclass(frozen=True)
 class Ref:
     kind: str  # embedded | local-dir | pool | timm
-    target: str  # the folder, the pool folder, or the timm name
+    target: str  # the testbed, the folder, the pool folder, or the timm name
     member: str | None = None  # for kind 'pool'
 
 
@@ -42,11 +44,12 @@ def parse_ref(text: str | os.PathLike | None, *, pool: str | os.PathLike | None 
     """What a reference names. ``None`` is the embedded ancestor, or DeiT-Base when
     ``weights`` (--pretrained / --checkpoint) are given."""
     if text is None or str(text) == "":
-        return Ref("timm", DEFAULT_TIMM_ANCESTOR) if weights else Ref(EMBEDDED, EMBEDDED)
+        return Ref("timm", DEFAULT_TIMM_ANCESTOR) if weights else Ref(EMBEDDED, DEFAULT_TESTBED)
     text = str(text)
-    if text == EMBEDDED:
-        return Ref(EMBEDDED, EMBEDDED)
     scheme, sep, rest = text.partition(":")
+    if scheme == EMBEDDED:
+        testbed(rest or None)  # an unknown testbed is refused here
+        return Ref(EMBEDDED, rest or DEFAULT_TESTBED)
     if sep and scheme == "local-dir":
         return Ref("local-dir", rest)
     if sep and scheme in REMOTE_SOURCES:
@@ -89,7 +92,7 @@ def load_model(ref: Ref | str | None, *, pretrained: bool = False, checkpoint: s
             raise UserError("the embedded ancestor takes no --pretrained/--checkpoint (use --retrain to retrain it)")
         from learngene.core.ancestry import embedded_ancestor
 
-        return embedded_ancestor(progress=progress)
+        return embedded_ancestor(progress=progress, name=ref.target)
     if ref.kind == "local-dir":
         if pretrained:
             raise UserError("--pretrained is for a timm name, not a model folder")

@@ -107,7 +107,8 @@ def build_pool(
         dm = data
         dm.batch_size = rec.distill.batch_size
     else:
-        dm = LearngeneDataModule(data, batch_size=rec.distill.batch_size, num_workers=num_workers)
+        dm = LearngeneDataModule(data if data is not None else (rec.data or None), batch_size=rec.distill.batch_size,
+                                 num_workers=num_workers)
     if not dm.embedded:
         from learngene.core.ancestry import ancestor_for
 
@@ -115,8 +116,13 @@ def build_pool(
         ancestor = ancestor_for(ancestor, dm)  # the one fitted to the data's classes, when the head has others
         dm.for_model(ancestor.data_config)
     elif ancestor.view.shape.img_size != dm.img_size:
-        raise UserError(f"the embedded digits are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
+        raise UserError(f"the embedded {dm.name} are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
                         f"{ancestor.view.shape.img_size}x{ancestor.view.shape.img_size} images: pass --data DIR")
+    else:
+        names = list(map(str, (ancestor.pretrained_cfg or {}).get("label_names") or dm.classes))
+        if len(names) == dm.num_classes and names != list(dm.classes):  # e.g. the animals' ancestor on the digits
+            raise UserError(f"ancestor {ancestor.name} knows other classes ({', '.join(names[:3])}, ...) than data "
+                            f"{dm.name} ({', '.join(dm.classes[:3])}, ...): pass the --data it was trained on")
     n_cls = ancestor.view.shape.num_classes
     if dm.num_classes != n_cls:
         raise UserError(f"data {dm.name} has {dm.num_classes} classes but the ancestor's head has {n_cls}")

@@ -46,6 +46,9 @@ class DistillSpec:
 class Recipe:
     name: str
     ancestor: str = "embedded"
+    # the data to distil on when build-pool is given none: an embedded testbed (``animals``);
+    # empty for the digits (left out of to_dict then, so older pools' keys stay the same)
+    data: str = ""
     auxiliary: list[AuxSpec] = field(default_factory=list)
     distill: DistillSpec = field(default_factory=DistillSpec)
     source: str = "recipe"  # where it was read from, for error messages
@@ -54,6 +57,8 @@ class Recipe:
         d = dataclasses.asdict(self)
         d.pop("source")
         d["auxiliary"] = {a.pop("name"): a for a in d["auxiliary"]}
+        if not d["data"]:
+            d.pop("data")
         return d
 
 
@@ -84,9 +89,16 @@ def _typed(cls, values: dict, where: str):
 def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
     if not isinstance(d, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping")
-    unknown = sorted(set(d) - {"name", "ancestor", "auxiliary", "distill"})
+    unknown = sorted(set(d) - {"name", "ancestor", "data", "auxiliary", "distill"})
     if unknown:
-        raise UserError(f"{source}: unknown recipe field {unknown[0]} (known: name, ancestor, auxiliary, distill)")
+        raise UserError(f"{source}: unknown recipe field {unknown[0]} (known: name, ancestor, data, auxiliary, distill)")
+    data = str(d.get("data") or "")
+    if data:
+        from learngene.core.data import DATA_SOURCES
+
+        if data.partition(":")[0] not in DATA_SOURCES:
+            raise UserError(f"{source}: data {data!r} is not an embedded source ({', '.join(DATA_SOURCES)}); "
+                            "a folder is given with --data")
     aux = d.get("auxiliary") or {}
     if not isinstance(aux, dict) or not aux:
         raise UserError(f"{source}: 'auxiliary' must map names to auxiliary model settings")
@@ -108,7 +120,7 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         distill = DistillSpec(**_typed(DistillSpec, dict(d.get("distill") or {}), "distill"))
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None
-    return validate(Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")),
+    return validate(Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")), data=data,
                            auxiliary=specs, distill=distill, source=source))
 
 

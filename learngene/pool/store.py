@@ -163,6 +163,14 @@ class Pool:
         built before fingerprints held the classes)."""
         return self.manifest.get("data")
 
+    @property
+    def embedded_data(self) -> str | None:
+        """The embedded source the pool was distilled on (``digits``, ``animals``), None for a folder."""
+        from learngene.core.data import DATA_SOURCES
+
+        src = self.data.get("source") if isinstance(self.data, dict) else None
+        return src if src and src.partition(":")[0] in DATA_SOURCES else None
+
     def manifest_sha256(self) -> str:
         return file_sha256(self.path / MANIFEST)
 

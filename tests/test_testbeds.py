@@ -1,0 +1,65 @@
+"""The second embedded testbed: the animal silhouettes, their own embedded ancestor
+(``embedded:animals``) and pool recipe (pools/animals.yaml), reached through the same
+resolver, recipe and pool interfaces as the digits."""
+
+import importlib.util
+
+import pytest
+
+from learngene.core.errors import UserError
+from learngene.core.models import parse_ref
+from learngene.pool import load_recipe, resolve_recipe_path
+
+needs_animals = pytest.mark.skipif(importlib.util.find_spec("animal_mnist") is None,
+                                   reason="pip install --no-deps animal-mnist (README's test command does)")
+
+
+def test_embedded_references_name_a_testbed():
+    assert parse_ref("embedded") == parse_ref(None)
+    assert (parse_ref("embedded").kind, parse_ref("embedded").target) == ("embedded", "digits")
+    assert (parse_ref("embedded:animals").kind, parse_ref("embedded:animals").target) == ("embedded", "animals")
+    with pytest.raises(UserError, match="unknown embedded ancestor embedded:cifar .*embedded:animals"):
+        parse_ref("embedded:cifar")
+
+
+def test_recipe_names_its_embedded_data():
+    rec = load_recipe(resolve_recipe_path("animals"))
+    assert (rec.ancestor, rec.data) == ("embedded:animals", "animals") and rec.to_dict()["data"] == "animals"
+    digits = load_recipe(resolve_recipe_path("embedded"))
+    assert digits.data == "" and "data" not in digits.to_dict()  # the digits pools' keys stay as they were
+    with pytest.raises(UserError, match="data '/tmp/x' is not an embedded source"):
+        load_recipe(resolve_recipe_path("embedded"), ["data=/tmp/x"])
+
+
+@needs_animals
+def test_animals_split_is_fixed_and_stratified():
+    from learngene.core.sources import ANIMALS, AnimalsSource, animal_splits
+
+    s = animal_splits(16)
+    assert {k: len(v) for k, v in s.items()} == {"train": 3000, "val": 800, "test": 2000}
+    assert s["train"].labels.bincount().tolist() == [300] * 10
+    assert tuple(s["train"].images.shape[1:]) == (3, 16, 16) and 0 <= float(s["train"].images.min()) <= 1
+    fp = AnimalsSource().fingerprint()
+    assert fp["classes"] == ANIMALS and fp["counts"]["train"] == 3000
+
+
+@needs_animals
+def test_animals_ancestor_pool_and_stages_find_their_data(tmp_path):
+    """The animals' ancestor trains and caches under its own name, records its classes, is
+    refused on the digits, and a pool built from it reads the animals with no --data."""
+    from learngene.assemble.api import pool_data
+    from learngene.core.ancestry import embedded_ancestor
+    from learngene.pool import Pool, build_pool
+
+    anc = embedded_ancestor(name="animals", epochs=1, progress=False)
+    assert anc.name == "embedded:animals" and anc.pretrained_cfg["label_names"][:2] == ["bear", "bird"]
+    assert embedded_ancestor(name="animals", epochs=1, progress=False).checksum == anc.checksum  # cached
+    with pytest.raises(UserError, match="knows other classes \\(bear, bird, cat, ...\\) than data digits"):
+        build_pool("animals", out=tmp_path / "refused", ancestor=anc, data="digits")
+    assert not (tmp_path / "refused").exists()
+    pool = build_pool("animals", out=tmp_path / "pool", ancestor=anc, epochs=1, overrides=["distill.max_steps=2"])
+    pool = Pool.open(pool.path)
+    assert pool.embedded_data == "animals" and pool.data["counts"]["train"] == 3000
+    assert pool_data(pool, None).name == "animals"
+    with pytest.raises(UserError, match="classes"):
+        pool_data(pool, "digits")
