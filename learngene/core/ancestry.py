@@ -36,7 +36,6 @@ class Testbed:
     data: str  # a scheme of learngene.core.data.DATA_SOURCES
     model_args: dict
     recipe: dict
-    about: str
 
 
 # ``embedded`` is the digits' ancestor (the main job and the tests); ``embedded:NAME`` the
@@ -44,8 +43,8 @@ class Testbed:
 # there the recipe reaches ~87% and the narrow auxiliary alone ~79% (a slope, which the
 # saturated digits lack), and an epoch costs ~2.5 digits epochs (benchmarks/compare_methods.py).
 TESTBEDS = {
-    "digits": Testbed("digits", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE, "scikit-learn's handwritten digits"),
-    "animals": Testbed("animals", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE, "animal-mnist silhouettes, 300 per class"),
+    "digits": Testbed("digits", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE),
+    "animals": Testbed("animals", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE),  # 300 silhouettes per class
 }
 DEFAULT_TESTBED = "digits"
 

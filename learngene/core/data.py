@@ -39,6 +39,11 @@ from learngene.core.sources import digits_data_config, digits_splits  # noqa: F4
 DATA_SOURCES = {EMBEDDED: DigitsSource, "animals": AnimalsSource}  # scheme -> source class; anything else is a folder
 
 
+def is_embedded(text: str) -> bool:
+    """``digits``, ``digits:TASK``, ``animals``: a source of the registry, not a folder."""
+    return text.partition(":")[0] in DATA_SOURCES
+
+
 def open_source(data, strict: bool = False):
     """``None`` / ``digits`` / ``digits:TASK`` / ``SCHEME:ARG`` of the registry, else a folder."""
     if data is None or data == "":
@@ -46,8 +51,8 @@ def open_source(data, strict: bool = False):
     if not isinstance(data, (str, os.PathLike)):
         return data  # a source already
     text = str(data)
-    scheme, _, arg = text.partition(":")
-    if scheme in DATA_SOURCES:
+    if is_embedded(text):
+        scheme, _, arg = text.partition(":")
         return DATA_SOURCES[scheme](arg or None)
     return ImageFolderSource(text, strict=strict)
 

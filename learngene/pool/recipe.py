@@ -94,9 +94,9 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         raise UserError(f"{source}: unknown recipe field {unknown[0]} (known: name, ancestor, data, auxiliary, distill)")
     data = str(d.get("data") or "")
     if data:
-        from learngene.core.data import DATA_SOURCES
+        from learngene.core.data import DATA_SOURCES, is_embedded
 
-        if data.partition(":")[0] not in DATA_SOURCES:
+        if not is_embedded(data):
             raise UserError(f"{source}: data {data!r} is not an embedded source ({', '.join(DATA_SOURCES)}); "
                             "a folder is given with --data")
     aux = d.get("auxiliary") or {}

@@ -166,10 +166,10 @@ class Pool:
     @property
     def embedded_data(self) -> str | None:
         """The embedded source the pool was distilled on (``digits``, ``animals``), None for a folder."""
-        from learngene.core.data import DATA_SOURCES
+        from learngene.core.data import is_embedded
 
         src = self.data.get("source") if isinstance(self.data, dict) else None
-        return src if src and src.partition(":")[0] in DATA_SOURCES else None
+        return src if src and is_embedded(src) else None
 
     def manifest_sha256(self) -> str:
         return file_sha256(self.path / MANIFEST)
