@@ -33,7 +33,7 @@ def test_paired_stitching_counts_match_sn_net():
         if d.kind == "stitch":
             assert d.j <= d.k <= d.j + 2 and d.narrow_blocks == list(range(d.j + 1)) and d.wide_blocks == list(range(d.k, 6))
     assert parse_config("1,2", 6).id == "stitch-1-2" and parse_config("narrow", 6).kind == "narrow"
-    with pytest.raises(UserError, match="--config 0,5"):
+    with pytest.raises(UserError, match="--descendant 0,5"):
         parse_config("0,5", 6)
     assert size_budget("tiny", 86_600_000) == pytest.approx(5_700_000)
     assert size_budget("base", 1) is None
@@ -180,7 +180,13 @@ def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     rev = pool.revision("latest")
     assert rev["id"] == "r1" and rev["parent"] == "r0" and rev["stitch_init"] == "lstsq" and rev["train"] == "all"
     assert (pool_dir / "revisions/r1/stitches.safetensors").is_file()
-    assert (pool_dir / "revisions/r1/instances/narrow.b0.safetensors").is_file()
+    # every piece the run changed is stored in r1; a piece it left as it was is read from r0
+    # (stored once), and the revision reads exactly the trained weights either way
+    pieces, originals = pool.pieces("r1"), pool.pieces("r0")
+    for pid, e in pieces.items():
+        kept = e["file"].startswith(("instances/", "components/"))
+        assert kept == (pid not in {f["id"] for f in rev["files"]})
+        assert kept == (e["sha256"] == originals.get(pid, {}).get("sha256"))
     assert len(rev["descendants"]) == 9 and all(d["test_top1"] is not None for d in rev["descendants"])
     assert pool.verify() == len(pool.files())
     # the child: a timm local-dir folder and a torch.export program, same outputs
@@ -287,7 +293,7 @@ def test_plain_timm_loads_an_exported_auxiliary_child(setup_dir, tmp_path):
     import sys
 
     pool = fresh_pool(setup_dir, tmp_path)
-    r = learngene("assemble", "--pool", pool, "--config", "narrow", "--epochs", "0", "-q", "--accelerator", "cpu")
+    r = learngene("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--accelerator", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     # no learngene import: the pure narrow model is a plain timm ViT
     code = f"import timm; m = timm.create_model('local-dir:{pool / 'children' / 'narrow'}', pretrained=True); print(type(m).__name__)"
@@ -297,12 +303,12 @@ def test_plain_timm_loads_an_exported_auxiliary_child(setup_dir, tmp_path):
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
-    before = sorted(p.relative_to(pool) for p in pool.rglob("*"))
+    before = sorted(p.relative_to(pool) for p in pool.rglob("*") if p.name != ".lock")
     cases = [
         (["--size", "huge"], ["unknown size", "huge"]),
         (["--params", "10"], ["no descendant fits", "stitch-"]),
-        (["--config", "0,3"], ["--config 0,3", "not a descendant"]),
-        (["--config", "1,2", "--size", "tiny"], ["one way"]),
+        (["--descendant", "0,3"], ["--descendant 0,3", "not a descendant"]),
+        (["--descendant", "1,2", "--size", "tiny"], ["one way"]),
         (["--revision", "r7"], ["no revision r7"]),
         (["--stitch-kind", "cubic", "--size", "tiny"], ["--stitch-kind", "cubic", "unknown kind"]),
         (["--pool", tmp_path / "nope"], ["pool not found", "nope"]),
@@ -312,10 +318,11 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
         assert_one_line_error(cli(*argv), *[str(n) for n in needles])
     # an existing child folder without --force
     (pool / "children" / "narrow").mkdir(parents=True)
-    assert_one_line_error(cli("assemble", "--pool", pool, "--config", "narrow"), "child exists", "--force")
+    assert_one_line_error(cli("assemble", "--pool", pool, "--descendant", "narrow"), "child exists", "--force")
     (pool / "children" / "narrow").rmdir()
     (pool / "children").rmdir()
-    assert sorted(p.relative_to(pool) for p in pool.rglob("*")) == before
+    # (the pool's lock file, .lock, stays: it is how writers take turns)
+    assert sorted(p.relative_to(pool) for p in pool.rglob("*") if p.name != ".lock") == before
     # a pool that fails verification names the file
     victim = pool / "instances" / "narrow.b1.safetensors"
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
@@ -326,7 +333,7 @@ def test_assemble_ddp_two_cpu_processes(setup_dir, tmp_path):
     # joint training under DDP: unused stitches must not stall the gradient sync, and only
     # rank 0 writes the revision and the child
     pool = fresh_pool(setup_dir, tmp_path)
-    r = learngene("assemble", "--pool", pool, "--all", "--config", "1,2", "--epochs", "1", "-q", "--json",
+    r = learngene("assemble", "--pool", pool, "--all", "--descendant", "1,2", "--epochs", "1", "-q", "--json",
                   "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((pool / "pool.json").read_text())

@@ -95,27 +95,35 @@ def test_cli_missing_pool(tmp_path):
 
 
 def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
-    from learngene.bench.budget import pick
+    from learngene.bench.budget import Budget, pick
     from learngene.core.errors import UserError
 
     rows = [{"model": m, "top1": a, "infer_step_time": t, "infer_step_time_p90": 1.5 * t, "param_count": p}
             for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))]
-    assert pick(rows, 2.5, None, None, latency="p90")[0]["model"] == "d"  # b's p90 (3.0) is over budget
-    best, alts = pick(rows, 2.5, None, None, "median")
+    assert pick(rows, Budget(2.5, latency="p90"))[0]["model"] == "d"  # b's p90 (3.0) is over budget
+    best, alts, _ = pick(rows, Budget(2.5, latency="median"))
     assert best["model"] == "b" and [r["model"] for r in alts] == ["d", "c"]
-    assert pick(rows, 2.5, None, 150_000, "median")[0]["model"] == "d"
+    assert pick(rows, Budget(2.5, latency="median", max_params=150_000))[0]["model"] == "d"
     with pytest.raises(UserError, match="closest: a"):
-        pick(rows, 0.5, None, None, "median")
+        pick(rows, Budget(0.5, latency="median"))
+    # a row whose timing is noisy is passed over while a trusted one fits, and the notes say so
+    rows[1]["infer_step_spread"] = 3.0
+    best, _, notes = pick(rows, Budget(2.5, latency="median"), wide_spread=0.5)
+    assert best["model"] == "d" and "spread" in notes[0] and "b" in notes[0]
+    for bad in (-5, 0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="max-latency-ms"):
+            Budget(bad)
 
 
 def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):  # noqa: F811
+    from learngene.bench.budget import Budget
     from learngene.deploy import bench_pool, target
 
     pool = fresh_pool(setup_dir, tmp_path)
     rep = bench_pool(pool, batch_sizes=[1], min_run_time=0.01)
     df = rep.df
     budget = float(df.infer_step_time_p90.median())
-    res = target(pool, max_latency_ms=budget)  # the budget holds the p90 by default
+    res = target(pool, Budget(budget))  # the budget holds the p90 by default
     assert not res.measured_now and res.report == rep.report
     # the report keeps the measured latencies exactly (a rounded one at the budget flipped the pick)
     saved = json.loads((rep.report / "frontier.json").read_text())["rows"]
@@ -130,15 +138,29 @@ def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path
     assert not (tmp_path / "c2").exists()
 
 
-def test_target_measures_when_no_report_fits_and_a_refusal_writes_nothing(setup_dir, tmp_path):  # noqa: F811
+def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
+    assert cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q").returncode == 0  # stitches stored: r1
     r = cli("target", "--pool", pool, "--max-latency-ms", "0.000001")
     assert_one_line_error(r, "closest")
-    assert not (pool / "reports").exists() and not (pool / "children").exists()
-    r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--json")
+    # the budget was refused, but what was measured is kept (the next call does not measure again)
+    assert len(list((pool / "reports").glob("*/frontier.json"))) == 1 and not (pool / "children").exists()
+    # --no-train: the pick is exported as the revision holds it (training it would make a new
+    # revision, whose members a report of this one no longer describes)
+    r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["measured_now"] and (pool / "reports").is_dir() and (pool / "children" / out["chosen"]["model"]).is_dir()
+    assert not out["measured_now"] and (pool / "children" / out["chosen"]["model"]).is_dir()
+    # asked again: the same pick is there already (same member, revision, format): reused, nothing written
+    r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
+    again = json.loads(r.stdout)
+    assert r.returncode == 0 and again["reused"] and again["chosen"]["model"] == out["chosen"]["model"]
+    # a folder that is something else is refused before anything is measured
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--remeasure", "--out", tmp_path / "docs")
+    assert_one_line_error(r, "exists")
+    assert len(list((pool / "reports").glob("*/frontier.json"))) == 1
 
 
 def test_bench_includes_adapted_models_on_their_own_task(setup_dir, tmp_path):  # noqa: F811

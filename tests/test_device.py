@@ -152,7 +152,7 @@ def test_kit_probe_in_a_fresh_env_and_target_from_its_latency_file(assembled, tm
     res = json.loads(r.stdout)
     assert res["chosen"]["top1"] == max(m["host_top1"] for m in meta["members"])  # every row fits this budget
     child = res["child"]
-    assert "box-1t_lat@" in child and "ms_top1@" in child
+    assert f"box-1t-{res['chosen']['precision']}_lat@" in child and "ms_top1@" in child
     cfg = json.loads((tmp_path / "pool" / "children" / os.path.basename(child) / "config.json").read_text())["learngene"]
     assert cfg["export"]["format"] == "onnx" and cfg["export"]["accuracy"]["top1"] >= 0
     assert res["trained"] == (res["chosen"]["model"] not in ("narrow", "wide"))

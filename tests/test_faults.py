@@ -36,7 +36,8 @@ def wait_for(cond, timeout=120.0, proc=None):
 
 
 def tree(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+    """What a folder holds, but the pool's lock file (.lock: how writers take turns, kept)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name != ".lock") if folder.exists() else []
 
 
 def slow_recipe(tmp_path, wide_epochs=40):
@@ -68,7 +69,7 @@ def test_sigterm_during_build_pool_exits_143_and_resume_finishes(setup_dir, tmp_
 def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     before = tree(pool)
-    p = start("assemble", "--pool", pool, "--all", "--epochs", "200", "--config", "1,2", "--accelerator", "cpu")
+    p = start("assemble", "--pool", pool, "--all", "--epochs", "200", "--descendant", "1,2", "--accelerator", "cpu")
     lines = []
     wait_for(lambda: lines.append(p.stderr.readline()) or "assemble: epoch 1/200" in lines[-1], proc=p)
     p.send_signal(signal.SIGINT)
@@ -76,7 +77,7 @@ def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path
     assert p.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "learngene: interrupted"
     assert tree(pool) == before  # no revision, no child, no staging folder
-    r = learngene("assemble", "--pool", pool, "--all", "--epochs", "1", "--config", "1,2", "-q", "--accelerator", "cpu")
+    r = learngene("assemble", "--pool", pool, "--all", "--epochs", "1", "--descendant", "1,2", "-q", "--accelerator", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -92,7 +93,7 @@ def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):  # noqa: F811
 
 def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
-    runs = [start("assemble", "--pool", pool, "--train", "target", "--epochs", "1", "--config", c, "-q", "--accelerator", "cpu")
+    runs = [start("assemble", "--pool", pool, "--train", "target", "--epochs", "1", "--descendant", c, "-q", "--accelerator", "cpu")
             for c in ("0,1", "1,2")]
     for p in runs:
         _, err = p.communicate(timeout=600)
@@ -204,7 +205,7 @@ def test_revision_cycles_symlinks_and_escaping_files(setup_dir, tmp_path):  # no
     # a symlinked children/ would redirect the export elsewhere: refused
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", pool / "children")
-    assert_one_line_error(cli("assemble", "--pool", pool, "--config", "narrow", "--no-program"), "symlink")
+    assert_one_line_error(cli("assemble", "--pool", pool, "--descendant", "narrow", "--no-program"), "symlink")
     assert not any((tmp_path / "elsewhere").iterdir())
 
 
@@ -239,7 +240,7 @@ def test_outputs_follow_the_umask(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     old = os.umask(0o022)
     try:
-        r = cli("assemble", "--pool", pool, "--config", "1,2", "--epochs", "0", "-q", "--accelerator", "cpu")
+        r = cli("assemble", "--pool", pool, "--descendant", "1,2", "--epochs", "0", "-q", "--accelerator", "cpu")
         assert r.returncode == 0, r.stderr
     finally:
         os.umask(old)
@@ -276,7 +277,7 @@ def test_leftovers_are_ignored_reported_and_cleaned(setup_dir, tmp_path):  # noq
 
 def test_force_says_what_it_deletes(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
-    assert cli("assemble", "--pool", pool, "--config", "narrow", "--epochs", "0", "-q", "--no-program").returncode == 0
+    assert cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program").returncode == 0
     r = learngene("build-pool", "--recipe", setup_dir / "tiny3.yaml", "--ancestor", f"local-dir:{setup_dir / 'anc'}",
                   "--out", pool, "--force", "-q", "--accelerator", "cpu", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -292,7 +293,7 @@ def test_write_failures_are_exit_2_one_line(setup_dir, tmp_path, monkeypatch):  
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
     monkeypatch.setattr(io, "publish", full)  # what a full disk does to the first write
-    r = cli("assemble", "--pool", pool, "--config", "narrow", "--epochs", "0", "-q", "--no-program")
+    r = cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program")
     assert_one_line_error(r, "cannot write", "No space left on device")
     monkeypatch.undo()
     assert not (pool / "children").exists() or not any((pool / "children").iterdir())

@@ -171,7 +171,7 @@ def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
     other = folder(tmp_path / "other", classes=("ant", "bee", "dog"))
     assert_one_line_error(cli("assemble", "--pool", pool, "--data", other, "--size", "base"), "classes", "dog")
     more = folder(tmp_path / "more", per_class=12)
-    r = cli("assemble", "--pool", pool, "--data", more, "--config", "narrow", "--epochs", "0", "-q", "--no-program",
+    r = cli("assemble", "--pool", pool, "--data", more, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program",
             "--workers", "0", "--accelerator", "cpu")
     assert r.returncode == 0 and "other files" in r.stderr, r.stderr
 

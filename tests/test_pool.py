@@ -130,10 +130,12 @@ def test_resume_after_interruption_keeps_finished_models(tmp_path, digits_ancest
     narrow_sha = json.loads((stage / "narrow.done.json").read_text())["instances"][0]["sha256"]
     assert (stage / "checkpoints" / "wide" / "last.ckpt").is_file()
 
-    with pytest.raises(UserError, match="interrupted build exists"):
-        build_pool(recipe(), out=out, ancestor=digits_ancestor, trainer_args=_quiet())
+    # another recipe cannot take over the interrupted build (it would mix two recipes)
+    with pytest.raises(UserError, match="another recipe"):
+        build_pool(recipe(alpha=0.3), out=out, ancestor=digits_ancestor, trainer_args=_quiet())
+    # a plain rerun of the same build continues it (as --resume does)
     rec = Record()
-    pool = build_pool(recipe(), out=out, ancestor=digits_ancestor, trainer_args=_quiet(), callbacks=[rec], resume=True)
+    pool = build_pool(recipe(), out=out, ancestor=digits_ancestor, trainer_args=_quiet(), callbacks=[rec])
     assert rec.starts == [("wide", 1)], "narrow not retrained; wide resumed from its checkpoint"
     assert pool.instances[0]["sha256"] == narrow_sha
     assert pool.auxiliary["wide"]["metrics"]["epochs"] == 2

@@ -19,6 +19,7 @@ from learngene.adapt import delta as D
 from learngene.core.errors import UserError
 from learngene.core.io import check_output, lock, real_folder, save_local_dir, staged_folder
 from learngene.core.loading import LoadedModel
+from learngene.core.training import Convergence
 
 
 def base_ref(ref: str, member) -> dict:
@@ -50,20 +51,24 @@ def adapters_for(ref: str, pool) -> Path:
     return Path(pool) / "adapters"
 
 
-def train(model: nn.Module, dm, epochs: int, lr: float, progress: bool = False, trainer_args=None) -> float:
-    """Lightning fit of the parameters that require grad (with a delta attached, the base is
-    frozen); seconds."""
-    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, make_trainer
+# --epochs auto for a delta: at most 100 epochs, stopped 10 after the best validation top1
+ADAPT_AUTO = Convergence(cap=100, patience=10)
 
-    if epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {epochs}")
+
+def train(model: nn.Module, dm, epochs, lr: float, progress: bool = False, trainer_args=None) -> tuple[float, dict]:
+    """Lightning fit of the parameters that require grad (with a delta attached, the base is
+    frozen) for ``epochs`` (or ``"auto"``); (seconds, the training record)."""
+    from learngene.core.limits import epochs as bounded
+    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit
+
+    epochs = bounded(epochs)
     targs = trainer_args or TrainerArgs(progress=progress)
-    targs.max_epochs, targs.label = epochs, "adapt"
+    targs.label = "adapt"
     module = Classifier(model, OptimConfig(lr=lr, weight_decay=0.0, warmup_fraction=0.1, label_smoothing=0.1))
     t0 = time.perf_counter()
-    make_trainer(targs).fit(module, datamodule=dm)
+    record, _ = fit(module, dm, targs, epochs=epochs, auto=ADAPT_AUTO)
     model.eval()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, record
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -73,10 +78,11 @@ def model_bytes(model: nn.Module) -> int:
 def check_request(*, name: str, method: str, lr: float | None, rank: int, adapters: Path, force: bool) -> float:
     """Everything about a delta request that can be refused before any model is loaded;
     returns the learning rate (the method's default when none is given)."""
+    from learngene.core import limits
+
     D.check_name(name)
     kind = D.method_of(method)
-    if rank < 1:
-        raise UserError(f"--rank must be >= 1, got {rank}")
+    limits.int_in(rank, "--rank", 1, limits.MAX_RANK)
     real_folder(adapters, "adapters folder")
     check_output(adapters / name, force, "delta")
     kind.check()
@@ -88,14 +94,20 @@ def check_request(*, name: str, method: str, lr: float | None, rank: int, adapte
 
 def adapt(base: LoadedModel, data, *, name: str, adapters: Path, ref: dict, method: str = "lora", rank: int = 8,
           targets=D.TARGETS, train_head: bool = False, epochs: int = 10, lr: float | None = None,
-          train_fraction: float = 1.0, seed: int = 0, force: bool = False, trainer_args=None, progress: bool = False) -> dict:
+          train_fraction: float = 1.0, seed: int = 0, force: bool = False, trainer_args=None, progress: bool = False,
+          batch_size: int = 64) -> dict:
     """Train and store a delta in ``adapters/<name>``; returns its record (what ``adapt ls`` shows).
     One writer of a delta at a time, from the check to the write: a second run of the same
     name is refused at once instead of silently replacing the first one's delta."""
     from learngene.core.data import data_for
 
+    from learngene.core import limits
+
     lr = check_request(name=name, method=method, lr=lr, rank=rank, adapters=adapters, force=force)
-    dm = data_for(data, base.data_config, train_fraction=train_fraction, seed=seed)  # bad data: refused before the lock
+    limits.epochs(epochs)
+    limits.seed(seed)
+    dm = data_for(data, base.data_config, train_fraction=train_fraction, seed=seed,
+                  batch_size=limits.batch_size(batch_size))  # bad data: refused before the lock
     with lock(adapters / f".{name}.lock", f"delta {adapters / name}", wait=False):
         check_output(adapters / name, force, "delta")  # again, now that it is ours
         return _fit(base, dm, name=name, adapters=adapters, ref=ref, method=method, rank=rank, targets=targets,
@@ -111,7 +123,7 @@ def _fit(base, dm, *, name, adapters, ref, method, rank, targets, train_head, ep
 
     L.seed_everything(seed, verbose=False)
     ad = D.attach(base.model, method, rank, targets, train_head, dm.num_classes, seed=seed)
-    seconds = train(ad.model, dm, epochs, lr, progress, trainer_args)
+    seconds, record = train(ad.model, dm, epochs, lr, progress, trainer_args)
     test = evaluate(ad.model, dm.test_dataloader())
     val = evaluate(ad.model, dm.val_dataloader())
     sd = D.delta_state(ad)
@@ -121,6 +133,7 @@ def _fit(base, dm, *, name, adapters, ref, method, rank, targets, train_head, ep
         "test_top1": round(test["top1"], 2), "val_top1": round(val["top1"], 2),
         "trainable_params": ad.trainable, "delta_bytes": D.bytes_of(sd), "model_bytes": model_bytes(base.model),
         "seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "training": {k: v for k, v in record.items()},
     }
     meta["delta_fraction"] = round(meta["delta_bytes"] / meta["model_bytes"], 4)
     out = adapters / name

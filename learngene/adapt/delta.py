@@ -210,9 +210,12 @@ def attach(base: nn.Module, method: str, rank: int = 8, targets=TARGETS, train_h
     """A copy of ``base`` with a fresh delta; only the delta (and the head with
     ``train_head``) is trainable. ``num_classes`` other than the base's needs a new head."""
     kind = method_of(method)
-    if rank < 1:
-        raise UserError(f"--rank must be >= 1, got {rank}")
     targets = parse_targets(targets)
+    dims = [min(m.in_features, m.out_features) for n, m in base.named_modules()
+            if isinstance(m, nn.Linear) and ".blocks." in f".{n}" and n.rsplit(".", 1)[-1] in targets]
+    if rank < 1 or (dims and rank > min(dims)):
+        raise UserError(f"--rank {rank} must be from 1 to {min(dims) if dims else '?'}, the narrowest layer it adapts "
+                        "(a larger rank adds nothing a full update would not)")
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
     base_head = None

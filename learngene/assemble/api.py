@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -85,6 +86,7 @@ def assemble(
     sel = selection or Selection()
     spec = spec or AssembleSpec()
     _check_spec(spec, train, init)
+    sel.check()  # what needs no pool: refused before the pool is opened (and every file re-hashed)
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
     pool.check_writable()  # a read-only pool is refused now, not after the training
     depth = pool.depth
@@ -94,6 +96,20 @@ def assemble(
 
         check_output(Path(out) if out is not None else pool.children_dir / parse_config(sel.config, depth).id, force, "child")
 
+    # One assemble at a time per pool, from reading its revision to writing its own and the
+    # child: a second one waits, then starts from the newest revision, so concurrent runs chain
+    # (r0 -> r1 -> r2) instead of forking from the same parent, where `latest` would hold only
+    # the last one's training. DDP: only rank 0 writes, so only it locks.
+    rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    with pool.writing(" (assembling)") if rank0 else contextlib.nullcontext():
+        return _assemble(pool, sel, train=train, init=init, stitch_kinds=stitch_kinds, spec=spec, revision=revision,
+                         data=data, ancestor=ancestor, out=out, force=force, export_program=export_program, fmt=fmt,
+                         precision=precision, trainer_args=trainer_args, num_workers=num_workers, progress=progress, t0=t0)
+
+
+def _assemble(pool: Pool, sel: Selection, *, train, init, stitch_kinds, spec, revision, data, ancestor, out, force,
+              export_program, fmt, precision, trainer_args, num_workers, progress, t0) -> AssembleResult:
+    depth = pool.depth
     base = pool.revision(revision)
     pm, has_stitches = pool.model(revision)
     # Other stitch kinds (--stitch-kind): those stitches are made afresh, initialised and
@@ -134,12 +150,12 @@ def assemble(
 
                 teacher = ancestor_of(pool, ancestor).model
             if spec.epochs is None:
-                spec.epochs = DEFAULT_EPOCHS["target" if mode == "target" else "all"]
+                spec = dataclasses.replace(spec, epochs=DEFAULT_EPOCHS["target" if mode == "target" else "all"])
             progress(f"training {len(specs)} descendant(s): {spec.epochs} epochs, tune {spec.tune}, "
                      f"lr {spec.lr:g} (inherited) / {spec.stitch_lr:g} (stitches), sampling {spec.sampling}")
             flops = {r["id"]: r["flops"] for r in rows}
             trained = train_descendants(pm, specs, spec, dm, teacher=teacher, flops=flops, trainer_args=trainer_args)
-            trained["specs"] = [s.id for s in specs] if spec.epochs > 0 else []
+            trained["specs"] = [s.id for s in specs] if spec.epochs == "auto" or spec.epochs > 0 else []
             if not trained.pop("rank0"):  # DDP: only global rank 0 evaluates and writes
                 return AssembleResult(pool, base, rows, trained=trained, seconds=time.perf_counter() - t0)
         evaluated = specs if mode == "target" else pm.specs
@@ -220,6 +236,7 @@ def write_revision(pool: Pool, pm: PoolModel, base: dict | None, spec: AssembleS
         "trained": trained.get("specs", []) if trained else [],
         "steps": trained.get("steps", 0) if trained else 0,
         "best_epoch": best.get("epoch"),
+        "training": trained.get("training") if trained else None,
         "val_history": [{"epoch": h["epoch"], "mean": round(h["mean"], 2)} for h in (trained or {}).get("history", [])],
         "descendants": rows,
     }
@@ -235,8 +252,14 @@ def _check_spec(spec: AssembleSpec, train: str, init: str) -> None:
         raise UserError(f"unknown --tune {spec.tune!r} (choose from {', '.join(TUNE)})")
     if spec.sampling not in SAMPLING:
         raise UserError(f"unknown --sampling {spec.sampling!r} (choose from {', '.join(SAMPLING)})")
-    if spec.epochs is not None and spec.epochs < 0:
-        raise UserError(f"--epochs must be >= 0, got {spec.epochs}")
+    if spec.epochs is not None:
+        from learngene.core.limits import epochs
+
+        epochs(spec.epochs, low=0)
+    from learngene.core import limits
+
+    limits.batch_size(spec.batch_size)
+    limits.seed(spec.seed)
     for name, v in (("--lr", spec.lr), ("--stitch-lr", spec.stitch_lr)):
         if v <= 0:
             raise UserError(f"{name} must be > 0, got {v:g}")

@@ -26,17 +26,24 @@ class Selection:
     def given(self) -> bool:
         return any(v is not None for v in (self.size, self.params, self.flops, self.config))
 
-    def check(self, depth: int) -> None:
-        """Refuse a bad selection before any work."""
+    def check(self, depth: int | None = None) -> None:
+        """Refuse a bad selection before any work (``depth`` None: what needs no pool, so a
+        bad value is refused before the pool is even opened and re-hashed)."""
+        import math
+
+        from learngene.core.descendants import check_config_syntax
+
         if sum(v is not None for v in (self.size, self.params, self.flops, self.config)) > 1:
-            raise UserError("choose the child one way: --size, --params, --flops or --config")
+            raise UserError("choose the child one way: --size, --params, --flops or --descendant")
         if self.config is not None:
-            parse_config(self.config, depth)
+            check_config_syntax(self.config)
+            if depth is not None:
+                parse_config(self.config, depth)
         if self.size is not None:
             size_budget(self.size, 1)
         for name, v in (("--params", self.params), ("--flops", self.flops)):
-            if v is not None and v <= 0:
-                raise UserError(f"{name} must be > 0, got {v:g}")
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1e15):
+                raise UserError(f"{name} must be a positive number, got {v!r}")
 
 def size_budget(size: str, ancestor_params: int) -> float | None:
     """Parameter budget of a size name, scaled from the DeiT family to this ancestor;

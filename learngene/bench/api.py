@@ -28,11 +28,13 @@ def parse_batch_sizes(text: str | list | tuple) -> list[int]:
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
         sizes = [int(b) for b in items]
-    except ValueError:
+    except (TypeError, ValueError):
         raise UserError(f"--batch-sizes must be positive integers like 1,32, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"--batch-sizes must be positive integers like 1,32, got {text!r}")
-    return sizes
+    if not sizes or len(sizes) > 16:
+        raise UserError(f"--batch-sizes must be 1 to 16 positive integers like 1,32, got {text!r}")
+    from learngene.core.limits import batch_size
+
+    return [batch_size(b, "--batch-sizes") for b in sizes]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,10 +46,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def set_threads(threads: int | None) -> None:
+    from learngene.core.limits import threads as bounded
+
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(bounded(threads))
 
 
 def bench(
@@ -72,7 +74,7 @@ def bench(
     are timed in interleaved rounds. The report goes to ``out`` unless ``write`` is False."""
     from learngene.bench.metrics import device_name, topk_accuracy
     from learngene.core.training import features_and_logits, knn_top1
-    from learngene.bench.probe import load_average, peak_rss_mib, time_interleaved, timing_warnings
+    from learngene.bench.probe import load_average, time_interleaved, timing_warnings
     from learngene.bench.report import mark_pareto, write_report
     from learngene.bench.runtimes import plan
     from learngene.core.data import data_for
@@ -140,7 +142,7 @@ def bench(
                              "knn_top1": base[mid]["knn_top1"] if rt.name == "torch" else None,
                              "infer_batch_size": bs, "infer_samples_per_sec": round(bs / st["median_s"], 2),
                              "infer_step_time": st["median_s"] * 1e3, "infer_step_time_p90": st["p90_s"] * 1e3,
-                             "infer_step_spread": round(st["spread"], 4), "infer_peak_mib": _peak(runner, bs, dev, peak_rss_mib),
+                             "infer_step_spread": round(st["spread"], 4), "model_mib": round(runner.model_mib, 3),
                              "file_sha256": runner.file_sha256})
         for m in members:
             m.model().cpu()
@@ -154,14 +156,3 @@ def bench(
     if write:
         report = write_report(df, meta, report, unique=out is None)
     return BenchResult(df, report, meta, time.perf_counter() - t0)
-
-
-def _peak(runner, batch_size: int, dev: torch.device, peak_rss_mib) -> float | None:
-    """Peak memory of one batch: CUDA's allocator peak for torch on a GPU, else the resident
-    high-water mark above what was resident before it (memory reused counts as 0)."""
-    from learngene.bench.metrics import peak_memory_mib
-
-    call = runner.call(batch_size)
-    if dev.type == "cuda" and hasattr(runner, "model"):
-        return peak_memory_mib(runner.model, torch.randn(batch_size, 3, runner.img, runner.img, device=dev))
-    return peak_rss_mib(call)

@@ -11,10 +11,10 @@ import shutil
 import time
 from pathlib import Path
 
-from learngene.core.export import calibration_of, check_precisions, onnx_accuracy, onnx_file, prefetch_onnx
-from learngene.core.io import check_output, file_sha256, staged_folder
+from learngene.bench.probe import KIT_FORMAT
+from learngene.core.export import calibration_of, check_precisions, file_accuracy, onnx_file, prefetch_onnx
+from learngene.core.io import check_output, file_sha256, staged_folder, state_dict_sha256
 
-KIT_FORMAT = "learngene-kit"
 PROBE = Path(__file__).with_name("probe.py")
 
 
@@ -32,17 +32,20 @@ def write_kit(members, dm, out, *, identity: dict, precisions=("fp32", "int8"), 
     t0 = time.perf_counter()
     prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members])
     progress(f"kit: {len(members)} members exported to ONNX, {time.perf_counter() - t0:.0f} s")
-    with staged_folder(out) as stage:
+    # replace=force: a second kit to the same folder without --force is refused, even one that
+    # appeared while this one was being written
+    with staged_folder(out, replace=force) as stage:
         for m in members:
             m.static()
+            weights = state_dict_sha256(m.model().state_dict())
             for prec in precisions:
                 images, key = calibration if prec == "int8-static" else (None, "")
                 path, rec = onnx_file(m.model().cpu(), m.img_size, prec, images, key, name=m.id)
                 name = f"{m.id}.{prec}.onnx"
                 shutil.copyfile(path, stage / name)
-                acc = onnx_accuracy(stage / name, dm.eval_loader("test"))
+                acc = file_accuracy(stage / name, dm)  # the host's own figure, cached by the file's sha256
                 entries.append({"id": m.id, "kind": m.kind, "precision": prec, "file": name, "sha256": rec["sha256"],
-                                "params": m.params, "flops": m.flops, "trained": m.trained,
+                                "weights_sha256": weights, "params": m.params, "flops": m.flops, "trained": m.trained,
                                 "host_top1": acc["top1"], "host_top5": acc["top5"]})
             progress(f"kit: {m.id} ({', '.join(precisions)}), {time.perf_counter() - t0:.0f} s")
         shutil.copyfile(PROBE, stage / "probe.py")

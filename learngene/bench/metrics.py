@@ -47,17 +47,14 @@ def latency(model: nn.Module, batch_size: int, img_size: int, device: torch.devi
 
 @torch.no_grad()
 def peak_memory_mib(model: nn.Module, x: torch.Tensor) -> float | None:
-    """Peak memory of one forward beyond what was in use before it: CUDA's allocator
-    statistics on a GPU; on Linux CPUs, the process's resident high-water mark (reset
-    through /proc/self/clear_refs) above its resident size before the forward. None where
-    neither is available."""
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        base = torch.cuda.memory_allocated(x.device)
-        model(x)
-        torch.cuda.synchronize(x.device)
-        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
-    from learngene.bench.probe import peak_rss_mib
-
-    return peak_rss_mib(lambda: model(x))
+    """Peak memory of one forward beyond what was in use before it, from CUDA's allocator
+    statistics; None on a CPU (the resident high-water mark of a small model's batch reads 0:
+    the allocator reuses memory, so that figure was dropped rather than reported as 0)."""
+    if x.device.type != "cuda":
+        return None
+    torch.cuda.synchronize(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    model(x)
+    torch.cuda.synchronize(x.device)
+    return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20

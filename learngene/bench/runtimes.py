@@ -21,6 +21,7 @@ class Runner:
     """One member at one precision in one runtime."""
 
     file_sha256: str | None = None  # the file the runtime ran, where there is one
+    model_mib: float = 0.0  # the weights the runtime holds: the file it loads, or the module's tensors
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -33,6 +34,8 @@ class Runner:
 class TorchRunner(Runner):
     def __init__(self, model: torch.nn.Module, img_size: int, device: torch.device):
         self.model, self.img, self.device = model.eval().to(device), img_size, device
+        tensors = list(model.parameters()) + list(model.buffers())
+        self.model_mib = sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
     @torch.no_grad()
     def logits(self, x):
@@ -51,9 +54,10 @@ class TorchRunner(Runner):
 
 
 class OrtRunner(Runner):
-    def __init__(self, session, img_size: int, file_sha256: str):
+    def __init__(self, session, img_size: int, file_sha256: str, file_bytes: int = 0):
         self.sess, self.img, self.file_sha256 = session, img_size, file_sha256
         self.input = session.get_inputs()[0].name
+        self.model_mib = file_bytes / 2**20
 
     def logits(self, x):
         return torch.from_numpy(self.sess.run(None, {self.input: x.numpy().astype(np.float32)})[0])
@@ -95,7 +99,7 @@ class OnnxRuntime:
             raise UserError(f"--runtime onnxruntime --device {device}: this onnxruntime has no {provider}")
         images, key = calibration or (None, "")
         path, rec = onnx_file(member.model().cpu(), member.img_size, precision, images, key, name=member.id)
-        return OrtRunner(ort_session(path, threads, providers=(provider,)), member.img_size, rec["sha256"])
+        return OrtRunner(ort_session(path, threads, providers=(provider,)), member.img_size, rec["sha256"], path.stat().st_size)
 
 
 RUNTIMES = {"torch": TorchRuntime, "onnxruntime": OnnxRuntime}

@@ -98,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             code = _internal(e)
     except Exception as e:
-        code = _internal(e)
+        from learngene.core.io import _errno_in
+
+        errno_ = _errno_in(str(e))
+        if errno_ is not None:  # a library's own error for a full disk or a read-only folder
+            print(f"learngene: error: cannot write a file: {os.strerror(errno_)} "
+                  f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})", file=sys.stderr)
+            code = 2
+        else:
+            code = _internal(e)
     sys.stdout.flush()
     sys.exit(code)
 

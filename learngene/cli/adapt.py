@@ -7,6 +7,7 @@ from pathlib import Path
 
 from learngene.cli.common import add_data_arg, add_pool_arg, add_trainer_args, data_arg, print_table, trainer_args_from
 from learngene.core.errors import UserError
+from learngene.registries import DELTA_METHODS
 
 HELP = "fit a model to a new task with a small stored delta (LoRA / adapters)"
 DESCRIPTION = ("`adapt --model M --data D --name TASK`: train and store a delta; "
@@ -19,13 +20,14 @@ def add_arguments(sp) -> None:
     sp.add_argument("--model", metavar="M", help="a child or member of the pool, a timm local-dir, 'embedded', or a timm name")
     sp.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name")
     add_data_arg(sp, "ImageFolder of the new task, or digits:rot90 (embedded)", workers=False)
-    sp.add_argument("--method", default="lora", choices=["lora", "adapter"])
+    sp.add_argument("--method", default="lora", choices=DELTA_METHODS.names)
     sp.add_argument("--rank", type=int, default=8, help="LoRA rank / adapter bottleneck (default 8)")
     sp.add_argument("--targets", default="qkv,proj,fc1,fc2", help="block linears to adapt (default all four)")
     sp.add_argument("--train-head", action="store_true", help="train the classifier too (stored in the delta)")
-    sp.add_argument("--epochs", type=int, default=10)
+    sp.add_argument("--epochs", default=10, help="epochs, or auto (until validation top1 stops improving; default 10)")
     sp.add_argument("--lr", type=float, default=None, help="peak learning rate (default: lora 3e-3, adapter 1e-2)")
     sp.add_argument("--fraction", type=float, default=1.0, help="fraction of the training split to use")
+    sp.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--name", metavar="TASK", help="the task: the delta goes to POOL/adapters/TASK")
     sp.add_argument("--delta", metavar="TASK_OR_DIR", help="apply: a task of the pool or a delta folder")
@@ -64,6 +66,7 @@ def run(ns) -> int:
     res = api.adapt(member.load(), data_arg(ns), name=ns.name, adapters=adapters, ref=api.base_ref(ns.model, member),
                     method=ns.method, rank=ns.rank, targets=ns.targets, train_head=ns.train_head, epochs=ns.epochs,
                     lr=ns.lr, train_fraction=ns.fraction, seed=ns.seed, force=ns.force, trainer_args=trainer_args_from(ns),
+                    batch_size=ns.batch_size,
                     progress=not ns.quiet)
     if ns.json:
         print(json.dumps(res, indent=2))
@@ -78,6 +81,7 @@ def apply(ns, api, adapters: Path) -> int:
     from learngene.core.data import data_for
     from learngene.core.io import check_output
     from learngene.core.training import evaluate
+    from learngene.core.vit import input_size
     from learngene.zoo import resolve
 
     if not ns.delta:
@@ -96,7 +100,7 @@ def apply(ns, api, adapters: Path) -> int:
     acc = evaluate(model, dm.test_dataloader())
     res = {"task": ad.meta.get("task"), "method": ad.method, "data": dm.name, "test_top1": round(acc["top1"], 2), "merged": ns.merge}
     if ns.merge:
-        res["merge_max_logit_diff"] = api.max_diff(ad.model, model, base.view.shape.img_size)
+        res["merge_max_logit_diff"] = api.max_diff(ad.model, model, input_size(base.model))
         if ns.out:
             res["out"] = str(api.export_merged(model, ad, base, Path(ns.out), ns.force))
     if ns.json:

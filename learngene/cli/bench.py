@@ -12,7 +12,7 @@ def add_arguments(sp) -> None:
     add_device_args(sp)
     add_data_arg(sp)
     add_runtime_args(sp, many=True)
-    sp.add_argument("--batch-sizes", default="1,32", help="latency batch sizes (default 1,32)")
+    sp.add_argument("--batch-sizes", "--batch-size", dest="batch_sizes", default="1,32", help="latency batch sizes (default 1,32)")
     sp.add_argument("--include", default="", help="also measure: ancestor, children, adapted (the pool's deltas, each on its own task)")
     sp.add_argument("--revision", default="latest", help="pool revision to measure (default latest)")
     sp.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per model and batch size")

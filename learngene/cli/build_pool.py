@@ -14,7 +14,10 @@ def add_arguments(sp) -> None:
     add_model_args(sp)
     add_data_arg(sp, "ImageFolder to distil on (default: the recipe's data, else the embedded digits)")
     sp.add_argument("--out", metavar="DIR", help="pool folder (default: pools/<recipe name>)")
-    sp.add_argument("--epochs", type=int, default=None, help="epochs for every auxiliary model")
+    sp.add_argument("--epochs", default=None, help="epochs for every auxiliary model, or auto (until validation stops improving)")
+    sp.add_argument("--lr", type=float, default=None, help="peak learning rate of every auxiliary model (recipe: auxiliary.*.lr)")
+    sp.add_argument("--batch-size", type=int, default=None, help="distillation batch size (recipe: distill.batch_size)")
+    sp.add_argument("--seed", type=int, default=None, help="distillation seed (recipe: distill.seed)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe field, e.g. distill.alpha=0.2 or auxiliary.narrow.init=ancestor")
     sp.add_argument("--resume", action="store_true", help="continue an interrupted build")
@@ -28,7 +31,10 @@ def run(ns) -> int:
     from learngene.pool import build_pool, load_recipe, resolve_recipe_path
     from learngene.zoo import resolve
 
-    recipe = load_recipe(resolve_recipe_path(ns.recipe), ns.set)
+    flags = [f"{key}={v}" for key, v in (("auxiliary.*.lr", ns.lr), ("distill.batch_size", ns.batch_size),
+                                        ("distill.seed", ns.seed)) if v is not None]
+    targs = trainer_args_from(ns)  # bad Lightning flags, threads: refused before any work
+    recipe = load_recipe(resolve_recipe_path(ns.recipe), [*ns.set, *flags])
     out = Path(ns.out).expanduser() if ns.out else Path("pools") / recipe.name
     if not ns.resume:
         check_output(out, ns.force, "pool")  # before loading (or training) any ancestor
@@ -37,7 +43,7 @@ def run(ns) -> int:
     ancestor = resolve(ref, pretrained=ns.pretrained, checkpoint=ns.checkpoint, allow_download=ns.allow_download,
                        progress=not ns.quiet).load()
     pool = build_pool(recipe, out=out, ancestor=ancestor, data=data, epochs=ns.epochs, resume=ns.resume,
-                      force=ns.force, trainer_args=trainer_args_from(ns), num_workers=ns.workers)
+                      force=ns.force, trainer_args=targs, num_workers=ns.workers)
     if pool is None:  # a DDP rank other than 0
         return 0
     print(f"pool written: {pool.path} ({len(pool.instances)} instances, {pool.stored_params() / 1e6:.2f}M stored parameters)")

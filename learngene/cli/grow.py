@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 from learngene.cli.common import add_data_arg, add_trainer_args, data_arg, trainer_args_from
+from learngene.registries import GROWTH_METHODS
 
 HELP = "make a model larger without changing what it computes"
 
 
 def add_arguments(sp) -> None:
-    sp.add_argument("--from", dest="source", required=True, metavar="MODEL",
+    sp.add_argument("--model", "--from", dest="source", required=True, metavar="MODEL",
                     help="embedded | a timm name (with --checkpoint / --pretrained) | local-dir:DIR or DIR | POOL:MEMBER")
-    sp.add_argument("--method", required=True, choices=["net2net", "expand", "ligo"])
+    sp.add_argument("--method", required=True, choices=GROWTH_METHODS.names)
     sp.add_argument("--embed-dim", type=int, default=None, help="residual width (default: the model's)")
     sp.add_argument("--depth", type=int, default=None, help="number of blocks (default: the model's)")
     sp.add_argument("--heads", type=int, default=None, help="attention heads (default: keep the head size)")
@@ -35,7 +36,8 @@ def run(ns) -> int:
     from learngene.grow import api
     from learngene.zoo import resolve
 
-    out = api.check_request(method=ns.method, out=ns.out, force=ns.force, steps=ns.steps, noise=ns.noise, data=ns.data)
+    out = api.check_request(method=ns.method, out=ns.out, force=ns.force, steps=ns.steps, noise=ns.noise, data=ns.data,
+                            seed=ns.seed)
     src = resolve(ns.source, checkpoint=ns.checkpoint, pretrained=ns.pretrained, progress=not ns.quiet).load()
     target = api.resolve_target(src.model, ns.method, ns.embed_dim, ns.depth, ns.heads, ns.mlp_ratio, ns.head_dim)
     dm = api.datamodule(src, data_arg(ns), seed=ns.seed) if ns.method == "ligo" else None

@@ -107,7 +107,7 @@ def train_embedded(
     from learngene.core.io import check_output
 
     folder = Path(folder) if folder else embedded_dir(name)
-    check_output(folder, True, "the embedded ancestor's cache")  # an unwritable cache is refused before training
+    check_output(folder, True, "the embedded ancestor's cache", cache=True)  # an unwritable cache is refused before training
     tb, r = testbed(name), _recipe(epochs, seed, name)
     L.seed_everything(r["seed"], verbose=False)
     dm = LearngeneDataModule(tb.data, batch_size=r["batch_size"], seed=r["seed"])
@@ -185,18 +185,24 @@ def embedded_ancestor(
 
 
 def describe(anc: LoadedModel, data=None) -> dict:
-    """The facts `learngene ancestor` prints; with ``data``, its accuracy on that data's test split."""
-    info = anc.info()
+    """The facts `learngene ancestor` prints; with ``data``, its accuracy on that data's test
+    split. For a folder, the ancestor described is the one that reads it (`ancestor_for`: the
+    one fitted to its classes, once `ancestor --fine-tune` made it), as build-pool would take."""
     if data:
         from learngene.core.data import data_for
         from learngene.core.training import evaluate
 
         dm = data_for(data, anc.data_config, augment=False)
+        if not dm.embedded:
+            anc = ancestor_for(anc, dm)
+            dm.for_model(anc.data_config)
+        info = anc.info()
         if dm.num_classes != info["num_classes"]:
-            raise UserError(f"{data} has {dm.num_classes} classes but the ancestor's head has {info['num_classes']}")
+            raise UserError(f"{dm.name} has {dm.num_classes} classes but the ancestor's head has {info['num_classes']}")
         acc = evaluate(anc.model, dm.test_dataloader())
-        info.update({"data": str(data), "data_top1": round(acc["top1"], 2), "data_top5": round(acc["top5"], 2)})
-    return info
+        info.update({"data": dm.name, "data_top1": round(acc["top1"], 2), "data_top5": round(acc["top5"], 2)})
+        return info
+    return anc.info()
 
 
 # --------------------------------------------------------------------------- fitted ancestors
@@ -254,7 +260,7 @@ def fit_ancestor(base: LoadedModel, data, *, epochs: int | None = None, trainer_
     folder = fitted_root() / key
     if not refit and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return _load_fitted(folder)
-    check_output(folder, True, "the fitted ancestor's cache")  # before any training
+    check_output(folder, True, "the fitted ancestor's cache", cache=True)  # before any training
     evald = data_for(data, base.data_config, augment=False)
     before = {"before_knn_top1": _probe_top1(base.model, evald)}
     if base.model.num_classes == dm.num_classes:

@@ -73,18 +73,24 @@ class LearngeneDataModule(L.LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int | None = None, train_fraction: float = 1.0,
                  augment: bool = True, seed: int = 0, strict: bool = False):
         super().__init__()
-        if batch_size < 1:
-            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        from learngene.core import limits
+
+        limits.batch_size(batch_size, "batch size")
+        limits.seed(seed)
         if not 0 < train_fraction <= 1:
             raise UserError(f"train fraction must be in (0, 1], got {train_fraction}")
-        if num_workers is not None and num_workers < 0:
-            raise UserError(f"--workers must be >= 0, got {num_workers}")
+        limits.workers(num_workers)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
         self.train_fraction = train_fraction
         self.augment = augment
         self.seed = seed
         self.source = open_source(data, strict)
+        if train_fraction < 1 and hasattr(self.source, "count"):  # refused now, not when training starts
+            n, n_classes = self.source.count("train"), len(self.source.classes)
+            if int(train_fraction * n) < 2 * n_classes:
+                raise UserError(f"train fraction {train_fraction:g} keeps {int(train_fraction * n)} of {n} training "
+                                f"images: fewer than 2 per class for {n_classes} classes; raise --fraction")
         self.num_workers = self.source.default_workers if num_workers is None else num_workers
         self.data_config = self.source.config_for(data_config) if data_config or self.source.embedded else None
         self._sets: dict[str, Dataset] | None = None
@@ -126,6 +132,10 @@ class LearngeneDataModule(L.LightningDataModule):
         from sklearn.model_selection import train_test_split
 
         labels = ds.labels() if hasattr(ds, "labels") else [lab for _, lab in ds.samples]
+        n_classes, keep_n = len(set(labels)), int(self.train_fraction * len(ds))
+        if keep_n < 2 * n_classes:
+            raise UserError(f"train fraction {self.train_fraction:g} keeps {keep_n} of {len(ds)} training images: "
+                            f"fewer than 2 per class for {n_classes} classes; raise --fraction")
         keep, _ = train_test_split(np.arange(len(ds)), train_size=self.train_fraction, stratify=labels, random_state=self.seed)
         return torch.utils.data.Subset(ds, sorted(keep.tolist()))
 

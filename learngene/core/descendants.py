@@ -66,8 +66,19 @@ def descendants(depth: int) -> list[DescSpec]:
     return [DescSpec("narrow", depth=depth), *stitched, DescSpec("wide", depth=depth)]
 
 
+def check_config_syntax(text) -> None:
+    """What `parse_config` can refuse without a pool: not J,K, an id or narrow / wide."""
+    t = str(text).strip()
+    if t in ("narrow", "wide"):
+        return
+    parts = t.replace("stitch-", "").replace("-", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--descendant {text}: not J,K (narrow blocks 0..J, a stitch, wide blocks K..), an id such as "
+                        "stitch-1-2, or narrow / wide")
+
+
 def parse_config(text: str, depth: int) -> DescSpec:
-    """`--config j,k`, a descendant id (`stitch-1-3`) or `narrow` / `wide`."""
+    """`--descendant j,k`, a descendant id (`stitch-1-3`) or `narrow` / `wide`."""
     all_ = {d.id: d for d in descendants(depth)}
     t = text.strip()
     if t in all_:
@@ -78,5 +89,5 @@ def parse_config(text: str, depth: int) -> DescSpec:
         d = all_.get(f"stitch-{j}-{k}")
         if d is not None:
             return d
-    raise UserError(f"--config {text}: not a descendant of this pool (depth {depth}: j,k with k in j..j+2, "
+    raise UserError(f"--descendant {text}: not a descendant of this pool (depth {depth}: j,k with k in j..j+2, "
                     f"e.g. 1,2; or narrow / wide; see `learngene assemble --list`)")

@@ -17,8 +17,10 @@ quantised per batch at run time: no calibration), ``int8-static`` is static QDQ 
 channel weights, calibrated on training images (what edge NPUs want). An int8 file is not
 held to the fp32 tolerance: its own accuracy is measured, never copied from the fp32 one.
 
-ONNX files are cached under $LEARNGENE_HOME/onnx by the weights' checksum (and the
-calibration's), so bench, kit and target export a member once.
+ONNX files are cached under $LEARNGENE_HOME/onnx, keyed by everything that defines the graph
+(module structure, weights, input size, opset, exporter versions; and the calibration), each
+checked against its recorded sha256 when used (a broken entry is rebuilt with one warning),
+so bench, kit and target export a member once.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import CheckFailed, UserError
-from learngene.core.io import check_output, file_sha256, home, json_safe, save_local_dir, state_dict_sha256
+from learngene.core.io import (as_os_errors, check_output, ensure_space, file_sha256, home, json_safe, save_local_dir,
+                               state_dict_sha256)
 
 EXPORT_TOL = 1e-4  # max |logit difference| accepted between eager and an fp32 export
 PRECISIONS = ("fp32", "int8", "int8-static")
@@ -156,60 +159,139 @@ def _quantize(fp32: Path, out: Path, precision: str, calibration: torch.Tensor |
             f.unlink(missing_ok=True)
 
 
+def graph_key(model: nn.Module, img_size: int) -> str:
+    """What defines a model's ONNX graph: its module structure (``repr`` names every layer,
+    activation and size: a ReLU model with a GELU model's weights keys differently), its
+    weights, the input size, the opset and the exporting stack's versions."""
+    import onnx
+
+    blob = json.dumps([type(model).__module__, type(model).__qualname__, repr(model), state_dict_sha256(model.state_dict()),
+                       img_size, ONNX_OPSET, torch.__version__, onnx.__version__])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
 def _cache_paths(model: nn.Module, img_size: int) -> tuple[Path, Path]:
-    sha = state_dict_sha256(model.state_dict())[:20]
     cache = home() / "onnx"
     cache.mkdir(parents=True, exist_ok=True)
-    return cache / f"{sha}-{img_size}px.onnx", cache / f"{sha}-{img_size}px.json"
+    key = graph_key(model, img_size)
+    return cache / f"{key}-{img_size}px.onnx", cache / f"{key}-{img_size}px.json"
+
+
+_WARNED_CACHE: set[str] = set()
+
+
+def _cached(path: Path, meta: Path) -> dict | None:
+    """A cache entry's record when the file is there and still has the sha256 recorded when it
+    was written; else None (a broken entry is rebuilt, with one warning)."""
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        rec = json.loads(meta.read_text())
+        ok = isinstance(rec, dict) and rec.get("sha256") == file_sha256(path)
+    except (OSError, ValueError, RecursionError):
+        ok, rec = False, None
+    if ok:
+        return rec
+    if str(path) not in _WARNED_CACHE:
+        _WARNED_CACHE.add(str(path))
+        from learngene.core.images import warn
+
+        warn(f"ONNX cache entry {path.name} is broken (its file or record changed since it was written): rebuilt")
+    for f in (path, meta):
+        f.unlink(missing_ok=True)
+    return None
+
+
+def _write_record(meta: Path, rec: dict) -> None:
+    tmp = meta.with_name(f".{meta.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, meta)
+
+
+def _export_cached_fp32(model: nn.Module, img_size: int, name: str) -> tuple[Path, dict]:
+    fp32, meta = _cache_paths(model, img_size)
+    rec = _cached(fp32, meta)
+    if rec is None:
+        rec = {**_export_fp32(model, fp32, img_size, name), "sha256": file_sha256(fp32)}
+        _write_record(meta, rec)
+    return fp32, rec
 
 
 def _export_job(model: nn.Module, img_size: int, name: str) -> None:
     """One fp32 export into the cache, in a worker process (one thread: the workers share the cores)."""
     torch.set_num_threads(1)
-    fp32, meta = _cache_paths(model, img_size)
-    if not (fp32.is_file() and meta.is_file()):
-        meta.write_text(json.dumps(_export_fp32(model, fp32, img_size, name)))
+    _export_cached_fp32(model, img_size, name)
 
 
 def prefetch_onnx(jobs: list[tuple[nn.Module, int, str]]) -> None:
     """Export the fp32 ONNX files of several models (model, img_size, name) not cached yet,
     a worker process per core: the exporter is single-threaded Python, and a kit of 18
-    members spent most of its time exporting one after the other."""
+    members spent most of its time exporting one after the other. The workers die with
+    this process (a killed kit leaves no exporter behind)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    todo = [j for j in jobs if not all(p.is_file() for p in _cache_paths(j[0], j[1]))]
+    todo = [j for j in jobs if _cached(*_cache_paths(j[0], j[1])) is None]
     workers = min(len(todo), os.cpu_count() or 1, 4)
     if workers < 2:
         for job in todo:
             _export_job(*job)
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         for _ in ex.map(_export_job, *zip(*todo)):
             pass
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: exit when the parent dies, even by SIGKILL (Linux's parent-death signal;
+    elsewhere a thread that watches the parent's pid)."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def onnx_file(model: nn.Module, img_size: int, precision: str = "fp32", calibration: torch.Tensor | None = None,
               calibration_key: str = "", name: str = "model") -> tuple[Path, dict]:
     """(path, record) of the model's ONNX file at a precision, from the cache when the same
-    weights (and calibration) were exported before."""
+    graph (structure, weights, input size, opset, stack) and calibration were exported
+    before; every cached file is checked against the sha256 recorded when it was written."""
     import onnxruntime
 
     check_precisions([precision])
-    fp32, meta = _cache_paths(model, img_size)
-    if not (fp32.is_file() and meta.is_file()):
-        rec = _export_fp32(model, fp32, img_size, name)
-        meta.write_text(json.dumps(rec))
-    rec = json.loads(meta.read_text())
+    fp32, rec = _export_cached_fp32(model, img_size, name)
     path = fp32
     if precision != "fp32":
         key = hashlib.sha256(calibration_key.encode()).hexdigest()[:12] if precision == "int8-static" else "dyn"
         path = fp32.with_name(fp32.name.replace(".onnx", f".{precision}-{key}.onnx"))
-        if not path.is_file():
+        meta = path.with_suffix(".json")
+        qrec = _cached(path, meta)
+        if qrec is None:
             _quantize(fp32, path, precision, calibration)
-        rec = {}
-    return path, {**rec, "precision": precision, "opset": ONNX_OPSET, "onnxruntime": onnxruntime.__version__,
-                  "torch": torch.__version__, "sha256": file_sha256(path)}
+            qrec = {"sha256": file_sha256(path)}
+            _write_record(meta, qrec)
+        rec = {"sha256": qrec["sha256"]}
+    return path, {**{k: v for k, v in rec.items() if k != "sha256"}, "precision": precision, "opset": ONNX_OPSET,
+                  "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "sha256": rec["sha256"]}
 
 
 def onnx_accuracy(path: Path, loader, threads: int | None = None) -> dict:
@@ -226,6 +308,27 @@ def onnx_accuracy(path: Path, loader, threads: int | None = None) -> dict:
             hits[k] += h
         n += len(y)
     return {f"top{k}": round(100 * h / max(n, 1), 2) for k, h in hits.items()}
+
+
+def file_accuracy(path: Path, dm, split: str = "test") -> dict:
+    """``onnx_accuracy`` of a file on a data module's split, cached by the file's sha256 and
+    the data's fingerprint: kit measures every file once, and target reads the host's own
+    figure back instead of trusting the accuracy a device's latency file claims."""
+    sha = file_sha256(path)
+    fp = hashlib.sha256(json.dumps([dm.fingerprint(), json_safe(dict(dm.data_config)), split],
+                                   sort_keys=True).encode()).hexdigest()[:16]
+    cache = home() / "onnx" / "accuracy"
+    cache.mkdir(parents=True, exist_ok=True)
+    f = cache / f"{sha[:24]}-{fp}.json"
+    try:
+        rec = json.loads(f.read_text())
+        if isinstance(rec, dict) and rec.get("sha256") == sha and isinstance(rec.get("top1"), (int, float)):
+            return {"top1": rec["top1"], "top5": rec["top5"]}
+    except (OSError, ValueError, KeyError, RecursionError):
+        pass
+    acc = onnx_accuracy(path, dm.eval_loader(split))
+    _write_record(f, {"sha256": sha, **acc})
+    return acc
 
 
 def calibration_of(dm) -> tuple[torch.Tensor, str]:
@@ -259,8 +362,29 @@ def _pt2(model, folder, img_size, name="model", **_) -> dict:
 
 
 def _onnx(model, folder, img_size, precision="fp32", calibration=None, calibration_key="", name="model", evaluate=None, **_) -> dict:
-    path, rec = onnx_file(model, img_size, precision, calibration, calibration_key, name)
-    shutil.copyfile(path, folder / onnx_name(precision))
+    out = folder / onnx_name(precision)
+    for attempt in range(2):
+        path, rec = onnx_file(model, img_size, precision, calibration, calibration_key, name)
+        shutil.copyfile(path, out)
+        if file_sha256(out) != rec["sha256"]:
+            raise CheckFailed(f"the ONNX file of {name} changed while it was copied from the cache: not written")
+        if precision != "fp32":
+            break
+        # the difference of this very file against the model being exported, not a figure cached
+        # with the file: a cache entry swapped for another model's is caught here, dropped and rebuilt
+        diff = max_ort_diff(model, out, img_size)
+        if diff <= EXPORT_TOL:
+            rec["max_abs_diff"] = diff
+            break
+        if attempt == 0:
+            from learngene.core.images import warn
+
+            warn(f"ONNX cache entry {path.name} does not compute {name} (max |logit diff| {diff:.2e}): rebuilt")
+            for f in (path, path.with_suffix(".json")):
+                f.unlink(missing_ok=True)
+            continue
+        raise CheckFailed(f"the ONNX file of {name} differs from the eager model by {diff:.2e} (> {EXPORT_TOL:g}) "
+                          "in ONNX Runtime: not written")
     rec = {"file": onnx_name(precision), "format": "onnx", **rec}
     if evaluate is not None:  # the accuracy of this very file, measured by ONNX Runtime
         rec["accuracy"] = evaluate(folder / onnx_name(precision))
@@ -283,13 +407,10 @@ def export_model(model: nn.Module, out: Path, architecture: str, model_args: dic
     options.setdefault("name", meta.get("id") or out.name)
 
     def write_format(tmp: Path) -> dict:
-        return FORMATS[fmt](model, tmp, img, **options)
+        # torch.export's writer aborts the process on a full disk: make sure of the room first
+        ensure_space(tmp, 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (16 << 20))
+        with as_os_errors(out / f"model.{fmt}"):
+            return FORMATS[fmt](model, tmp, img, **options)
 
     cfg = {**pretrained_cfg, "architecture": architecture, "num_classes": model_args.get("num_classes")}
     return save_local_dir(model, out, architecture, model_args, cfg, extra=meta, write_more=write_format, replace=force)
-
-
-def export_child(model: nn.Module, out: Path, architecture: str, model_args: dict, pretrained_cfg: dict,
-                 meta: dict, force: bool = False, program: bool = True) -> Path:
-    """A pool's child: the local-dir and, unless ``program`` is False, model.pt2."""
-    return export_model(model, out, architecture, model_args, pretrained_cfg, meta, fmt="pt2" if program else "timm", force=force)

@@ -137,7 +137,45 @@ def is_locked(path: str | os.PathLike) -> bool:
         os.close(fd)
 
 
-WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM)
+WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EFBIG)
+_ERRNO_TEXT = {"no space left on device": errno.ENOSPC, "read-only file system": errno.EROFS,
+               "permission denied": errno.EACCES, "disk quota exceeded": errno.EDQUOT, "file too large": errno.EFBIG}
+
+
+def _errno_in(text: str) -> int | None:
+    m = re.search(r"(?:os error|code:)\s*(\d+)", text)
+    if m and int(m.group(1)) in WRITE_ERRORS:
+        return int(m.group(1))
+    low = text.lower()
+    return next((code for phrase, code in _ERRNO_TEXT.items() if phrase in low), None)
+
+
+@contextmanager
+def as_os_errors(path):
+    """A library writer's failure (safetensors' SafetensorError, torch.export's or ONNX's
+    RuntimeError) on a full disk or a read-only folder, turned into the OSError it is, so the
+    CLI says it in one line naming the file (exit 2) instead of an internal error."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        code = _errno_in(str(e))
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def ensure_space(folder: str | os.PathLike, nbytes: int) -> None:
+    """Refuse (as a full disk, before writing) when ``folder``'s filesystem has less than
+    ``nbytes`` free: some writers (torch.export's) abort the process on a full disk instead
+    of raising."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return
+    if st.f_bavail * st.f_frsize < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device (needs {nbytes / 2**20:.0f} MiB)", str(folder))
 
 
 def home() -> Path:
@@ -161,8 +199,15 @@ def staged_folder(target: str | os.PathLike, replace: bool = True):
     target = Path(target)
     real_folder(target.parent, "output folder").mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    # a lock held inside the stage while it is being written: `pool verify --clean` (and any
+    # other cleaner) leaves a live writer's stage alone (`is_live_stage`)
+    owner = os.open(stage / OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
     try:
         yield stage
+        os.unlink(stage / OWNER)
+        os.close(owner)
+        owner = None
         publish(stage)
         if not replace:
             try:
@@ -183,6 +228,30 @@ def staged_folder(target: str | os.PathLike, replace: bool = True):
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    finally:
+        if owner is not None:
+            os.close(owner)
+
+
+OWNER = ".owner.lock"
+
+
+def is_live(path: str | os.PathLike) -> bool:
+    """Is this leftover-looking path still being written by a live process? A staged folder
+    whose owner lock is held, or a temp file ``.NAME.tmp-PID`` whose process runs."""
+    path = Path(path)
+    if path.is_dir():
+        return is_locked(path / OWNER)
+    m = re.search(r"\.tmp-(\d+)$", path.name)
+    if m:
+        try:
+            os.kill(int(m.group(1)), 0)
+            return True
+        except (ProcessLookupError, ValueError, OverflowError):
+            return False
+        except PermissionError:
+            return True
+    return False
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
@@ -205,7 +274,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict) -> str:
     check_finite(tensors, path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        with as_os_errors(path):
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         publish(tmp)
         os.replace(tmp, path)
     finally:
@@ -242,12 +312,65 @@ def load_tensors(path: str | os.PathLike) -> dict:
         raise UserError(f"cannot read {path}: {type(e).__name__}") from None
 
 
-def check_output(out: str | os.PathLike, force: bool, what: str = "output") -> Path:
+# What learngene writes, recognised by the file each kind of output holds: --force replaces
+# only these (a folder of documents named by mistake is never deleted).
+OUTPUT_MARKS = (("pool.json", "format", "learngene-pool", "pool"), ("kit.json", "format", "learngene-kit", "kit"),
+                ("frontier.json", "meta", None, "report"), ("learngene.json", "delta_sha256", None, "delta"),
+                ("config.json", "learngene", None, "model folder"))
+_ANNOUNCED: set[str] = set()
+
+
+def learngene_output(folder: str | os.PathLike) -> str | None:
+    """What learngene output ``folder`` is ('pool', 'kit', 'report', 'delta', 'model folder'),
+    None when learngene did not write it."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return None
+    for name, key, value, kind in OUTPUT_MARKS:
+        f = folder / name
+        if not f.is_file() or f.stat().st_size > 64 << 20:
+            continue
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(d, dict) and key in d and (value is None or d[key] == value):
+            return kind
+    return None
+
+
+def _check_replaceable(out: Path, what: str) -> None:
+    """--force replaces only what learngene wrote, never a pool (but by build-pool), never the
+    current folder or a folder that holds it; says in one line what it replaces."""
+    real, cwd = os.path.realpath(out), os.path.realpath(os.getcwd())
+    if os.path.commonpath([real, cwd]) == real:
+        raise UserError(f"{what} {out} is the current folder or holds it: --force never replaces that; "
+                        "choose another --out")
+    kind = learngene_output(out)
+    if kind is None:
+        raise UserError(f"{what} {out} exists and is not something learngene wrote (no pool.json, kit.json, "
+                        "frontier.json, learngene.json or learngene config.json): --force replaces only learngene's "
+                        "own outputs; choose another --out or remove it yourself")
+    if kind == "pool" and what != "pool":
+        raise UserError(f"{what} {out} is a pool: --force never replaces a pool with a {what} "
+                        "(build-pool --force rebuilds one); choose another --out")
+    if real not in _ANNOUNCED:
+        _ANNOUNCED.add(real)
+        print(f"learngene: --force replaces the {kind} {out}", file=sys.stderr)
+
+
+def check_output(out: str | os.PathLike, force: bool, what: str = "output", cache: bool = False) -> Path:
     """The check every writer makes before any work: ``out`` must not exist (unless
-    ``force``) and its parent must be creatable and writable."""
+    ``force``, and then only a learngene output: `_check_replaceable`) and its parent must be
+    creatable and writable. ``cache``: a folder of learngene's own cache, replaced as needed."""
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{what} exists: {out} (pass --force to replace it)")
+    if str(out).strip() in ("", ".", "..") or out.name in ("", ".", ".."):
+        raise UserError(f"{what} {str(out)!r} names no folder of its own: give a new folder's path")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise UserError(f"{what} exists: {out} (pass --force to replace it)")
+        if not cache:
+            _check_replaceable(out, what)
     # the folders up to it must be creatable: made and removed again now, so a run refused
     # or interrupted later leaves no empty folder behind
     missing, parent = [], out.parent
@@ -352,7 +475,8 @@ def save_local_dir(model, folder: str | os.PathLike, architecture: str, model_ar
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     check_finite(sd, f"model {folder.name}")
     with staged_folder(folder, replace=replace) as tmp:
-        save_file(sd, str(tmp / "model.safetensors"))
+        with as_os_errors(folder / "model.safetensors"):
+            save_file(sd, str(tmp / "model.safetensors"))
         if write_more is not None:
             extra = {**(extra or {}), **(write_more(tmp) or {})}
         cfg = {
@@ -380,6 +504,10 @@ def read_json(path: str | os.PathLike, what: str = ""):
         raise UserError(f"{name} is not text") from None
     except json.JSONDecodeError as e:
         raise UserError(f"corrupt {name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # a crafted file nested thousands deep
+        raise UserError(f"{name} is nested too deeply to be a file learngene wrote") from None
+    except ValueError as e:  # e.g. numbers too long to convert
+        raise UserError(f"corrupt {name}: {str(e).splitlines()[0][:120]}") from None
 
 
 def read_local_dir_config(folder: str | os.PathLike) -> dict:

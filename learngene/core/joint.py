@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from learngene.core.descendants import DescSpec
 from learngene.core.stitching import PoolModel
-from learngene.core.training import configure_adamw, param_groups, OptimConfig
+from learngene.core.training import Convergence, OptimConfig, configure_adamw, param_groups
 
 SAMPLING = ("uniform", "flops")
 TUNE = ("stitches", "all")
@@ -38,7 +38,7 @@ class AssembleSpec:
     # descendants (18 on a depth-6 pool), a target gets every step: 40 vs 10 epochs
     # (benchmarks/assemble.py, 3-seed means: 20 joint epochs left 6 of 18 descendants under
     # 95%, 40 leave 2, the two stitched right after narrow block 0, which 80 did not lift).
-    epochs: int | None = None
+    epochs: int | str | None = None  # or "auto": until the mean validation top1 stops improving (JOINT_AUTO)
     lr: float = 1e-4  # inherited weights
     stitch_lr: float = 1e-3  # new stitches
     weight_decay: float = 0.05
@@ -52,6 +52,8 @@ class AssembleSpec:
 
 
 DEFAULT_EPOCHS = {"all": 40, "target": 10}
+# --epochs auto: at most 300 epochs, stopped 20 after the best mean validation top1
+JOINT_AUTO = Convergence(cap=300, patience=20)
 
 
 def flops_groups(specs: list[DescSpec], flops: dict[str, int], n_groups: int = 4) -> list[list[DescSpec]]:
@@ -167,20 +169,31 @@ def train_descendants(pm: PoolModel, train_specs: list[DescSpec], spec: Assemble
     (by mean validation top1, the initialisation included) is left in ``pm``."""
     from learngene.core.training import TrainerArgs, make_trainer
 
+    from lightning.pytorch.callbacks import EarlyStopping
+
     L.seed_everything(spec.seed, verbose=False)
     module = AssembleModule(pm, train_specs, spec, teacher=teacher, flops=flops)
     targs = copy.copy(trainer_args or TrainerArgs())
-    if spec.epochs is None:
-        spec.epochs = DEFAULT_EPOCHS["target" if len(train_specs) == 1 else "all"]
-    targs.max_epochs = spec.epochs
+    epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS["target" if len(train_specs) == 1 else "all"]
+    auto = epochs == "auto"
+    targs.max_epochs = JOINT_AUTO.cap if auto else epochs
     targs.label = "assemble" if len(train_specs) > 1 else f"assemble {train_specs[0].id}"
     if targs.strategy == "ddp":
         # one sampled descendant per step leaves the other stitches without gradients
         targs.strategy = "ddp_find_unused_parameters_true"
-    trainer = make_trainer(targs)
+    # auto: stopped JOINT_AUTO.patience epochs after the best mean validation top1 (the module
+    # keeps and restores the best state either way)
+    stop = [EarlyStopping("val/mean_top1", patience=JOINT_AUTO.patience, mode="max", check_on_train_epoch_end=False)] if auto else []
+    trainer = make_trainer(targs, callbacks=stop)
     trainer.validate(module, datamodule=dm, verbose=False)  # epoch 0: the initialisation
-    if spec.epochs > 0:
+    if auto or epochs > 0:
         trainer.fit(module, datamodule=dm)
     best = module.restore_best()
     pm.cpu().eval()
-    return {"best": best, "history": module.history, "steps": trainer.global_step, "rank0": trainer.is_global_zero}
+    record = {"epochs": epochs, "epochs_run": int(trainer.current_epoch), "best_epoch": best.get("epoch"),
+              "best_val": round(best["mean"], 4) if best.get("mean") is not None else None, "monitor": "val/mean_top1",
+              "steps": int(trainer.global_step)}
+    if auto:
+        record.update(cap=JOINT_AUTO.cap, patience=JOINT_AUTO.patience)
+    return {"best": best, "history": module.history, "steps": trainer.global_step, "rank0": trainer.is_global_zero,
+            "epochs": epochs, "training": record}

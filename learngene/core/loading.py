@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from learngene.core.errors import UserError
 from learngene.core.io import json_safe, load_state_file, read_local_dir_config, state_dict_sha256
-from learngene.core.vit import ViTView, is_timm_vit
+from learngene.core.vit import ViTView, is_timm_vit, is_vit, outline
 
 DEFAULT_TIMM_ANCESTOR = "deit_base_patch16_224"
 
@@ -36,7 +36,8 @@ class LoadedModel:
         if self.architecture is None:
             self.architecture = self.model.pretrained_cfg.get("architecture", self.name) if hasattr(self.model, "pretrained_cfg") else self.name
         if self.model_args is None:
-            self.model_args = ViTView(self.model).model_args()
+            # a stitched descendant has no ViTView; its model_args come from its config.json
+            self.model_args = ViTView(self.model).model_args() if is_vit(self.model) else {}
 
     @property
     def param_count(self) -> int:
@@ -62,13 +63,9 @@ class LoadedModel:
         return json_safe(cfg)
 
     def info(self) -> dict:
-        s = self.view.shape
-        out = {
-            "name": self.name, "source": self.source, "params": self.param_count,
-            "params_m": round(self.param_count / 1e6, 2), "embed_dim": s.embed_dim, "depth": s.depth,
-            "heads": s.num_heads, "img_size": s.img_size, "patch_size": s.patch_size,
-            "num_classes": s.num_classes, "sha256": self.checksum,
-        }
+        """What the model is (any timm ViT, a stitched descendant too) and its metrics."""
+        out = {"name": self.name, "source": self.source, "architecture": self.architecture, "params": self.param_count,
+               "params_m": round(self.param_count / 1e6, 2), **outline(self.model), "sha256": self.checksum}
         out.update(self.metrics)
         return out
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from learngene.core.errors import UserError
+from learngene.core.limits import cores
 
 EMBEDDED = "digits"
 
@@ -146,6 +147,10 @@ class DigitsSource:
         return {"source": self.name, "classes": self.classes, "counts": counts,
                 "files": f"sklearn-digits-split{DIGITS_SPLIT_SEED}"}
 
+    def count(self, split: str) -> int:
+        """Images in a split (known before any image is read)."""
+        return self.fingerprint()["counts"][split]
+
 
 # --------------------------------------------------------------------------- animal silhouettes
 
@@ -255,7 +260,9 @@ class ImageFolderSource:
     fails before any model is loaded."""
 
     embedded = False
-    default_workers = min(8, os.cpu_count() or 1)
+    # decoding and augmenting files wants worker processes; half the cores, so that with
+    # torch's threads on the other half (core_plan) the two never exceed the cores
+    default_workers = min(8, cores() // 2)
 
     def __init__(self, root: str | os.PathLike, strict: bool = False):
         from learngene.core.images import check_images, scan_image_folder
@@ -280,6 +287,9 @@ class ImageFolderSource:
 
     def config_for(self, model_config: dict | None) -> dict | None:
         return dict(model_config) if model_config else None
+
+    def count(self, split: str) -> int:
+        return len(self.samples[split])
 
     def datasets(self, data_config: dict, augment: bool) -> dict[str, Dataset]:
         from learngene.core.images import ImageFiles, transforms

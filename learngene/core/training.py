@@ -6,6 +6,7 @@ Lightning lives here and in the stages' own LightningModules; models stay plain 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -17,10 +18,6 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-# Lightning flags a user may pass through from the CLI (GPUs, several nodes, precision).
-TRAINER_FLAGS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
-
 
 @dataclass
 class OptimConfig:
@@ -119,7 +116,59 @@ class TrainerArgs:
     progress: bool = True  # a progress bar (a terminal)
     log_lines: bool = False  # a line per epoch on stderr (a log: no terminal to draw a bar on)
     label: str = "train"  # what the lines and errors call this run ("build-pool narrow", ...)
+    threads: int | None = None  # torch intra-op threads (None: the cores the DataLoader workers leave)
     extra: dict = field(default_factory=dict)
+
+
+_WARNED_BUSY = []
+
+
+def warn_if_busy(using: int) -> None:
+    """Once per process: say so when other jobs already load the cores (a training epoch
+    that takes 3 s on idle cores took 30-100 s beside other jobs, silently)."""
+    from learngene.core.limits import cores
+
+    if _WARNED_BUSY or os.environ.get("LEARNGENE_NO_LOAD_WARNING"):
+        return
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return
+    n = cores()
+    if load > n:
+        _WARNED_BUSY.append(load)
+        print(f"learngene: warning: the load average is {load:.1f} on {n} cores before this run adds {using} "
+              "thread(s): other jobs compete for the cores, so training will be slow (--threads N sets ours)",
+              file=sys.stderr, flush=True)
+
+
+def core_plan(threads: int | None, workers: int) -> int:
+    """Intra-op threads for a run whose DataLoader has ``workers`` processes: the cores the
+    workers leave, so the two never exceed the cores (``threads`` given: that). An
+    OMP_NUM_THREADS the caller set is respected."""
+    from learngene.core.limits import cores
+
+    if threads is not None:
+        return threads
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    return max(1, cores() - workers)
+
+
+class CoreBudget(L.Callback):
+    """Sets torch's threads from the DataLoader's workers when training starts (see core_plan),
+    and warns once when the machine is already busy."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+
+    def setup(self, trainer, pl_module, stage=None):
+        dm = getattr(trainer, "datamodule", None)
+        workers = int(getattr(dm, "num_workers", 0) or 0)
+        n = core_plan(self.threads, workers)
+        if trainer.accelerator is not None and type(trainer.accelerator).__name__ == "CPUAccelerator":
+            torch.set_num_threads(n)
+        warn_if_busy(n + workers)
 
 
 class EpochLines(L.Callback):
@@ -136,8 +185,95 @@ class EpochLines(L.Callback):
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             vals = ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
             total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+            if any(type(c).__name__ == "EarlyStopping" for c in trainer.callbacks):
+                total = f"<={total} (auto)"
             print(f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
                   f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """``--epochs auto``: train at most ``cap`` epochs, stop ``patience`` epochs after the
+    best validation score (Lightning's EarlyStopping), and hand back the best state, not the
+    last. The learning-rate schedule runs over the cap."""
+
+    cap: int = 200
+    patience: int = 20
+    min_delta: float = 0.0
+
+
+class KeepBest(L.Callback):
+    """Keeps (in memory, on the CPU) the state of the module being trained at its best
+    validation score, and records the epoch and the score: every training run records where
+    it peaked; with ``restore``, the best state is put back when training ends."""
+
+    def __init__(self, monitor: str, part=None, mode: str = "max", restore: bool = False):
+        self.monitor, self.part, self.mode, self.restore = monitor, part, mode, restore
+        self.best: float | None = None
+        self.epoch: int | None = None
+        self.state: dict | None = None
+
+    def _module(self, pl_module) -> nn.Module:
+        return self.part(pl_module) if self.part is not None else getattr(pl_module, "model", pl_module)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        v = float(trainer.callback_metrics[self.monitor])
+        if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
+            self.best = v
+            self.epoch = 0 if trainer.state.fn == "validate" else trainer.current_epoch + 1
+            self.state = {k: t.detach().to("cpu", copy=True) for k, t in self._module(pl_module).state_dict().items()}
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.restore and self.state is not None:
+            self._module(pl_module).load_state_dict(self.state)
+
+    # kept in Lightning's checkpoints, so a resumed run still knows its best so far
+    def state_dict(self) -> dict:
+        return {"best": self.best, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.epoch, self.state = state.get("best"), state.get("epoch"), state.get("state")
+
+
+def resolve_epochs(epochs, default: int, flag: str = "--epochs"):
+    """``epochs`` as given (an int, ``"auto"``), or ``default``."""
+    from learngene.core.limits import epochs as bounded
+
+    return default if epochs is None else bounded(epochs, flag)
+
+
+def fit(module: L.LightningModule, dm, targs: "TrainerArgs", *, epochs, monitor: str = "val/top1",
+        auto: Convergence = Convergence(), part=None, mode: str = "max", **trainer_kw) -> tuple[dict, L.Trainer]:
+    """Train ``module`` on ``dm`` for ``epochs`` (an int) or until it converges (``"auto"``:
+    ``auto``'s cap and patience on ``monitor``, the best state restored); returns the record
+    every artifact keeps (epochs asked and run, the best epoch and its validation score,
+    steps) and the Trainer."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    targs = dataclasses.replace(targs)
+    is_auto = epochs == "auto"
+    targs.max_epochs = auto.cap if is_auto else int(epochs)
+    keep = KeepBest(monitor, part=part, mode=mode, restore=is_auto)
+    callbacks = [keep, *trainer_kw.pop("callbacks", [])]
+    if is_auto:
+        if trainer_kw.get("limit_val_batches") == 0:
+            raise ValueError("--epochs auto needs validation")
+        callbacks.append(EarlyStopping(monitor, patience=auto.patience, mode=mode, min_delta=auto.min_delta,
+                                       check_on_train_epoch_end=False))
+    fit_kw = {k: trainer_kw.pop(k) for k in ("ckpt_path", "weights_only") if k in trainer_kw}
+    trainer = make_trainer(targs, callbacks=callbacks, **trainer_kw)
+    trainer.fit(module, datamodule=dm, **fit_kw)
+    rec = {"epochs": epochs if is_auto else int(epochs), "epochs_run": int(trainer.current_epoch),
+           "best_epoch": keep.epoch, "best_val": None if keep.best is None else round(keep.best, 4),
+           "monitor": monitor, "steps": int(trainer.global_step), "restored_best": bool(is_auto and keep.state is not None)}
+    if is_auto:
+        rec.update(cap=auto.cap, patience=auto.patience, stopped_early=trainer.current_epoch < auto.cap)
+    return rec, trainer
 
 
 class FiniteLoss(L.Callback):
@@ -176,9 +312,35 @@ def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None =
         kw["precision"] = args.precision
     kw.update(args.extra)
     kw.update(overrides)
-    kw["callbacks"] = [FiniteLoss(args.label), *([EpochLines(args.label)] if args.log_lines else []), *kw.get("callbacks", [])]
+    kw["callbacks"] = [FiniteLoss(args.label), CoreBudget(args.threads), *([EpochLines(args.label)] if args.log_lines else []),
+                       *kw.get("callbacks", [])]
     quiet_lightning()
-    return L.Trainer(**kw)
+    check_accelerator(kw["accelerator"])
+    try:
+        return L.Trainer(**kw)
+    except Exception as e:  # Lightning's MisconfigurationException: flags that do not fit this machine
+        if type(e).__name__ == "MisconfigurationException" or isinstance(e, ValueError):
+            from learngene.core.errors import UserError
+
+            raise UserError(f"Lightning flags do not fit this machine: {str(e).strip().splitlines()[0][:200]}") from None
+        raise
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+
+
+def check_accelerator(accelerator) -> None:
+    """--accelerator gpu on a machine without one is the user's input, not our crash."""
+    from learngene.core.errors import UserError
+
+    if not isinstance(accelerator, str):
+        return
+    if accelerator not in ACCELERATORS:
+        raise UserError(f"unknown --accelerator {accelerator!r} (choose from {', '.join(ACCELERATORS)})")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"--accelerator {accelerator}: no CUDA GPU is visible on this machine (use --accelerator cpu)")
+    if accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--accelerator mps: no Apple GPU on this machine (use --accelerator cpu)")
 
 
 def quiet_lightning() -> None:
@@ -190,6 +352,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # a resumed build-pool finds its own checkpoint folder: that is the point of resuming
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     # distillation keeps its frozen teacher in eval mode on purpose
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
 

@@ -33,6 +33,31 @@ def is_timm_vit(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
+def input_size(model: nn.Module) -> int:
+    """The image side any timm VisionTransformer (a stitched descendant too) reads."""
+    img = model.patch_embed.img_size
+    return int(img[0] if isinstance(img, (tuple, list)) else img)
+
+
+def outline(model: nn.Module) -> dict:
+    """The shape facts of any timm VisionTransformer, a stitched descendant included (whose
+    blocks are a narrow part, a stitch and a wide part): what `learngene ancestor` and the
+    model records print. A plain ViT gives its `ViTShape`; a stitched one its two widths."""
+    from timm.models.vision_transformer import Block
+
+    patch = model.patch_embed.patch_size
+    blocks = [b for b in model.blocks if isinstance(b, Block)]
+    heads = [b.attn.num_heads for b in blocks]
+    out = {"embed_dim": model.embed_dim, "depth": len(blocks), "heads": heads[-1] if heads else None,
+           "img_size": input_size(model), "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+           "num_classes": model.num_classes}
+    front = model.patch_embed.proj.out_channels
+    if front != model.embed_dim:  # stitched: narrow blocks, a stitch into the wide width, wide blocks
+        out["embed_dim"] = f"{front} -> {model.embed_dim}"
+        out["heads"] = " -> ".join(str(h) for h in dict.fromkeys(heads))
+    return out
+
+
 @dataclass
 class Taps:
     """What one forward pass recorded. ``blocks[i]`` / ``attn[i]`` are (B, N, C) tensors of

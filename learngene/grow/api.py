@@ -34,10 +34,15 @@ def resolve_target(model: nn.Module, method: str, embed_dim=None, depth=None, he
     """The grown sizes from what the user gave (the rest kept as the model has it)."""
     if method not in METHODS:
         raise UserError(f"unknown growth method {method!r} (choose from {', '.join(METHODS)})")
+    from learngene.core import limits
+
     d = surgery.dims(model)
-    for name, v in (("--embed-dim", embed_dim), ("--depth", depth), ("--heads", heads), ("--head-dim", head_dim)):
-        if v is not None and v < 1:
-            raise UserError(f"{name} must be >= 1, got {v}")
+    for name, v, high in (("--embed-dim", embed_dim, limits.MAX_WIDTH), ("--depth", depth, limits.MAX_DEPTH),
+                          ("--heads", heads, 1024), ("--head-dim", head_dim, limits.MAX_WIDTH)):
+        if v is not None:
+            limits.int_in(v, name, 1, high)
+    if mlp_ratio is not None:
+        limits.float_in(mlp_ratio, "--mlp-ratio", 0.0, 64.0, low_open=True)
     E = embed_dim or d["embed_dim"]
     if heads and head_dim:
         if heads * head_dim != E:
@@ -69,9 +74,33 @@ def resolve_target(model: nn.Module, method: str, embed_dim=None, depth=None, he
                             "grow makes models larger, it does not shrink them")
     if t == old:
         raise UserError("nothing to grow: give a larger --embed-dim, --depth, --heads, --head-dim or --mlp-ratio")
+    _check_fits_memory(t, d, method)
     if method == "net2net" and t.head_dim != old.head_dim:
         raise UserError(f"net2net copies whole heads and keeps their size {old.head_dim}; use --method expand or ligo to change it")
     return t
+
+
+def _check_fits_memory(t: Target, d: dict, method: str) -> None:
+    """Refuse a grown model whose weights (and their copies while growing: ~4x, LiGO's
+    operator more) would not fit this machine's available memory, before allocating them."""
+    attn = t.num_heads * t.head_dim
+    per_block = t.embed_dim * 3 * attn + attn * t.embed_dim + 2 * t.embed_dim * t.mlp_hidden + 6 * t.embed_dim
+    params = t.depth * per_block + t.embed_dim * (d.get("patch_dim", 48) + 1000)
+    need = params * 4 * (8 if method == "ligo" else 4)
+    avail = _available_bytes()
+    if avail is not None and need > avail:
+        raise UserError(f"the grown model has ~{params / 1e6:,.0f}M parameters: growing it needs ~{need / 2**30:.1f} GiB, "
+                        f"and this machine has {avail / 2**30:.1f} GiB available")
+
+
+def _available_bytes() -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _net2net(model, target, *, noise=0.0, seed=0, **_):
@@ -102,14 +131,15 @@ def _ligo(model, target, *, dm=None, steps=100, seed=0, trainer_args=None, ligo_
 METHODS = {"net2net": _net2net, "expand": _expand, "ligo": _ligo}
 
 
-def check_request(*, method: str, out, force: bool, steps: int = 100, noise: float = 0.0, data=None) -> Path:
+def check_request(*, method: str, out, force: bool, steps: int = 100, noise: float = 0.0, data=None, seed: int = 0) -> Path:
     """Everything about a growth request that can be refused before any model is loaded."""
+    from learngene.core import limits
+
     if method not in METHODS:
         raise UserError(f"unknown growth method {method!r} (choose from {', '.join(METHODS)})")
-    if steps < 0:
-        raise UserError(f"--steps must be >= 0, got {steps}")
-    if noise < 0:
-        raise UserError(f"--noise must be >= 0, got {noise}")
+    limits.int_in(steps, "--steps", 0, limits.MAX_STEPS)
+    limits.float_in(noise, "--noise", 0.0, 10.0)
+    limits.seed(seed)
     if method != "net2net" and noise:
         raise UserError("--noise applies to --method net2net only")
     if data and method != "ligo":
@@ -132,7 +162,7 @@ def datamodule(source: LoadedModel, data: str | None, batch_size: int = 64, seed
     from learngene.core.data import data_for
 
     dm = data_for(data, source.data_config, batch_size=batch_size, seed=seed)
-    n = source.view.shape.num_classes
+    n = source.model.num_classes
     if dm.num_classes != n:
         raise UserError(f"{data or 'the embedded digits'} has {dm.num_classes} classes but the model's head has {n}")
     return dm

@@ -48,8 +48,14 @@ def selection(old: int, new: int, groups: int = 1, generator=None) -> torch.Tens
     from learngene.grow.net2net import mapping
 
     size = old // groups
-    g = mapping(groups, new // size, generator)
-    idx = (g[:, None] * size + torch.arange(size)).reshape(-1)
+    if groups > 1 and new % size == 0:  # whole heads copied together
+        g = mapping(groups, new // size, generator)
+        idx = (g[:, None] * size + torch.arange(size)).reshape(-1)
+    else:
+        # whole copies of every unit while they fit, then random single units for the rest: a
+        # width that is not a multiple of the old one (48 -> 128) grows too
+        whole = torch.arange(old).repeat(new // old)
+        idx = torch.cat([whole, torch.randint(0, old, (new % old,), generator=generator)])
     s = torch.zeros(new, old)
     s[torch.arange(new), idx] = 1.0
     return s

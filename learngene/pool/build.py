@@ -18,19 +18,22 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from learngene.core import __version__
 from learngene.core.data import LearngeneDataModule
 from learngene.core.errors import UserError
 from learngene.core.io import check_finite, check_output, lock, save_tensors, write_json_atomic
 from learngene.core.loading import LoadedModel
-from learngene.core.training import TrainerArgs, evaluate, make_trainer
+from learngene.core.training import Convergence, TrainerArgs, evaluate, fit
 from learngene.core.vit import ViTView, is_block_piece, split_pieces
 from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
 from learngene.pool.recipe import Recipe, load_recipe, validate
 from learngene.pool.store import FORMAT, FORMAT_VERSION, MANIFEST, Pool
 
 RECIPES = Path(__file__).resolve().parents[2] / "pools"
+# epochs: auto for an auxiliary model: at most 200 epochs, stopped 20 after its best validation top1
+DISTILL_AUTO = Convergence(cap=200, patience=20)
 DEFAULT_RECIPE = "embedded"
 
 
@@ -56,12 +59,16 @@ def _stage(out: Path, key: dict, resume: bool, force: bool) -> Path:
             saved = json.loads((stage / "build.json").read_text())
         except (OSError, json.JSONDecodeError):
             pass
-        if resume and saved == key:
+        if saved == key and not force:
+            # the same recipe, ancestor and data: a plain rerun continues it (--resume says so explicitly)
+            if not resume:
+                import sys
+
+                print(f"learngene: continuing the interrupted build in {stage} (--force starts over)", file=sys.stderr)
             return stage
-        if resume:
-            raise UserError(f"the interrupted build in {stage} used another recipe or ancestor: pass --force to start over")
         if not force:
-            raise UserError(f"an interrupted build exists in {stage}: pass --resume to continue it or --force to start over")
+            raise UserError(f"the interrupted build in {stage} used another recipe, ancestor or data: "
+                            "pass --force to discard it and start over")
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     write_json_atomic(stage / "build.json", key)
@@ -88,8 +95,9 @@ def build_pool(
     ``allow_random_init`` (tests of the mechanics)."""
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(resolve_recipe_path(recipe), list(overrides))
     if epochs is not None:
-        if epochs < 1:
-            raise UserError(f"--epochs must be >= 1, got {epochs}")
+        from learngene.core.limits import epochs as bounded
+
+        epochs = bounded(epochs)
         for a in rec.auxiliary:
             a.epochs = epochs
     out = Path(out).expanduser() if out else Path("pools") / rec.name
@@ -138,7 +146,7 @@ def build_pool(
             held.enter_context(lock(out.with_name(f".{out.name}.lock"), f"pool {out}", wait=False))
             if force and out.exists():
                 say_what_force_deletes(out)
-            fresh = not (resume and stage.exists())
+            fresh = not stage.exists()
             stage = _stage(out, key, resume, force)
         try:
             fragments = _distil(rec, stage, ancestor, dm, targs, resume, callbacks)
@@ -186,14 +194,17 @@ def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> d
         module = DistillModule(student, ancestor.model, spec, rec.distill)
         ckpt_dir = stage / "checkpoints" / spec.name
         # The newest epoch only; last.ckpt links to it (no second copy of a large model).
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch}", save_last="link", save_top_k=1)
-        targs.max_epochs, targs.label = spec.epochs, f"build-pool {spec.name}"
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                               save_last="link", save_top_k=1)
+        targs.label = f"build-pool {spec.name}"
         extra = {"max_steps": rec.distill.max_steps} if rec.distill.max_steps > 0 else {}
-        trainer = make_trainer(targs, default_root_dir=stage, enable_checkpointing=True,
-                               callbacks=[ckpt, *(callbacks or [])], **extra)
         last = ckpt_dir / "last.ckpt"
         t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
+        # the W maps go with the student: they initialise stitches later
+        record, trainer = fit(module, dm, targs, epochs=spec.epochs, monitor="val/top1", auto=DISTILL_AUTO,
+                              part=lambda m: nn.ModuleDict({"student": m.student, "W": m.W, "V": m.V}),
+                              default_root_dir=stage, enable_checkpointing=True, callbacks=[ckpt, *(callbacks or [])],
+                              ckpt_path=str(last) if last.is_file() else None, weights_only=True, **extra)
         seconds = time.perf_counter() - t0
         if not trainer.is_global_zero:
             continue
@@ -215,6 +226,7 @@ def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> d
                 "val_top1": round(val["top1"], 2), "epochs": trainer.current_epoch,
                 "steps": trainer.global_step, "seconds": round(seconds, 1),
                 "devices": trainer.world_size,
+                "training": {k: v for k, v in record.items() if k not in ("steps",)},
             },
         }
         fragments[spec.name] = write_aux(stage, spec.name, student, maps, meta)

@@ -26,7 +26,7 @@ class AuxSpec:
     depth: int = 6
     mlp_ratio: float = 4.0
     positions: str = "end"  # which blocks are distilled: 'end' or 'front,end'
-    epochs: int = 20
+    epochs: int | str = 20  # or "auto": until validation top1 stops improving (DISTILL_AUTO)
     lr: float = 5e-4
     init: str = "random"  # 'ancestor': same-width student starts from evenly spaced ancestor blocks
 
@@ -78,6 +78,9 @@ def _typed(cls, values: dict, where: str):
                 raise UserError(f"recipe field {where}.{k} must be a number, got {v!r}") from None
         elif type(default) is int and isinstance(v, float) and v.is_integer():
             v = int(v)
+        elif k == "epochs" and isinstance(v, str) and v.strip().lower() == "auto":
+            out[k] = "auto"
+            continue
         elif isinstance(default, str) and not isinstance(v, str):
             raise UserError(f"recipe field {where}.{k} must be text, got {v!r}")
         if type(default) is int and (not isinstance(v, int) or isinstance(v, bool)):
@@ -175,8 +178,12 @@ def validate(recipe: Recipe, ancestor_depth: int | None = None) -> Recipe:
         where = f"{source}: auxiliary.{a.name}"
         for k in ("embed_dim", "num_heads", "depth", "epochs"):
             v = getattr(a, k)
+            if k == "epochs" and v == "auto":
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"{where}.{k} must be a positive integer, got {v!r}")
+                raise UserError(f"{where}.{k} must be a positive integer{' or auto' if k == 'epochs' else ''}, got {v!r}")
+            if v > {"embed_dim": 16384, "num_heads": 1024, "depth": 1024, "epochs": 10000}[k]:
+                raise UserError(f"{where}.{k} = {v} is beyond any model learngene builds")
         if a.embed_dim % a.num_heads:
             raise UserError(f"{where}: width {a.embed_dim} is not divisible by its {a.num_heads} heads")
         if ancestor_depth is not None and a.depth > ancestor_depth:

@@ -16,6 +16,7 @@ FORMAT = "learngene-pool"
 FORMAT_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
 REVISION = re.compile(r"r[1-9][0-9]{0,5}")
+REVISION_FOLDER = re.compile(r"revisions/r[1-9][0-9]{0,5}(/instances|/components)?")
 TIMM_NAME = re.compile(r"[a-z0-9_]{1,80}")
 # the keyword arguments of a timm VisionTransformer (and learngene's stitched one) that a
 # pool's models may set; anything else (pretrained, pretrained_cfg_overlay, checkpoint_path,
@@ -133,7 +134,8 @@ def validate(m, where) -> dict:
             e = _dict(e, where, f"a file of revision {rid}")
             name = e.get("file", "")
             sub = "/".join(name.split("/")[:-1]) if isinstance(name, str) else ""
-            if sub not in (f"revisions/{rid}", f"revisions/{rid}/instances", f"revisions/{rid}/components"):
+            # its own folder, or (folded in by `pool gc`) the folder of a revision it replaced
+            if not REVISION_FOLDER.fullmatch(sub):
                 _fail(where, f"revision {rid}: file {name!r} is not a file of revisions/{rid}/")
             _file(name, where, f"revision {rid}: file", sub)
             _sha(e.get("sha256"), where, f"revision {rid}: sha256 of {name}")
