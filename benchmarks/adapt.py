@@ -36,14 +36,31 @@ def tiny_child(pool: str) -> str:
     """The pool's `--size=tiny` child (built and assembled first if the pool is missing)."""
     if not (Path(pool) / "pool.json").is_file():
         subprocess.run([sys.executable, "-m", "learngene.cli", "build-pool", "--out", pool, "-q"], check=True)
-    r = subprocess.run([sys.executable, "-m", "learngene.cli", "assemble", "--pool", pool, "--size", "tiny", "--json",
-                        "-q", "--force", "--no-program"], check=True, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learngene.cli",
+            "assemble",
+            "--pool",
+            pool,
+            "--size",
+            "tiny",
+            "--json",
+            "-q",
+            "--force",
+            "--no-program",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(r.stdout)["child"]
 
 
 def variant(base: torch.nn.Module, method: str, num_classes: int, seed: int):
     """(model to train, delta tensors function) for one method."""
-    from learngene.adapt import delta as D
+    from learngene.deltas import delta as D
 
     if method in ("lora", "adapter"):
         ad = D.attach(base, method, rank=8, train_head=True, num_classes=num_classes, seed=seed)
@@ -60,11 +77,10 @@ def variant(base: torch.nn.Module, method: str, num_classes: int, seed: int):
 def run(base, method: str, lr: float, fraction: float, epochs: int, seed: int) -> dict:
     import lightning as L
 
-    from learngene.adapt import api
-    from learngene.adapt.delta import bytes_of
-    from learngene.core.training import TrainerArgs, evaluate
-
     from learngene.core.data import data_for
+    from learngene.core.training import TrainerArgs, evaluate
+    from learngene.deltas import tasks as api
+    from learngene.deltas.delta import bytes_of
 
     dm = data_for(TASK, base.data_config, train_fraction=fraction, seed=seed)
     L.seed_everything(seed, verbose=False)
@@ -72,17 +88,24 @@ def run(base, method: str, lr: float, fraction: float, epochs: int, seed: int) -
     e = epochs if fraction >= 1 else int(round(epochs / fraction))
     wall = api.train(model, dm, e, lr, trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
     return {
-        "method": method, "lr": lr, "fraction": fraction, "epochs": e, "seed": seed,
-        "test_top1": evaluate(model, dm.test_dataloader())["top1"], "val_top1": evaluate(model, dm.val_dataloader())["top1"],
+        "method": method,
+        "lr": lr,
+        "fraction": fraction,
+        "epochs": e,
+        "seed": seed,
+        "test_top1": evaluate(model, dm.test_dataloader())["top1"],
+        "val_top1": evaluate(model, dm.val_dataloader())["top1"],
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "delta_bytes": bytes_of(delta()), "model_bytes": bytes_of(base.model.state_dict()), "seconds": round(wall, 1),
+        "delta_bytes": bytes_of(delta()),
+        "model_bytes": bytes_of(base.model.state_dict()),
+        "seconds": round(wall, 1),
     }
 
 
 def deit_base_fraction() -> dict:
     import timm
 
-    from learngene.adapt import delta as D
+    from learngene.deltas import delta as D
 
     m = timm.create_model("deit_base_patch16_224")
     out = {}
@@ -101,10 +124,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="epochs at 100%% of the data (10%% runs 10x as many)")
     ap.add_argument("--pool", default="pools/embedded")
     ap.add_argument("--models", default="child,ancestor")
-    ap.add_argument("--lr-from", default=None, metavar="MODEL",
-                    help="skip the grid: reuse the learning rates picked for MODEL (e.g. child) from its csv")
-    ap.add_argument("--methods", default=",".join(GRID),
-                    help="run only these methods and replace their rows in the model's csv")
+    ap.add_argument(
+        "--lr-from",
+        default=None,
+        metavar="MODEL",
+        help="skip the grid: reuse the learning rates picked for MODEL (e.g. child) from its csv",
+    )
+    ap.add_argument(
+        "--methods", default=",".join(GRID), help="run only these methods and replace their rows in the model's csv"
+    )
     ap.add_argument("--grid", default="", help="methods that get the grid even with --lr-from")
     args = ap.parse_args()
     quiet_lightning()
@@ -142,7 +170,12 @@ def main() -> None:
 
 
 # learning rates tried per method (on the first seed)
-GRID = {"lora": (1e-3, 3e-3, 1e-2), "adapter": (3e-3, 1e-2, 3e-2), "head": (1e-2, 3e-2, 1e-1), "full": (3e-4, 1e-3, 3e-3)}
+GRID = {
+    "lora": (1e-3, 3e-3, 1e-2),
+    "adapter": (3e-3, 1e-2, 3e-2),
+    "head": (1e-2, 3e-2, 1e-1),
+    "full": (3e-4, 1e-3, 3e-3),
+}
 
 
 def one(base, mname, method, lr, fraction, epochs, seed) -> dict:
@@ -153,28 +186,36 @@ def one(base, mname, method, lr, fraction, epochs, seed) -> dict:
 
 
 def write_md(df: pd.DataFrame, args, deit: dict, specs: dict) -> None:
-    from learngene.bench.metrics import device_name
+    from learngene.measure.metrics import device_name
 
     picked = df[df.picked.astype(bool)]
     g = picked.groupby(["model", "fraction", "method"], sort=False)
-    summary = pd.DataFrame({
-        "test top1 mean": g.test_top1.mean().round(2),
-        "std": g.test_top1.std().round(2),
-        "trainable params": g.trainable.first(),
-        "delta / model bytes": (g.delta_bytes.first() / g.model_bytes.first()).round(4),
-        "lr (picked)": g.lr.first(),
-        "seconds (median)": g.seconds.median(),
-    }).reset_index()
+    summary = pd.DataFrame(
+        {
+            "test top1 mean": g.test_top1.mean().round(2),
+            "std": g.test_top1.std().round(2),
+            "trainable params": g.trainable.first(),
+            "delta / model bytes": (g.delta_bytes.first() / g.model_bytes.first()).round(4),
+            "lr (picked)": g.lr.first(),
+            "seconds (median)": g.seconds.median(),
+        }
+    ).reset_index()
     # one order whatever order the partial reruns wrote the rows in
     order = {m: i for i, m in enumerate(GRID)}
-    summary = summary.sort_values(["model", "fraction", "method"], ascending=[False, False, True],
-                                  key=lambda c: c.map(order) if c.name == "method" else c, ignore_index=True)
+    summary = summary.sort_values(
+        ["model", "fraction", "method"],
+        ascending=[False, False, True],
+        key=lambda c: c.map(order) if c.name == "method" else c,
+        ignore_index=True,
+    )
     gaps = []
     for (m, f), sub in picked.groupby(["model", "fraction"]):
         lo = sub[sub.method == "lora"].set_index("seed").test_top1
         fu = sub[sub.method == "full"].set_index("seed").test_top1
-        gaps.append(f"- {m}, {int(f * 100)}% of the data: LoRA - full fine-tuning = {(lo - fu).mean():+.2f} points "
-                    f"(per seed {', '.join(f'{v:+.2f}' for v in (lo - fu))})")
+        gaps.append(
+            f"- {m}, {int(f * 100)}% of the data: LoRA - full fine-tuning = {(lo - fu).mean():+.2f} points "
+            f"(per seed {', '.join(f'{v:+.2f}' for v in (lo - fu))})"
+        )
     machine = f"{device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}"
     command = "python benchmarks/adapt.py --models child`, then `--models ancestor --lr-from child --grid lora"
     md = [
@@ -198,7 +239,8 @@ def write_md(df: pd.DataFrame, args, deit: dict, specs: dict) -> None:
         "",
         *gaps,
         "",
-        f"Delta bytes / model bytes for LoRA rank 8 on qkv, proj, fc1, fc2 at DeiT-Base's shapes (768 wide, 12 blocks): "
+        f"Delta bytes / model bytes for LoRA rank 8 on qkv, proj, fc1, fc2 at DeiT-Base's shapes (768 wide, 12 "
+        f"blocks): "
         f"{100 * deit['head=False']:.2f}% without the head, {100 * deit['head=True']:.2f}% with a 1000-class head. "
         "On the embedded models (128 wide) rank 8 is 1/16 of the width, so the same delta is a larger share.",
         "",

@@ -42,10 +42,13 @@ def main():
     import timm
 
     import learngene  # noqa: F401  (registers the stitched architecture with timm)
-    from learngene.bench.metrics import device_name, latency
+    from learngene.measure.metrics import device_name, latency
 
     threads = torch.get_num_threads()
-    res = {"machine": f"{device_name(torch.device('cpu'))}, {os.cpu_count()} cores, {threads} threads, torch {torch.__version__}"}
+    res = {
+        "machine": f"{device_name(torch.device('cpu'))}, {os.cpu_count()} cores, {threads} threads, "
+        f"torch {torch.__version__}"
+    }
     with tempfile.TemporaryDirectory() as d:
         pool = Path(d) / "pool"
         shutil.copytree(a.pool, pool, ignore=shutil.ignore_patterns("reports", "children"))
@@ -64,25 +67,47 @@ def main():
             got = json.loads(out)
             child = timm.create_model(f"local-dir:{got['child']}", pretrained=True).eval()
             img = got["chosen"]["infer_img_size"]
-            fresh = statistics.median(latency(child, 1, img, torch.device("cpu"))["median_s"] * 1e3 for _ in range(a.repeats))
-            res["targets"].append({"quantile": q, "budget_ms": budget, "chosen": got["chosen"]["model"],
-                                   "report_ms": got["chosen"]["infer_step_time"],
-                                   "report_p90_ms": got["chosen"]["infer_step_time_p90"], "top1": got["chosen"]["top1"],
-                                   "fresh_ms": fresh, "within": fresh <= budget, "target_s": secs})
+            fresh = statistics.median(
+                latency(child, 1, img, torch.device("cpu"))["median_s"] * 1e3 for _ in range(a.repeats)
+            )
+            res["targets"].append(
+                {
+                    "quantile": q,
+                    "budget_ms": budget,
+                    "chosen": got["chosen"]["model"],
+                    "report_ms": got["chosen"]["infer_step_time"],
+                    "report_p90_ms": got["chosen"]["infer_step_time_p90"],
+                    "top1": got["chosen"]["top1"],
+                    "fresh_ms": fresh,
+                    "within": fresh <= budget,
+                    "target_s": secs,
+                }
+            )
             print(res["targets"][-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(res, indent=2))
-    lines = ["# `learngene bench` and `learngene target` on the embedded pool", "",
-             f"`python benchmarks/bench.py`. Machine: {res['machine']}. Pool revision {res['revision']}, "
-             f"{res['models']} descendants, batch sizes 1 and 32.", "",
-             f"Wall time of the whole `learngene bench` command: **{res['bench_s']:.1f} s** (goal <= 60 s).", "",
-             "`learngene target --max-latency-ms X` (batch 1; the default rule: the report's p90 within X), X halfway between neighbouring batch-1 latencies of the report at these quantiles; "
-             f"the exported child loaded back through timm and timed again (median of {a.repeats} measurements):", "",
-             "| quantile | budget ms | chosen | top1 | report median ms | report p90 ms | fresh ms | fresh / budget | within |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# `learngene bench` and `learngene target` on the embedded pool",
+        "",
+        f"`python benchmarks/bench.py`. Machine: {res['machine']}. Pool revision {res['revision']}, "
+        f"{res['models']} descendants, batch sizes 1 and 32.",
+        "",
+        f"Wall time of the whole `learngene bench` command: **{res['bench_s']:.1f} s** (goal <= 60 s).",
+        "",
+        "`learngene target --max-latency-ms X` (batch 1; the default rule: the report's p90 within X), X "
+        "halfway between neighbouring batch-1 latencies of the report at these quantiles; "
+        f"the exported child loaded back through timm and timed again (median of {a.repeats} measurements):",
+        "",
+        "| quantile | budget ms | chosen | top1 | report median ms | report p90 ms | fresh ms | fresh / budget "
+        "| within |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in res["targets"]:
-        lines.append(f"| {t['quantile']} | {t['budget_ms']:.3f} | {t['chosen']} | {t['top1']:.2f} | {t['report_ms']:.3f} | {t['report_p90_ms']:.3f} | "
-                     f"{t['fresh_ms']:.3f} | {t['fresh_ms'] / t['budget_ms']:.3f} | {'yes' if t['within'] else 'no'} |")
+        lines.append(
+            f"| {t['quantile']} | {t['budget_ms']:.3f} | {t['chosen']} | {t['top1']:.2f} | {t['report_ms']:.3f} "
+            f"| {t['report_p90_ms']:.3f} | "
+            f"{t['fresh_ms']:.3f} | {t['fresh_ms'] / t['budget_ms']:.3f} | {'yes' if t['within'] else 'no'} |"
+        )
     lines.append("")
     (RESULTS / "bench.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -23,8 +23,11 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "embedded"
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "learngene.cli", "build-pool", "-q", "--out", str(out)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "learngene.cli", "build-pool", "-q", "--out", str(out)],
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t0
         if r.returncode:
             sys.exit(r.stderr)
@@ -36,18 +39,29 @@ def main():
         "ancestor_test_top1": m["ancestor"]["test_top1"],
         "auxiliary": {n: {"params": a["params"], **a["metrics"], "init": a["init"]} for n, a in m["auxiliary"].items()},
         "instances": len(m["instances"]),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "build_pool.json").write_text(json.dumps(res, indent=2))
-    lines = ["# `learngene build-pool` on the embedded default", "",
-             "`python benchmarks/build_pool.py` (embedded ancestor cached; the whole command timed).", "",
-             f"Machine: {res['machine']}.", "",
-             f"Wall time of the command: **{res['command_seconds']} s** (goal <= 120 s). "
-             f"Ancestor test top1 {res['ancestor_test_top1']}%.", "",
-             "| auxiliary | init | params | epochs | test top1 | val top1 | train s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# `learngene build-pool` on the embedded default",
+        "",
+        "`python benchmarks/build_pool.py` (embedded ancestor cached; the whole command timed).",
+        "",
+        f"Machine: {res['machine']}.",
+        "",
+        f"Wall time of the command: **{res['command_seconds']} s** (goal <= 120 s). "
+        f"Ancestor test top1 {res['ancestor_test_top1']}%.",
+        "",
+        "| auxiliary | init | params | epochs | test top1 | val top1 | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, a in res["auxiliary"].items():
-        lines.append(f"| {n} | {a['init']} | {a['params'] / 1e6:.2f}M | {a['epochs']} | {a['test_top1']} | {a['val_top1']} | {a['seconds']} |")
+        lines.append(
+            f"| {n} | {a['init']} | {a['params'] / 1e6:.2f}M | {a['epochs']} | {a['test_top1']} | "
+            f"{a['val_top1']} | {a['seconds']} |"
+        )
     text = "\n".join(lines) + "\n"
     (RESULTS / "build_pool.md").write_text(text)
     print(text)

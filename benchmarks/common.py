@@ -16,7 +16,7 @@ SMALL = dict(embed_dim=64, depth=6, num_heads=2)
 def cpu_name() -> str:
     import torch
 
-    from learngene.bench.metrics import device_name
+    from learngene.measure.metrics import device_name
 
     return device_name(torch.device("cpu"))
 
@@ -42,10 +42,10 @@ def init_accuracy(pool_dir: Path, inits=("lstsq", "distill")) -> dict:
     """Validation / test top1 of every descendant right after each stitch init, no training."""
     import torch
 
-    from learngene.assemble.api import pool_data
-    from learngene.core.stitch_init import init_stitches
-    from learngene.core.stitching import evaluate_specs
     from learngene.pool import Pool
+    from learngene.stitch.init import init_stitches
+    from learngene.stitch.stitched import evaluate_specs
+    from learngene.zoo import pool_data
 
     pool = Pool.open(pool_dir)
     dm = pool_data(pool, None)
@@ -81,7 +81,9 @@ def curve_callback(model, dm, every: int, log: list):
     return Curve(), point
 
 
-def train(model, dm, recipe, every: int, seed: int, lr: float | None = None, steps: int | None = None) -> tuple[list, float]:
+def train(
+    model, dm, recipe, every: int, seed: int, lr: float | None = None, steps: int | None = None
+) -> tuple[list, float]:
     """Trains with the recipe (peak `lr` if given; its warm-up + cosine schedule squeezed into
     `steps` optimizer steps if given); returns the curve and the wall seconds."""
     import lightning as L
@@ -89,14 +91,19 @@ def train(model, dm, recipe, every: int, seed: int, lr: float | None = None, ste
     from learngene.core.training import Classifier, OptimConfig, TrainerArgs, make_trainer
 
     L.seed_everything(seed, verbose=False)
-    optim = OptimConfig(lr=lr or recipe["lr"], weight_decay=recipe["weight_decay"],
-                        warmup_fraction=recipe["warmup_fraction"], label_smoothing=recipe["label_smoothing"])
+    optim = OptimConfig(
+        lr=lr or recipe["lr"],
+        weight_decay=recipe["weight_decay"],
+        warmup_fraction=recipe["warmup_fraction"],
+        label_smoothing=recipe["label_smoothing"],
+    )
     log: list = []
     t0 = time.perf_counter()
     cb, point = curve_callback(model, dm, every, log)
     length = dict(max_steps=steps, max_epochs=-1) if steps else {}
     make_trainer(TrainerArgs(max_epochs=recipe["epochs"], progress=False), callbacks=[cb], **length).fit(
-        Classifier(model, optim), datamodule=dm)
+        Classifier(model, optim), datamodule=dm
+    )
     wall = time.perf_counter() - t0
     last = steps or len(dm.train_dataloader()) * recipe["epochs"]
     if log[-1][0] != last:  # the final point, when `every` does not divide the steps

@@ -42,26 +42,44 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import RESULTS, cpu_name, ensure_animals, quiet
 
 KEPT = RESULTS  # the runs the overview lists (RESULTS may be moved with --out)
 
 METHODS = ("pool", "snnet-plateau", "snnet-distilled", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
-LABEL = {"pool": "Learngene Pool", "snnet": "SN-Net (c), anchor 30 epochs from scratch",
-         "snnet-plateau": "SN-Net (a), anchor from scratch to its plateau",
-         "snnet-distilled": "SN-Net (b), anchor distilled like the pool's narrow",
-         "vanilla": "vanilla learngene", "scratch": "scratch",
-         "vanilla-each": "vanilla learngene, E epochs each", "scratch-each": "scratch, E epochs each"}
+LABEL = {
+    "pool": "Learngene Pool",
+    "snnet": "SN-Net (c), anchor 30 epochs from scratch",
+    "snnet-plateau": "SN-Net (a), anchor from scratch to its plateau",
+    "snnet-distilled": "SN-Net (b), anchor distilled like the pool's narrow",
+    "vanilla": "vanilla learngene",
+    "scratch": "scratch",
+    "vanilla-each": "vanilla learngene, E epochs each",
+    "scratch-each": "scratch, E epochs each",
+}
 SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
 TESTBEDS = {
-    "digits": dict(ancestor="embedded", data=None, recipe="embedded", stem="methods", budgets=[3, 40],
-                   anchors=list(SNNET), about="the cached embedded ancestor (12 blocks, width 128, 2.37M params) and "
-                   "the scikit-learn digits (16 px; test split, 450 images)"),
-    "animals": dict(ancestor="embedded:animals", data="animals", recipe="animals", stem="methods_animals", budgets=[15],
-                    anchors=["plateau", "distilled"], about="the animals' embedded ancestor (the digits' architecture "
-                    "and recipe, 12 blocks, width 128, 2.37M params) and the animal-mnist silhouettes (16 px; 3,000 "
-                    "train, 800 val, 2,000 test images)"),
+    "digits": dict(
+        ancestor="embedded",
+        data=None,
+        recipe="embedded",
+        stem="methods",
+        budgets=[3, 40],
+        anchors=list(SNNET),
+        about="the cached embedded ancestor (12 blocks, width 128, 2.37M params) and "
+        "the scikit-learn digits (16 px; test split, 450 images)",
+    ),
+    "animals": dict(
+        ancestor="embedded:animals",
+        data="animals",
+        recipe="animals",
+        stem="methods_animals",
+        budgets=[15],
+        anchors=["plateau", "distilled"],
+        about="the animals' embedded ancestor (the digits' architecture "
+        "and recipe, 12 blocks, width 128, 2.37M params) and the animal-mnist silhouettes (16 px; 3,000 "
+        "train, 800 val, 2,000 test images)",
+    ),
 }
 
 
@@ -86,27 +104,47 @@ def narrow_alone(ancestor, dm, recipe: str, seed: int, epochs: int | None) -> fl
     from learngene.pool import load_recipe, resolve_recipe_path
 
     narrow = min(load_recipe(resolve_recipe_path(recipe)).auxiliary, key=lambda a: a.embed_dim)
-    model = train_anchor(ancestor.model, dm, narrow.embed_dim, narrow.num_heads, epochs or ANCHOR_EPOCHS, seed,
-                         trainer_args=quiet(), depth=narrow.depth)[0]
+    model = train_anchor(
+        ancestor.model,
+        dm,
+        narrow.embed_dim,
+        narrow.num_heads,
+        epochs or ANCHOR_EPOCHS,
+        seed,
+        trainer_args=quiet(),
+        depth=narrow.depth,
+    )[0]
     return round(evaluate(model, dm.test_dataloader())["top1"], 2)
 
 
-def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None = None,
-             anchors: tuple[str, ...] = tuple(SNNET), bed: dict = TESTBEDS["digits"]) -> tuple[dict, dict]:
+def run_seed(
+    seed: int,
+    budgets: list[int],
+    work: Path,
+    pre_epochs: int | None = None,
+    anchors: tuple[str, ...] = tuple(SNNET),
+    bed: dict = TESTBEDS["digits"],
+) -> tuple[dict, dict]:
     """{budget: {method: zoo record}, "narrow_alone": top1}, and the last budget's zoos (for latency)."""
-    from learngene.assemble import assemble
+    from learngene.assembly import AssembleSpec, assemble
     from learngene.baselines import make_anchor, scratch, snnet, vanilla
     from learngene.core.data import LearngeneDataModule
-    from learngene.core.joint import AssembleSpec
-    from learngene.core.models import load_model
+    from learngene.models.refs import load_model
     from learngene.pool import Pool, build_pool
     from learngene.zoo import pool_zoo
 
     ancestor = load_model(bed["ancestor"], progress=False)
     dm = LearngeneDataModule(bed["data"], batch_size=64, seed=seed)
     t0 = time.perf_counter()
-    distilled = build_pool(bed["recipe"], out=work / f"pool-{seed}", ancestor=ancestor, data=dm,
-                           overrides=[f"distill.seed={seed}"], epochs=pre_epochs, trainer_args=quiet())
+    distilled = build_pool(
+        bed["recipe"],
+        out=work / f"pool-{seed}",
+        ancestor=ancestor,
+        data=dm,
+        overrides=[f"distill.seed={seed}"],
+        epochs=pre_epochs,
+        trainer_args=quiet(),
+    )
     build_s = time.perf_counter() - t0
     log(f"seed {seed}: pool built in {build_s:.0f} s")
     out, zoos = {}, {}
@@ -115,24 +153,38 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
     made = {}
     for how in anchors:
         t0 = time.perf_counter()
-        made[how] = make_anchor(how, ancestor.model, dm, seed=seed, trainer_args=quiet(), epochs=pre_epochs,
-                                recipe=bed["recipe"])
+        made[how] = make_anchor(
+            how, ancestor.model, dm, seed=seed, trainer_args=quiet(), epochs=pre_epochs, recipe=bed["recipe"]
+        )
         made[how] += (time.perf_counter() - t0,)
         log(f"seed {seed}: SN-Net narrow anchor ({how}) made in {made[how][3]:.0f} s: {made[how][2]}")
 
     for budget in budgets:
         t0 = time.perf_counter()
         p = distilled.copy_as_distilled(work / f"pool-{seed}-e{budget}").path
-        res = assemble(p, train="all", spec=AssembleSpec(seed=seed, epochs=budget), data=dm,
-                       trainer_args=quiet(), progress=lambda m: None)
+        res = assemble(
+            p,
+            train="all",
+            spec=AssembleSpec(seed=seed, epochs=budget),
+            data=dm,
+            trainer_args=quiet(),
+            progress=lambda m: None,
+        )
         steps = res.trained["steps"]
         pool = pool_zoo(Pool.open(p), static=True)
         pool.seconds, pool.steps = {"build-pool": build_s, "assemble --all": time.perf_counter() - t0}, steps
         log(f"seed {seed} budget {budget}: pool assembled ({steps} steps)")
         sns = []
         for how, (model, args, record, anchor_s) in made.items():
-            sn = snnet(ancestor.model, dm, spec=AssembleSpec(seed=seed, epochs=budget), seed=seed, anchor=(model, args),
-                       trainer_args=quiet(), log=log)
+            sn = snnet(
+                ancestor.model,
+                dm,
+                spec=AssembleSpec(seed=seed, epochs=budget),
+                seed=seed,
+                anchor=(model, args),
+                trainer_args=quiet(),
+                log=log,
+            )
             sn.method, sn.seconds = SNNET[how], {"anchor": anchor_s, **sn.seconds}
             sns.append(sn)
         t0 = time.perf_counter()
@@ -143,11 +195,20 @@ def run_seed(seed: int, budgets: list[int], work: Path, pre_epochs: int | None =
         sc.seconds = {"train": time.perf_counter() - t0}
         zoos = {z.method: z for z in (pool, *sns, va, sc)}
         anchor_of = {SNNET[how]: rec for how, (_, _, rec, _) in made.items()}  # epochs run, best epoch
-        out[str(budget)] = {m: {"rows": z.rows, "seconds": z.seconds, "stored_params": z.stored_params, "steps": z.steps,
-                                **({"anchor": anchor_of[m]} if m in anchor_of else {})}
-                            for m, z in zoos.items()}
-        log(f"seed {seed} budget {budget}: " + ", ".join(
-            f"{m} {statistics.mean(r['test_top1'] for r in z.rows):.2f}" for m, z in zoos.items()))
+        out[str(budget)] = {
+            m: {
+                "rows": z.rows,
+                "seconds": z.seconds,
+                "stored_params": z.stored_params,
+                "steps": z.steps,
+                **({"anchor": anchor_of[m]} if m in anchor_of else {}),
+            }
+            for m, z in zoos.items()
+        }
+        log(
+            f"seed {seed} budget {budget}: "
+            + ", ".join(f"{m} {statistics.mean(r['test_top1'] for r in z.rows):.2f}" for m, z in zoos.items())
+        )
     return out, zoos
 
 
@@ -157,7 +218,7 @@ def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path, bed: dict
     pool built with the embedded recipe (weights unused)."""
     from learngene.baselines import scratch, vanilla
     from learngene.core.data import LearngeneDataModule
-    from learngene.core.models import load_model
+    from learngene.models.refs import load_model
 
     dm = LearngeneDataModule(bed["data"], batch_size=64, seed=seed)
     steps = budget * len(dm.train_dataloader())
@@ -165,21 +226,31 @@ def run_each(seed: int, budget: int, kinds: list[str], pool_dir: Path, bed: dict
     for kind in kinds:
         t0 = time.perf_counter()
         if kind == "vanilla":
-            z = vanilla(load_model(bed["ancestor"], progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet())
+            z = vanilla(
+                load_model(bed["ancestor"], progress=False).model, dm, steps_each=steps, seed=seed, trainer_args=quiet()
+            )
         else:
             z = scratch(architectures(pool_dir), dm, steps_each=steps, seed=seed, trainer_args=quiet())
-        out[f"{kind}-each"] = {"rows": z.rows, "seconds": {"train": time.perf_counter() - t0},
-                               "stored_params": z.stored_params, "steps": z.steps}
-        log(f"seed {seed} budget {budget}: {kind}, {budget} epochs each: "
-            f"{statistics.mean(r['test_top1'] for r in z.rows):.2f}")
+        out[f"{kind}-each"] = {
+            "rows": z.rows,
+            "seconds": {"train": time.perf_counter() - t0},
+            "stored_params": z.stored_params,
+            "steps": z.steps,
+        }
+        log(
+            f"seed {seed} budget {budget}: {kind}, {budget} epochs each: "
+            f"{statistics.mean(r['test_top1'] for r in z.rows):.2f}"
+        )
     return out
 
 
 def latencies(zoos: dict, img_size: int) -> dict:
-    from learngene.bench.metrics import latency
+    from learngene.measure.metrics import latency
 
-    return {m: {sid: latency(model, 1, img_size, torch.device("cpu"))["median_s"] * 1e3 for sid, model in z.models.items()}
-            for m, z in zoos.items()}
+    return {
+        m: {sid: latency(model, 1, img_size, torch.device("cpu"))["median_s"] * 1e3 for sid, model in z.models.items()}
+        for m, z in zoos.items()
+    }
 
 
 def main():
@@ -191,13 +262,27 @@ def main():
     ap.add_argument("--md-only", action="store_true", help="rewrite the testbed's .md/.csv/.png from its .json")
     ap.add_argument("--pre-epochs", type=int, help="smoke runs only: epochs of distillation and anchor training")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--each", nargs="+", choices=["vanilla", "scratch"],
-                    help="add vanilla / scratch with --budgets epochs per member to the .json (a second, untimed run)")
-    ap.add_argument("--pool", type=Path, default=Path("pools/embedded"), help="--each scratch: architectures from this pool")
-    ap.add_argument("--slope-only", action="store_true",
-                    help="add the slope (the ancestor, the narrow auxiliary alone per seed) to an existing .json")
-    ap.add_argument("--anchors", nargs="+", choices=list(SNNET),
-                    help="SN-Net narrow anchors: plateau (a), distilled (b), fixed (c: 30 epochs from scratch); default: the testbed's")
+    ap.add_argument(
+        "--each",
+        nargs="+",
+        choices=["vanilla", "scratch"],
+        help="add vanilla / scratch with --budgets epochs per member to the .json (a second, untimed run)",
+    )
+    ap.add_argument(
+        "--pool", type=Path, default=Path("pools/embedded"), help="--each scratch: architectures from this pool"
+    )
+    ap.add_argument(
+        "--slope-only",
+        action="store_true",
+        help="add the slope (the ancestor, the narrow auxiliary alone per seed) to an existing .json",
+    )
+    ap.add_argument(
+        "--anchors",
+        nargs="+",
+        choices=list(SNNET),
+        help="SN-Net narrow anchors: plateau (a), distilled (b), fixed (c: 30 epochs from scratch); default: "
+        "the testbed's",
+    )
     a = ap.parse_args()
     bed = TESTBEDS[a.testbed]
     if bed["data"] == "animals":
@@ -220,12 +305,16 @@ def main():
         return write_outputs(json.loads(raw.read_text()))
     if a.slope_only:  # a run made before the slope was measured: the cached ancestor, the narrow alone per seed
         from learngene.core.data import LearngeneDataModule
-        from learngene.core.models import load_model
+        from learngene.models.refs import load_model
 
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         res = json.loads(raw.read_text())
         anc = load_model(bed["ancestor"], progress=False)
-        res["ancestor"] = {"test_top1": anc.metrics.get("test_top1"), "params": anc.info()["params"], "note": "added by --slope-only"}
+        res["ancestor"] = {
+            "test_top1": anc.metrics.get("test_top1"),
+            "params": anc.info()["params"],
+            "note": "added by --slope-only",
+        }
         for seed in res["seeds"]:
             dm = LearngeneDataModule(bed["data"], batch_size=64, seed=int(seed))
             res["seeds"][seed]["narrow_alone"] = narrow_alone(anc, dm, bed["recipe"], int(seed), None)
@@ -234,15 +323,23 @@ def main():
         raw.write_text(json.dumps(res, indent=2))
         return write_outputs(res)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    from learngene.core.models import load_model
+    from learngene.models.refs import load_model
 
     t0 = time.perf_counter()
     anc = load_model(bed["ancestor"], progress=False)  # trained and cached on first use
-    res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "command": "python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]), "testbed": a.testbed,
-           "budgets": budgets, "ancestor": {"test_top1": anc.metrics.get("test_top1"), "params": anc.info()["params"],
-                                            "seconds_to_load_or_train": round(time.perf_counter() - t0, 1)},
-           "seeds": {}}
+    res = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
+        "command": "python benchmarks/compare_methods.py " + " ".join(sys.argv[1:]),
+        "testbed": a.testbed,
+        "budgets": budgets,
+        "ancestor": {
+            "test_top1": anc.metrics.get("test_top1"),
+            "params": anc.info()["params"],
+            "seconds_to_load_or_train": round(time.perf_counter() - t0, 1),
+        },
+        "seeds": {},
+    }
     log(f"{a.testbed}: ancestor {anc.name}, test top1 {res['ancestor']['test_top1']}")
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -259,6 +356,7 @@ def main():
 
 # -- outputs ------------------------------------------------------------------------------------
 
+
 def table(res: dict, budget: int) -> list[dict]:
     """One row per method and member: params, FLOPs, latency, test top1 per seed, mean, std."""
     seeds = list(res["seeds"])
@@ -266,11 +364,23 @@ def table(res: dict, budget: int) -> list[dict]:
     for m in present(res, budget):
         first = res["seeds"][seeds[0]][str(budget)][m]["rows"]
         for r in first:
-            accs = [next(x for x in res["seeds"][s][str(budget)][m]["rows"] if x["id"] == r["id"])["test_top1"] for s in seeds]
-            rows.append({"budget_epochs": budget, "method": m, "id": r["id"], "params": r["params"], "flops": r["flops"],
-                         "latency_ms": res.get("latency_ms", {}).get(m.removesuffix("-each"), {}).get(r["id"]),
-                         **{f"top1_seed{s}": v for s, v in zip(seeds, accs)},
-                         "top1_mean": statistics.mean(accs), "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0})
+            accs = [
+                next(x for x in res["seeds"][s][str(budget)][m]["rows"] if x["id"] == r["id"])["test_top1"]
+                for s in seeds
+            ]
+            rows.append(
+                {
+                    "budget_epochs": budget,
+                    "method": m,
+                    "id": r["id"],
+                    "params": r["params"],
+                    "flops": r["flops"],
+                    "latency_ms": res.get("latency_ms", {}).get(m.removesuffix("-each"), {}).get(r["id"]),
+                    **{f"top1_seed{s}": v for s, v in zip(seeds, accs)},
+                    "top1_mean": statistics.mean(accs),
+                    "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                }
+            )
     return rows
 
 
@@ -292,29 +402,40 @@ def write_outputs(res: dict) -> None:
     all_rows = [r for b in budgets for r in table(res, b)]
     pd.DataFrame(all_rows).to_csv(RESULTS / f"{bed['stem']}.csv", index=False)
     steps = res["seeds"][seeds[0]][str(budgets[0])]["pool"]["steps"]
-    lines = [f"# Learngene Pool against SN-Net, vanilla learngene and scratch: the {name}", "",
-             f"`{res['command'].strip()}` on {res['machine']}; seeds {', '.join(seeds)}"
-             + (f"; {res['total_s'] / 60:.0f} min in all." if "total_s" in res else ".")
-             + "".join(f" The 'E epochs each' rows: `{c}`." for c in res.get("each_commands", []))
-             + (f" The slope (with today's cached ancestor): `{res['slope_command']}`." if "slope_command" in res else ""), "",
-             f"Testbed `{name}`: {bed['about']}. Accuracy: test top1, mean ± std over seeds. "
-             "At a budget of E epochs every method spends the same optimizer steps on training its members "
-             f"(the pool's joint run: E epochs x {steps // budgets[0]} batches): the pool and SN-Net jointly, one sampled member "
-             "per step; vanilla learngene 1/6 of them per member, scratch 1/18 per member. "
-             "Distillation (pool) and the narrow anchor (SN-Net) are stages before that, timed below. "
-             "Latency: batch size 1, median, this CPU, 2 threads.", ""]
+    lines = [
+        f"# Learngene Pool against SN-Net, vanilla learngene and scratch: the {name}",
+        "",
+        f"`{res['command'].strip()}` on {res['machine']}; seeds {', '.join(seeds)}"
+        + (f"; {res['total_s'] / 60:.0f} min in all." if "total_s" in res else ".")
+        + "".join(f" The 'E epochs each' rows: `{c}`." for c in res.get("each_commands", []))
+        + (f" The slope (with today's cached ancestor): `{res['slope_command']}`." if "slope_command" in res else ""),
+        "",
+        f"Testbed `{name}`: {bed['about']}. Accuracy: test top1, mean ± std over seeds. "
+        "At a budget of E epochs every method spends the same optimizer steps on training its members "
+        f"(the pool's joint run: E epochs x {steps // budgets[0]} batches): the pool and SN-Net jointly, one "
+        f"sampled member "
+        "per step; vanilla learngene 1/6 of them per member, scratch 1/18 per member. "
+        "Distillation (pool) and the narrow anchor (SN-Net) are stages before that, timed below. "
+        "Latency: batch size 1, median, this CPU, 2 threads.",
+        "",
+    ]
     lines += slope_section(res, budgets)
     for b in budgets:
         lines += summary_section(res, b)
     lines += overview(KEPT)
-    lines += ["## Reading", "",
-              "- SN-Net's smaller members start from a narrow anchor trained from scratch (its `narrow` row is that anchor "
-              "after joint training); the pool's from auxiliary models distilled from the ancestor. With the same member "
-              "training, SN-Net's spread over seeds follows its anchor's.",
-              "- Vanilla learngene and scratch train every member alone: at the same total steps each gets a small share. "
-              "The 'E epochs each' rows give every member alone the E epochs the pool shares among all its descendants.",
-              "- Wall times are medians over seeds on a shared 2-core machine; they vary by tens of percent between runs.",
-              "", f"![accuracy against params and latency]({bed['stem']}.png)", ""]
+    lines += [
+        "## Reading",
+        "",
+        "- SN-Net's smaller members start from a narrow anchor trained from scratch (its `narrow` row is that anchor "
+        "after joint training); the pool's from auxiliary models distilled from the ancestor. With the same member "
+        "training, SN-Net's spread over seeds follows its anchor's.",
+        "- Vanilla learngene and scratch train every member alone: at the same total steps each gets a small share. "
+        "The 'E epochs each' rows give every member alone the E epochs the pool shares among all its descendants.",
+        "- Wall times are medians over seeds on a shared 2-core machine; they vary by tens of percent between runs.",
+        "",
+        f"![accuracy against params and latency]({bed['stem']}.png)",
+        "",
+    ]
     (RESULTS / f"{bed['stem']}.md").write_text("\n".join(lines))
     plot(all_rows, budgets, RESULTS / f"{bed['stem']}.png", res)
     print("\n".join(lines))
@@ -329,33 +450,49 @@ def headline(res: dict, budget: int) -> dict:
     for m in [m for m in by if m.startswith("snnet")]:
         pairs = [(r, [x for x in by[m] if x["params"] <= r["params"]]) for r in by["pool"]]
         pairs = [(r, fits) for r, fits in pairs if fits]
-        out[f"{m} sizes"] = f"{sum(r['top1_mean'] >= max(x['top1_mean'] for x in fits) for r, fits in pairs)}/{len(pairs)}"
+        out[f"{m} sizes"] = (
+            f"{sum(r['top1_mean'] >= max(x['top1_mean'] for x in fits) for r, fits in pairs)}/{len(pairs)}"
+        )
     return out
 
 
 def overview(results: Path) -> list[str]:
     """Every run of this benchmark kept under results/ (both testbeds), a line per budget."""
-    lines = ["## Both testbeds: every run kept in benchmarks/results", "",
-             "Pool at least as accurate as SN-Net: the pool descendants, among those at least as large as SN-Net's "
-             "smallest member, for which SN-Net's best member no larger is not more accurate.", "",
-             "| results | testbed | budget | ancestor | narrow alone | pool | SN-Net (a) | SN-Net (b) | SN-Net (c) | pool >= (a) | pool >= (b) | pool >= (c) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Both testbeds: every run kept in benchmarks/results",
+        "",
+        "Pool at least as accurate as SN-Net: the pool descendants, among those at least as large as SN-Net's "
+        "smallest member, for which SN-Net's best member no larger is not more accurate.",
+        "",
+        "| results | testbed | budget | ancestor | narrow alone | pool | SN-Net (a) | SN-Net (b) | SN-Net (c) | "
+        "pool >= (a) | pool >= (b) | pool >= (c) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for f in sorted(results.glob("methods*.json")) + sorted(results.glob("*/methods*.json")):
         res = json.loads(f.read_text())
         seeds = list(res["seeds"])
         alone = [res["seeds"][s]["narrow_alone"] for s in seeds if "narrow_alone" in res["seeds"][s]]
         for b in [b for b in res["budgets"] if all(str(b) in res["seeds"][s] for s in seeds)]:
             h = headline(res, b)
-            cell = lambda m: f"{h[m]:.2f}" if m in h else "-"
+
+            def cell(m, h=h):
+                return f"{h[m]:.2f}" if m in h else "-"
+
             md = f.with_suffix(".md")
-            lines.append(f"| [{md.relative_to(results)}]({os.path.relpath(md, RESULTS)}) | "
-                         f"{res.get('testbed', 'digits')} | {b} | {res.get('ancestor', {}).get('test_top1', '-')} | "
-                         f"{f'{statistics.mean(alone):.2f}' if alone else '-'} | {cell('pool')} | {cell('snnet-plateau')} | "
-                         f"{cell('snnet-distilled')} | {cell('snnet')} | {h.get('snnet-plateau sizes', '-')} | "
-                         f"{h.get('snnet-distilled sizes', '-')} | {h.get('snnet sizes', '-')} |")
-    return lines + ["", "Ancestor: test top1 of the embedded ancestor the run used (not recorded by runs before the "
-                    "animals testbed; the earliest digits run's stack gave 96.7, today's 94.9). Narrow alone: the pool "
-                    "recipe's narrow auxiliary architecture from scratch with the ancestor's recipe, mean over seeds.", ""]
+            lines.append(
+                f"| [{md.relative_to(results)}]({os.path.relpath(md, RESULTS)}) | "
+                f"{res.get('testbed', 'digits')} | {b} | {res.get('ancestor', {}).get('test_top1', '-')} | "
+                f"{f'{statistics.mean(alone):.2f}' if alone else '-'} | {cell('pool')} | {cell('snnet-plateau')} | "
+                f"{cell('snnet-distilled')} | {cell('snnet')} | {h.get('snnet-plateau sizes', '-')} | "
+                f"{h.get('snnet-distilled sizes', '-')} | {h.get('snnet sizes', '-')} |"
+            )
+    return lines + [
+        "",
+        "Ancestor: test top1 of the embedded ancestor the run used (not recorded by runs before the "
+        "animals testbed; the earliest digits run's stack gave 96.7, today's 94.9). Narrow alone: the pool "
+        "recipe's narrow auxiliary architecture from scratch with the ancestor's recipe, mean over seeds.",
+        "",
+    ]
 
 
 def slope_section(res: dict, budgets: list[int]) -> list[str]:
@@ -366,16 +503,22 @@ def slope_section(res: dict, budgets: list[int]) -> list[str]:
     if not alone or "ancestor" not in res:
         return []
     anc = res["ancestor"]["test_top1"]
-    out = ["## Slope: does size buy accuracy", "",
-           f"- The ancestor ({res['ancestor']['params'] / 1e6:.2f}M params, the embedded recipe, 30 epochs, seed 0): "
-           f"**{anc:.2f}**; the pool recipe's narrow auxiliary architecture trained alone from scratch with the same "
-           f"recipe: **{statistics.mean(alone):.2f} ± {(statistics.stdev(alone) if len(alone) > 1 else 0):.2f}** "
-           f"(seeds {', '.join(seeds)}): **{anc - statistics.mean(alone):+.2f} points** for the ancestor."]
+    out = [
+        "## Slope: does size buy accuracy",
+        "",
+        f"- The ancestor ({res['ancestor']['params'] / 1e6:.2f}M params, the embedded recipe, 30 epochs, seed 0): "
+        f"**{anc:.2f}**; the pool recipe's narrow auxiliary architecture trained alone from scratch with the same "
+        f"recipe: **{statistics.mean(alone):.2f} ± {(statistics.stdev(alone) if len(alone) > 1 else 0):.2f}** "
+        f"(seeds {', '.join(seeds)}): **{anc - statistics.mean(alone):+.2f} points** for the ancestor.",
+    ]
     for b in budgets:
         pool = [r for r in table(res, b) if r["method"] == "pool"]
         lo, hi = min(pool, key=lambda r: r["top1_mean"]), max(pool, key=lambda r: r["top1_mean"])
-        out.append(f"- The pool's {len(pool)} descendants after {b} epochs span **{hi['top1_mean'] - lo['top1_mean']:.2f} "
-                   f"points**: {lo['id']} {pm(lo)} ({lo['params'] / 1e6:.3f}M) to {hi['id']} {pm(hi)} ({hi['params'] / 1e6:.3f}M).")
+        out.append(
+            f"- The pool's {len(pool)} descendants after {b} epochs span **{hi['top1_mean'] - lo['top1_mean']:.2f} "
+            f"points**: {lo['id']} {pm(lo)} ({lo['params'] / 1e6:.3f}M) to {hi['id']} {pm(hi)} "
+            f"({hi['params'] / 1e6:.3f}M)."
+        )
     return out + [""]
 
 
@@ -384,18 +527,27 @@ def summary_section(res: dict, budget: int) -> list[str]:
     rows = table(res, budget)
     methods = present(res, budget)
     by = {m: sorted((r for r in rows if r["method"] == m), key=lambda r: r["params"]) for m in methods}
-    out = [f"## Budget: {budget} epochs of member training", "",
-           "| method | members | params (M) | mean top1 | worst member | stored params (M) | steps | wall per stage (s, median over seeds) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"## Budget: {budget} epochs of member training",
+        "",
+        "| method | members | params (M) | mean top1 | worst member | stored params (M) | steps | wall per "
+        "stage (s, median over seeds) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in methods:
         recs = [res["seeds"][s][str(budget)][m] for s in seeds]
         seed_means = [statistics.mean(r["test_top1"] for r in rec["rows"]) for rec in recs]
-        stages = "; ".join(f"{k} {statistics.median(rec['seconds'][k] for rec in recs):.0f}" for k in recs[0]["seconds"])
+        stages = "; ".join(
+            f"{k} {statistics.median(rec['seconds'][k] for rec in recs):.0f}" for k in recs[0]["seconds"]
+        )
         worst = min(by[m], key=lambda r: r["top1_mean"])
         sd = statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0
-        out.append(f"| {LABEL[m].replace('E epochs', f'{budget} epochs')} | {len(by[m])} | {by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
-                   f"{statistics.mean(seed_means):.2f} ± {sd:.2f} | {worst['id']} {pm(worst)} | "
-                   f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | {stages} |")
+        out.append(
+            f"| {LABEL[m].replace('E epochs', f'{budget} epochs')} | {len(by[m])} | "
+            f"{by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
+            f"{statistics.mean(seed_means):.2f} ± {sd:.2f} | {worst['id']} {pm(worst)} | "
+            f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | {stages} |"
+        )
     # pool vs scratch (same architectures) and vs each SN-Net at or below each size
     sns = [m for m in methods if m.startswith("snnet")]
     sc = {r["id"]: r for r in by["scratch"]}
@@ -403,16 +555,26 @@ def summary_section(res: dict, budget: int) -> list[str]:
     smallest = by[sns[0]][0]
     anchor_params = next(r for r in by[sns[0]] if r["id"] == "narrow")["params"]
     short = {m: LABEL[m].split(",")[0] for m in sns}  # "SN-Net (a)"
-    out += ["", f"Per pool descendant: scratch is the same architecture; an SN-Net column is that SN-Net's most accurate "
-            f"member no larger than the descendant, or, below SN-Net's smallest member ({smallest['id']}, "
-            f"{smallest['params'] / 1e6:.3f}M), that member (larger than the descendant). SN-Net's narrow anchor has "
-            f"{anchor_params / 1e6:.3f}M params; storage pool / SN-Net: "
-            f"{res['seeds'][seeds[0]][str(budget)]['pool']['stored_params'] / res['seeds'][seeds[0]][str(budget)][sns[0]]['stored_params']:.2f}.", "",
-            "| pool descendant | params (M) | latency ms | pool | scratch | " + " | ".join(f"{short[m]} (member) | pool - {short[m]}" for m in sns)
-            + " |" + (f" scratch, {budget} epochs each |" if each else ""),
-            "|---|---|---|---|---|" + "---|---|" * len(sns) + ("---|" if each else "")]
+    first = res["seeds"][seeds[0]][str(budget)]
+    out += [
+        "",
+        f"Per pool descendant: scratch is the same architecture; an SN-Net column is that SN-Net's most accurate "
+        f"member no larger than the descendant, or, below SN-Net's smallest member ({smallest['id']}, "
+        f"{smallest['params'] / 1e6:.3f}M), that member (larger than the descendant). SN-Net's narrow anchor has "
+        f"{anchor_params / 1e6:.3f}M params; storage pool / SN-Net: "
+        f"{first['pool']['stored_params'] / first[sns[0]]['stored_params']:.2f}.",
+        "",
+        "| pool descendant | params (M) | latency ms | pool | scratch | "
+        + " | ".join(f"{short[m]} (member) | pool - {short[m]}" for m in sns)
+        + " |"
+        + (f" scratch, {budget} epochs each |" if each else ""),
+        "|---|---|---|---|---|" + "---|---|" * len(sns) + ("---|" if each else ""),
+    ]
     above_each, above_scratch = 0, 0
-    below, overlap = sum(r["params"] < anchor_params for r in by["pool"]), sum(r["params"] >= anchor_params for r in by["pool"])
+    below, overlap = (
+        sum(r["params"] < anchor_params for r in by["pool"]),
+        sum(r["params"] >= anchor_params for r in by["pool"]),
+    )
     below_ok, overlap_ok, fit_ok = dict.fromkeys(sns, 0), dict.fromkeys(sns, 0), dict.fromkeys(sns, 0)
     fit_n = sum(r["params"] >= smallest["params"] for r in by["pool"])
     for r in by["pool"]:
@@ -427,24 +589,37 @@ def summary_section(res: dict, budget: int) -> list[str]:
             fit_ok[m] += bool(fits) and d >= 0
             cells.append(f"{pm(ref)} ({ref['id']}) | {d:+.2f}")
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
-        out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | " + " | ".join(cells) + " |"
-                   + (f" {pm(each[r['id']])} |" if each else ""))
+        out.append(
+            f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | "
+            + " | ".join(cells)
+            + " |"
+            + (f" {pm(each[r['id']])} |" if each else "")
+        )
     n = len(by["pool"])
     out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants."]
     for m in sns:
         rec = res["seeds"][seeds[0]][str(budget)][m].get("anchor")
         how = f" (anchor: {', '.join(f'{k} {v}' for k, v in rec.items())}, seed {seeds[0]})" if rec else ""
-        out.append(f"- Against {LABEL[m]}{how}: pool at least as accurate below the anchor's size in "
-                   f"**{below_ok[m]}/{below}** descendants, from the anchor's size up (its best member no larger) in "
-                   f"**{overlap_ok[m]}/{overlap}**; at the sizes where SN-Net has a member no larger "
-                   f"(>= {smallest['params'] / 1e6:.3f}M) in **{fit_ok[m]}/{fit_n}**"
-                   + (" (where it is not, the pool loses: see the table)." if fit_ok[m] < fit_n else "."))
+        out.append(
+            f"- Against {LABEL[m]}{how}: pool at least as accurate below the anchor's size in "
+            f"**{below_ok[m]}/{below}** descendants, from the anchor's size up (its best member no larger) in "
+            f"**{overlap_ok[m]}/{overlap}**; at the sizes where SN-Net has a member no larger "
+            f"(>= {smallest['params'] / 1e6:.3f}M) in **{fit_ok[m]}/{fit_n}**"
+            + (" (where it is not, the pool loses: see the table)." if fit_ok[m] < fit_n else ".")
+        )
     if each:
-        out.append(f"- Pool above scratch with {budget} epochs per architecture ({len(each)}x the pool's steps in all): "
-                   f"**{above_each}/{n}**.")
+        out.append(
+            f"- Pool above scratch with {budget} epochs per architecture ({len(each)}x the pool's steps in all): "
+            f"**{above_each}/{n}**."
+        )
     out.append("")
     for m in [m for m in (*sns, "vanilla", "vanilla-each") if m in by]:
-        out += [f"<details><summary>{LABEL[m].replace('E epochs', f'{budget} epochs')} members</summary>", "", "| member | params (M) | latency ms | test top1 |", "|---|---|---|---|"]
+        out += [
+            f"<details><summary>{LABEL[m].replace('E epochs', f'{budget} epochs')} members</summary>",
+            "",
+            "| member | params (M) | latency ms | test top1 |",
+            "|---|---|---|---|",
+        ]
         for r in by[m]:
             lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
             out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} |")
@@ -459,8 +634,16 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    colors = {"pool": "tab:blue", "snnet": "tab:orange", "snnet-plateau": "tab:red", "snnet-distilled": "tab:purple", "vanilla": "tab:green", "scratch": "tab:gray",
-              "vanilla-each": "tab:olive", "scratch-each": "black"}
+    colors = {
+        "pool": "tab:blue",
+        "snnet": "tab:orange",
+        "snnet-plateau": "tab:red",
+        "snnet-distilled": "tab:purple",
+        "vanilla": "tab:green",
+        "scratch": "tab:gray",
+        "vanilla-each": "tab:olive",
+        "scratch-each": "black",
+    }
     fig, axes = plt.subplots(len(budgets), 2, figsize=(12, 4.6 * len(budgets)), squeeze=False)
     for i, b in enumerate(budgets):
         for j, (x, xl) in enumerate((("params", "params (M)"), ("latency_ms", "latency, batch 1 (ms)"))):
@@ -470,15 +653,31 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
                 if not rs:
                     continue
                 xs = [r[x] / (1e6 if x == "params" else 1) for r in rs]
-                ax.errorbar(xs, [r["top1_mean"] for r in rs], yerr=[r["top1_std"] for r in rs], fmt="o", ms=4,
-                            capsize=2, color=colors[m], label=LABEL[m].replace('E epochs', f'{b} epochs'), alpha=0.85)
+                ax.errorbar(
+                    xs,
+                    [r["top1_mean"] for r in rs],
+                    yerr=[r["top1_std"] for r in rs],
+                    fmt="o",
+                    ms=4,
+                    capsize=2,
+                    color=colors[m],
+                    label=LABEL[m].replace("E epochs", f"{b} epochs"),
+                    alpha=0.85,
+                )
             if x == "params" and res and "ancestor" in res:  # the slope's two ends
-                ax.plot([res["ancestor"]["params"] / 1e6], [res["ancestor"]["test_top1"]], "k*", ms=11, label="ancestor")
+                ax.plot(
+                    [res["ancestor"]["params"] / 1e6], [res["ancestor"]["test_top1"]], "k*", ms=11, label="ancestor"
+                )
                 alone = [res["seeds"][s].get("narrow_alone") for s in res["seeds"]]
                 narrow = [r for r in rows if r["method"] == "pool" and r["id"] == "narrow"]
                 if all(v is not None for v in alone) and narrow:
-                    ax.plot([narrow[0]["params"] / 1e6], [statistics.mean(alone)], "kx", ms=9,
-                            label="narrow auxiliary alone, from scratch")
+                    ax.plot(
+                        [narrow[0]["params"] / 1e6],
+                        [statistics.mean(alone)],
+                        "kx",
+                        ms=9,
+                        label="narrow auxiliary alone, from scratch",
+                    )
             ax.set_xscale("log")
             plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3x10^-1 (which overlaps)
             ax.xaxis.set_major_formatter(plain)
@@ -488,7 +687,9 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
             ax.set_ylabel("test top1 (%)")
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3, which="both")
-            ax.set_title(f"{(res or {}).get('testbed', 'digits')}, {b} epochs of member training: top1 against {x.split('_')[0]}")
+            ax.set_title(
+                f"{(res or {}).get('testbed', 'digits')}, {b} epochs of member training: top1 against {x.split('_')[0]}"
+            )
             ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-
+from learngene.pool.build import resolve_recipe_path  # noqa: E402
 from learngene.pool.distill import DistillModule, make_student  # noqa: E402
 from learngene.pool.recipe import load_recipe  # noqa: E402
-from learngene.pool.build import resolve_recipe_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,8 +60,15 @@ def loader_for(args, ancestor, batch):
         # Eight random 224x224 batches made once on the device: this measures the training
         # loop, not image decoding or host-to-device copies (both loops get the same list).
         g = torch.Generator().manual_seed(0)
-        return Batches([(torch.randn(batch, 3, 224, 224, generator=g).to(args.device),
-                         torch.randint(0, 1000, (batch,), generator=g).to(args.device)) for _ in range(8)])
+        return Batches(
+            [
+                (
+                    torch.randn(batch, 3, 224, 224, generator=g).to(args.device),
+                    torch.randint(0, 1000, (batch,), generator=g).to(args.device),
+                )
+                for _ in range(8)
+            ]
+        )
     dm = LearngeneDataModule(None, data_config=ancestor.data_config, batch_size=batch)
     dm.setup()
     return DataLoader(dm.dataset("train"), batch_size=batch, shuffle=True, drop_last=True)
@@ -88,8 +94,7 @@ def _batch(loader) -> int:
 
 def cycle(loader, steps):
     while True:
-        for b in loader:
-            yield b
+        yield from loader
 
 
 def run_lightning(module, loader, steps, warmup, device, precision):
@@ -99,10 +104,20 @@ def run_lightning(module, loader, steps, warmup, device, precision):
 
     quiet_lightning()
     t = StepTimer(warmup)
-    trainer = L.Trainer(max_steps=steps, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
-                        limit_val_batches=0, callbacks=[t.callback], precision=precision)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[t.callback],
+        precision=precision,
+    )
     trainer.fit(module, train_dataloaders=loader)
     return (steps - warmup) * _batch(loader) / (t.t1 - t.t0)
 
@@ -145,8 +160,8 @@ def main():
     args = ap.parse_args()
     import timm
 
-    from learngene.core.loading import LoadedModel
-    from learngene.core.models import load_model
+    from learngene.models.loading import LoadedModel
+    from learngene.models.refs import load_model
 
     if args.deit_base:
         torch.manual_seed(0)
@@ -170,15 +185,36 @@ def main():
                 fn = run_lightning if kind == "lightning" else run_bare
                 res[kind].append(fn(module, loader, args.steps, args.warmup, args.device, args.precision))
         lt, bt = statistics.median(res["lightning"]), statistics.median(res["bare"])
-        rows.append({"aux": spec.name, "width": spec.embed_dim, "batch": batch, "lightning_img_s": round(lt, 1),
-                     "bare_img_s": round(bt, 1), "ratio": round(lt / bt, 3)})
+        rows.append(
+            {
+                "aux": spec.name,
+                "width": spec.embed_dim,
+                "batch": batch,
+                "lightning_img_s": round(lt, 1),
+                "bare_img_s": round(bt, 1),
+                "ratio": round(lt / bt, 3),
+            }
+        )
         print(rows[-1], flush=True)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    scale = "deit-base-d6 (random-init DeiT-Base, random 224x224 data)" if args.deit_base else "embedded pool recipe (digits)"
-    lines = [f"### {scale} on {device_name}, precision {args.precision or 'fp32'}", "",
-             f"{args.repeats} repeats x {args.steps} steps ({args.warmup} warm-up), median images/s; torch {torch.__version__}.", "",
-             "| aux | width | batch | Lightning img/s | bare loop img/s | ratio |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['aux']} | {r['width']} | {r['batch']} | {r['lightning_img_s']} | {r['bare_img_s']} | {r['ratio']} |" for r in rows]
+    scale = (
+        "deit-base-d6 (random-init DeiT-Base, random 224x224 data)"
+        if args.deit_base
+        else "embedded pool recipe (digits)"
+    )
+    lines = [
+        f"### {scale} on {device_name}, precision {args.precision or 'fp32'}",
+        "",
+        f"{args.repeats} repeats x {args.steps} steps ({args.warmup} warm-up), median images/s; torch "
+        f"{torch.__version__}.",
+        "",
+        "| aux | width | batch | Lightning img/s | bare loop img/s | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['aux']} | {r['width']} | {r['batch']} | {r['lightning_img_s']} | {r['bare_img_s']} | {r['ratio']} |"
+        for r in rows
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-FORMATS = [("L", "png"), ("RGB", "jpg"), ("RGBA", "png"), ("P", "png"), ("I;16", "png"), ("CMYK", "jpg"), ("RGB", "png")]
+FORMATS = [
+    ("L", "png"),
+    ("RGB", "jpg"),
+    ("RGBA", "png"),
+    ("P", "png"),
+    ("I;16", "png"),
+    ("CMYK", "jpg"),
+    ("RGB", "png"),
+]
 KINDS = ("animals", "photos", "digits")
 
 
@@ -35,7 +43,9 @@ def ensure(package: str, spec: str, no_deps: bool = False) -> None:
     import subprocess
 
     if importlib.util.find_spec(package) is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *(["--no-deps"] if no_deps else []), spec], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", *(["--no-deps"] if no_deps else []), spec], check=True
+        )
 
 
 def write_image(img, path: Path, mode: str) -> None:
@@ -83,8 +93,11 @@ def animals(root: Path, per_class: int = 400, val_per_class: int = 100) -> dict:
             img = Image.fromarray(x[i], "L").resize((size, size), Image.BILINEAR)
             (train if k < per_class else val).append((c, img))
     counter = [0]
-    return {"classes": len(ANIMALS), "train": write_split(root, "train", train, ANIMALS, counter),
-            "val": write_split(root, "val", val, ANIMALS, counter)}
+    return {
+        "classes": len(ANIMALS),
+        "train": write_split(root, "train", train, ANIMALS, counter),
+        "val": write_split(root, "val", val, ANIMALS, counter),
+    }
 
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket", "brick", "grass", "gravel")
@@ -108,8 +121,11 @@ def photos(root: Path, per_class: int = 300, val_per_class: int = 80, crop: int 
                 x0, y0 = int(rng.integers(0, w - crop + 1)), int(rng.integers(top, bottom + 1))
                 out.append((c, img.crop((x0, y0, x0 + crop, y0 + crop)).resize((size, size), Image.BILINEAR)))
     counter = [0]
-    return {"classes": len(PHOTOS), "train": write_split(root, "train", train, PHOTOS, counter),
-            "val": write_split(root, "val", val, PHOTOS, counter)}
+    return {
+        "classes": len(PHOTOS),
+        "train": write_split(root, "train", train, PHOTOS, counter),
+        "val": write_split(root, "val", val, PHOTOS, counter),
+    }
 
 
 def digits(root: Path, size: int = 32) -> dict:
@@ -127,8 +143,11 @@ def digits(root: Path, size: int = 32) -> dict:
         return Image.fromarray(a, "L").resize((size, size), Image.BILINEAR)
 
     counter = [0]
-    return {"classes": 10, "train": write_split(root, "train", [(int(d.target[i]), img(i)) for i in sorted(tr)], classes, counter),
-            "val": write_split(root, "val", [(int(d.target[i]), img(i)) for i in sorted(va)], classes, counter)}
+    return {
+        "classes": 10,
+        "train": write_split(root, "train", [(int(d.target[i]), img(i)) for i in sorted(tr)], classes, counter),
+        "val": write_split(root, "val", [(int(d.target[i]), img(i)) for i in sorted(va)], classes, counter),
+    }
 
 
 WRITERS = {"animals": animals, "photos": photos, "digits": digits}

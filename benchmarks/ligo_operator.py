@@ -19,7 +19,6 @@ import time
 
 import pandas as pd
 import torch
-
 from common import RESULTS, SMALL, train  # noqa: E402  (the growth benchmarks' small model and recipe)
 
 
@@ -36,18 +35,22 @@ def cross_entropy(model, loader) -> float:
 def measure(model, dm) -> dict:
     from learngene.core.training import evaluate
 
-    return dict(test_top1=evaluate(model, dm.test_dataloader())["top1"], val_top1=evaluate(model, dm.val_dataloader())["top1"],
-                train_ce=cross_entropy(model, dm.eval_loader("train")), val_ce=cross_entropy(model, dm.val_dataloader()))
+    return dict(
+        test_top1=evaluate(model, dm.test_dataloader())["top1"],
+        val_top1=evaluate(model, dm.val_dataloader())["top1"],
+        train_ce=cross_entropy(model, dm.eval_loader("train")),
+        val_ce=cross_entropy(model, dm.val_dataloader()),
+    )
 
 
 def main() -> None:
     import timm
 
-    from learngene.core.ancestry import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
-    from learngene.bench.metrics import device_name
     from learngene.core.data import LearngeneDataModule, digits_data_config
-    from learngene.grow import api
     from learngene.core.training import TrainerArgs, quiet_lightning
+    from learngene.growth import methods as api
+    from learngene.measure.metrics import device_name
+    from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
@@ -58,31 +61,59 @@ def main() -> None:
     big = dict(EMBEDDED_MODEL_ARGS)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        dm = LearngeneDataModule(None, data_config=digits_data_config(), batch_size=EMBEDDED_RECIPE["batch_size"], seed=seed)
+        dm = LearngeneDataModule(
+            None, data_config=digits_data_config(), batch_size=EMBEDDED_RECIPE["batch_size"], seed=seed
+        )
         dm.setup("fit")
         torch.manual_seed(seed)
         small = timm.create_model(EMBEDDED_ARCH, **{**big, **SMALL})
-        train(small, dm, EMBEDDED_RECIPE, 10 ** 9, seed)
+        train(small, dm, EMBEDDED_RECIPE, 10**9, seed)
         # the target and the growth call exactly as in growth.py (MLP 512, heads of 32)
-        t = api.resolve_target(small, "ligo", embed_dim=big["embed_dim"], depth=big["depth"], heads=big["num_heads"], mlp_ratio=4.0)
+        t = api.resolve_target(
+            small, "ligo", embed_dim=big["embed_dim"], depth=big["depth"], heads=big["num_heads"], mlp_ratio=4.0
+        )
         rows.append(dict(seed=seed, model="small", op_lr=None, op_steps=0, seconds=0.0, **measure(small, dm)))
         print(rows[-1], flush=True)
         for lr, steps in [(0.0, 0)] + [(float(v), args.steps) for v in args.lrs.split(",")]:
             t0 = time.perf_counter()
-            grown = api.grow(small, "ligo", t, dm=dm, steps=steps, seed=seed, ligo_lr=lr,
-                             trainer_args=TrainerArgs(progress=False))
-            rows.append(dict(seed=seed, model="ligo", op_lr=lr if steps else None, op_steps=steps,
-                             seconds=round(time.perf_counter() - t0, 1), **measure(grown, dm)))
+            grown = api.grow(
+                small, "ligo", t, dm=dm, steps=steps, seed=seed, ligo_lr=lr, trainer_args=TrainerArgs(progress=False)
+            )
+            rows.append(
+                dict(
+                    seed=seed,
+                    model="ligo",
+                    op_lr=lr if steps else None,
+                    op_steps=steps,
+                    seconds=round(time.perf_counter() - t0, 1),
+                    **measure(grown, dm),
+                )
+            )
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     df.to_csv(RESULTS / "ligo_operator.csv", index=False)
-    df["config"] = df.apply(lambda r: "small model" if r.model == "small" else
-                            ("LiGO start (0 steps)" if r.op_steps == 0 else f"LiGO, {r.op_steps} steps at lr {r.op_lr:g}"), axis=1)
+    df["config"] = df.apply(
+        lambda r: (
+            "small model"
+            if r.model == "small"
+            else ("LiGO start (0 steps)" if r.op_steps == 0 else f"LiGO, {r.op_steps} steps at lr {r.op_lr:g}")
+        ),
+        axis=1,
+    )
     order = list(dict.fromkeys(df["config"]))
-    agg = df.groupby("config", sort=False).agg(
-        test_top1=("test_top1", "mean"), val_top1=("val_top1", "mean"), train_ce=("train_ce", "mean"), val_ce=("val_ce", "mean"),
-        test_per_seed=("test_top1", lambda s: ", ".join(f"{v:.2f}" for v in s)), seconds=("seconds", "median")).loc[order]
+    agg = (
+        df.groupby("config", sort=False)
+        .agg(
+            test_top1=("test_top1", "mean"),
+            val_top1=("val_top1", "mean"),
+            train_ce=("train_ce", "mean"),
+            val_ce=("val_ce", "mean"),
+            test_per_seed=("test_top1", lambda s: ", ".join(f"{v:.2f}" for v in s)),
+            seconds=("seconds", "median"),
+        )
+        .loc[order]
+    )
     text = [
         "# LiGO: what the operator steps buy",
         "",

@@ -1,21 +1,20 @@
-"""Your own data, end to end, through the CLI: an ImageFolder of real images in the formats
-users have, the embedded ancestor fitted to its classes, a pool, the tiny child, the bench.
-Writes benchmarks/results/own_data.{md,json}.
+"""Your own data, end to end, through the CLI, on ImageFolders of three kinds of real images
+(benchmarks/folders.py: animal silhouettes, crops of natural photographs, handwritten
+digits), each laid out as users have them (train/ and val/, mixed modes and sizes, no test/).
+Per folder, each step timed on a fresh LEARNGENE_HOME (only the shipped embedded ancestor):
 
-    python benchmarks/own_data.py [--per-class 250] [--val-per-class 60]
-
-The images: the animal-mnist package's 28x28 silhouettes (10 classes; installed here with
-`pip install --no-deps animal-mnist` if missing: its TensorFlow dependency is not needed),
-written as DIR/train/<class>/ and DIR/val/<class>/, each image in one of: grayscale PNG,
-RGB JPEG, RGBA PNG (transparent background), palette PNG, 16-bit PNG, CMYK JPEG, at 28 or
-56 pixels, in turn. Then, each timed (2 cores, a fresh LEARNGENE_HOME holding only the cached
-embedded ancestor):
-
-    learngene ancestor --data DIR                  # the embedded ancestor on these classes, as it is
-    learngene ancestor --data DIR --fine-tune      # fitted to them (cached)
+    learngene ancestor --data DIR --fine-tune      # fitted to the folder's classes (the default recipe)
     learngene build-pool --data DIR --out POOL     # takes the fitted ancestor by itself
     learngene assemble --pool POOL --data DIR --size tiny
     learngene bench --pool POOL --data DIR
+
+and beside them the baselines a sceptic runs first, on the same split at the ancestor's
+input size: nearest neighbours and logistic regression on the raw pixels (`ancestor
+--fine-tune` records both), and the ancestor's architecture trained from scratch on the folder
+with the same recipe (at the fit's step budget: equal compute; and with 30 fixed epochs, the
+embedded ancestor's first recipe). Resumable per folder (benchmarks/results/own_data.json).
+
+    python benchmarks/own_data.py [--kinds animals,photos,digits] [--redo KIND]
 """
 
 from __future__ import annotations
@@ -30,49 +29,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from common import RESULTS, cpu_name
 
-from common import RESULTS, cpu_name, ensure_animals
-
-FORMATS = [("L", "png"), ("RGB", "jpg"), ("RGBA", "png"), ("P", "png"), ("I;16", "png"), ("CMYK", "jpg")]
-
-
-def write_image(arr: np.ndarray, path: Path, mode: str, size: int) -> None:
-    from PIL import Image
-
-    im = Image.fromarray(arr, "L").resize((size, size), Image.BILINEAR)
-    if mode == "RGBA":  # the silhouette opaque, the rest transparent (what a cut-out icon looks like)
-        im = Image.merge("RGBA", (im, im, im, im.point(lambda v: 255 if v > 16 else 0)))
-    elif mode == "I;16":
-        im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257)  # a 16-bit PNG
-    elif mode != "L":
-        im = im.convert(mode)
-    im.save(path)
-
-
-def write_folder(root: Path, per_class: int, val_per_class: int) -> dict:
-    from learngene.core.sources import ANIMALS, animal_arrays
-
-    x, y = animal_arrays()
-    rng = np.random.default_rng(0)
-    counts = {}
-    k = 0
-    for c, name in enumerate(ANIMALS):
-        idx = rng.permutation(np.flatnonzero(y == c))[: per_class + val_per_class]
-        for split, part in (("train", idx[:per_class]), ("val", idx[per_class:])):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in part:
-                mode, ext = FORMATS[k % len(FORMATS)]
-                write_image(x[i], d / f"{i}.{ext}", mode, 28 if (k // len(FORMATS)) % 2 == 0 else 56)
-                counts[f"{mode} {ext}"] = counts.get(f"{mode} {ext}", 0) + 1
-                k += 1
-    return counts
+OUT = RESULTS / "own_data.json"
 
 
 def cli(*args, env) -> tuple[float, dict | str]:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "learngene.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "learngene.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )
     if r.returncode:
         sys.exit(f"learngene {' '.join(map(str, args))}: {r.stderr[-2000:]}")
     secs = time.perf_counter() - t0
@@ -82,60 +48,133 @@ def cli(*args, env) -> tuple[float, dict | str]:
         return secs, r.stdout
 
 
+def scratch(folder: Path, epochs, home: Path) -> dict:
+    """The embedded ancestor's architecture from random init on the folder, the fit's recipe
+    (its augmentation, lr 1e-3, warm-up + cosine, label smoothing) for ``epochs`` (``"budget"``:
+    the fit's step budget with its early stopping; an int: that many epochs)."""
+    import lightning as L
+    import timm
+
+    from learngene.core.data import LearngeneDataModule
+    from learngene.core.training import Convergence, TrainerArgs, evaluate
+    from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS
+    from learngene.models.fitted import FIT_RECIPE, _train
+    from learngene.models.refs import load_model
+
+    os.environ["LEARNGENE_HOME"] = str(home)
+    base = load_model("embedded", progress=False)
+    r = dict(FIT_RECIPE)
+    dm = LearngeneDataModule(str(folder), batch_size=r["batch_size"], seed=r["seed"]).for_model(base.data_config)
+    ev = LearngeneDataModule(str(folder), augment=False).for_model(base.data_config)
+    L.seed_everything(r["seed"], verbose=False)
+    model = timm.create_model(EMBEDDED_ARCH, **{**EMBEDDED_MODEL_ARGS, "num_classes": dm.num_classes})
+    t0 = time.perf_counter()
+    targs = TrainerArgs(progress=False, accelerator="cpu")
+    if epochs == "budget":
+        steps_per_epoch = -(-dm.source.count("train") // r["batch_size"])
+        cap = int(min(r["max_epochs"], max(r["min_epochs"], r["step_budget"] // steps_per_epoch)))
+        rec = _train(model, dm, 1e-3, r, "auto", targs, "scratch", auto=Convergence(cap=cap, patience=r["patience"]))
+    else:
+        rec = _train(model, dm, 1e-3, r, int(epochs), targs, "scratch")
+    model.eval()
+    return {
+        "test_top1": round(evaluate(model, ev.test_dataloader())["top1"], 2),
+        "epochs_run": rec["epochs_run"],
+        "steps": rec["steps"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def run_folder(kind: str, folder: Path, work: Path) -> dict:
+    home = work / f"home-{kind}"
+    env = {**os.environ, "LEARNGENE_HOME": str(home), "LEARNGENE_NO_LOAD_WARNING": "1"}
+    pool = work / f"pool-{kind}"
+    res = {"kind": kind, "seconds": {}}
+    s, res["fitted"] = cli("ancestor", "--data", folder, "--fine-tune", "--json", "-q", env=env)
+    res["seconds"]["fit the ancestor"] = round(s, 1)
+    print(f"{kind}: fitted {res['fitted']['test_top1']}% in {s:.0f} s", flush=True)
+    s, _ = cli("build-pool", "--data", folder, "--out", pool, "-q", env=env)
+    res["seconds"]["build-pool"] = round(s, 1)
+    res["pool"] = json.loads((pool / "pool.json").read_text())["auxiliary"]
+    s, res["assemble"] = cli("assemble", "--pool", pool, "--data", folder, "--size", "tiny", "--json", "-q", env=env)
+    res["seconds"]["assemble --size tiny"] = round(s, 1)
+    s, rows = cli("bench", "--pool", pool, "--data", folder, "--json", "-q", "--batch-sizes", "1", env=env)
+    res["seconds"]["bench"] = round(s, 1)
+    res["bench"] = [{k: r[k] for k in ("model", "top1", "param_count", "infer_step_time")} for r in rows]
+    res["scratch_budget"] = scratch(folder, "budget", home)
+    print(f"{kind}: scratch at the fit's budget {res['scratch_budget']['test_top1']}%", flush=True)
+    res["scratch_30"] = scratch(folder, 30, home)
+    print(f"{kind}: scratch, 30 epochs {res['scratch_30']['test_top1']}%", flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--per-class", type=int, default=250)
-    ap.add_argument("--val-per-class", type=int, default=60)
+    ap.add_argument("--kinds", default="animals,photos,digits")
+    ap.add_argument("--redo", default="", help="run these kinds again even if the JSON has them")
     a = ap.parse_args()
-    ensure_animals()
-    res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores", "per_class": a.per_class, "val_per_class": a.val_per_class}
+    import folders
+
+    res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    if "folders" not in res:  # nothing yet, or the first version's single-folder layout
+        res = {"folders": {}}
+    res["machine"] = f"{cpu_name()}, {os.cpu_count()} cores"
+    redo = {k.strip() for k in a.redo.split(",") if k.strip()}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        res["formats"] = write_folder(work / "animals", a.per_class, a.val_per_class)
-        home = work / "home"
-        cached = Path(os.environ.get("LEARNGENE_HOME", Path.home() / ".cache" / "learngene")) / "ancestors" / "embedded"
-        if cached.is_dir():  # the embedded ancestor is not what this measures
-            shutil.copytree(cached, home / "ancestors" / "embedded")
-        env = {**os.environ, "LEARNGENE_HOME": str(home), "OMP_NUM_THREADS": "2"}
-        data, pool = work / "animals", work / "pool"
-        s, res["before"] = cli("ancestor", "--data", data, "--json", env=env)
-        s, res["fitted"] = cli("ancestor", "--data", data, "--fine-tune", "--json", "-q", env=env)
-        res["seconds"] = {"fit the ancestor": s}
-        s, _ = cli("build-pool", "--data", data, "--out", pool, "-q", env=env)
-        res["seconds"]["build-pool"] = s
-        res["pool"] = json.loads((pool / "pool.json").read_text())["auxiliary"]
-        s, res["assemble"] = cli("assemble", "--pool", pool, "--data", data, "--size", "tiny", "--json", "-q", env=env)
-        res["seconds"]["assemble --size tiny"] = s
-        s, rows = cli("bench", "--pool", pool, "--data", data, "--json", "-q", env=env)
-        res["seconds"]["bench"] = s
-        res["bench"] = [r for r in rows if r["infer_batch_size"] == 1]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "own_data.json").write_text(json.dumps(res, indent=2))
+        for kind in [k.strip() for k in a.kinds.split(",") if k.strip()]:
+            if kind in res["folders"] and kind not in redo:
+                print(f"{kind}: kept from an earlier run")
+                continue
+            counts = folders.write(work / "folders", [kind])[kind]
+            r = run_folder(kind, work / "folders" / kind, work)
+            r["counts"] = counts
+            res["folders"][kind] = r
+            RESULTS.mkdir(exist_ok=True)
+            OUT.write_text(json.dumps(res, indent=2))  # kept after every folder: resumable
+            shutil.rmtree(work / f"pool-{kind}", ignore_errors=True)
     write_md(res)
     print(f"wrote {RESULTS / 'own_data.md'}")
 
 
 def write_md(res: dict) -> None:
-    f, b = res["fitted"], res["before"]
-    child = res["assemble"]["chosen"]
-    lines = ["# Your own data, end to end", "",
-             f"`python benchmarks/own_data.py` on {res['machine']}: an ImageFolder of animal silhouettes (animal-mnist, "
-             f"10 classes, {res['per_class']} train / {res['val_per_class']} val images per class), written as "
-             + ", ".join(f"{n} {k}" for k, n in res["formats"].items()) + " (28 or 56 pixels), run through the CLI.", "",
-             "| stage | result | wall s |", "|---|---|---|",
-             f"| `learngene ancestor --data DIR` | embedded ancestor as it is: top1 {b['data_top1']:.2f}% (it learnt other classes) | - |",
-             f"| `learngene ancestor --data DIR --fine-tune` | top1 {f['before_top1'] if 'before_top1' in f else 'n/a'}% -> "
-             f"**{f['test_top1']:.2f}%**, kNN probe {f['before_knn_top1']:.2f}% -> {f['knn_top1']:.2f}% ({f['epochs']} epochs) | "
-             f"{res['seconds']['fit the ancestor']:.0f} |"]
-    for name, meta in res["pool"].items():
-        m = meta["metrics"]
-        lines.append(f"| `learngene build-pool --data DIR` | {name}: width {meta['model_args']['embed_dim']}, "
-                     f"{meta['params'] / 1e6:.2f}M params, test top1 {m['test_top1']:.2f}% | "
-                     + (f"{res['seconds']['build-pool']:.0f} |" if name == next(iter(res["pool"])) else "|"))
-    lines += [f"| `learngene assemble --size tiny` | {child['id']}: {child['params'] / 1e6:.3f}M params, test top1 "
-              f"{child['test_top1']:.2f}% | {res['seconds']['assemble --size tiny']:.0f} |",
-              f"| `learngene bench` | {len(res['bench'])} members, top1 {min(r['top1'] for r in res['bench']):.2f}-"
-              f"{max(r['top1'] for r in res['bench']):.2f}% | {res['seconds']['bench']:.0f} |", ""]
+    lines = [
+        "# Your own data, end to end",
+        "",
+        f"`python benchmarks/own_data.py` on {res['machine']}: ImageFolders written by `benchmarks/folders.py` "
+        f"from images "
+        "registry packages bundle (train/ and val/ only: learngene halves val/ into val and test), through the CLI "
+        "with the default recipe. Test top1 on the same test split; wall seconds of each command.",
+        "",
+        "| folder | images (train / val+test) | kNN on pixels | logreg on pixels | scratch, equal steps | "
+        "scratch, 30 epochs | "
+        "**fitted ancestor** | narrow / wide auxiliaries | tiny child | fit s | build-pool s | assemble s | bench s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for kind, r in res["folders"].items():
+        f, c = r["fitted"], r["assemble"]["chosen"]
+        aux = " / ".join(f"{m['metrics']['test_top1']:.2f}" for m in r["pool"].values())
+        s = r["seconds"]
+        lines.append(
+            f"| {kind} | {r['counts']['train']} / {r['counts']['val']} | {f['pixels_knn_top1']:.2f} | "
+            f"{f['pixels_logreg_top1']:.2f} | {r['scratch_budget']['test_top1']:.2f} "
+            f"({r['scratch_budget']['epochs_run']} ep) | "
+            f"{r['scratch_30']['test_top1']:.2f} | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
+            f"lr {f['lr']:g}) | "
+            f"{aux} | {c['id']} {c['test_top1']:.2f} | {s['fit the ancestor']:.0f} | {s['build-pool']:.0f} | "
+            f"{s['assemble --size tiny']:.0f} | {s['bench']:.0f} |"
+        )
+        best = max(f["pixels_knn_top1"], f["pixels_logreg_top1"])
+        verdicts.append(
+            f"- {kind}: fitted {f['test_top1']:.2f}% vs best pixel baseline {best:.2f}% "
+            f"({'beats it' if f['test_top1'] >= best else 'BELOW it'}), vs scratch at equal steps "
+            f"{r['scratch_budget']['test_top1']:.2f}% "
+            f"({'at least' if f['test_top1'] >= r['scratch_budget']['test_top1'] else 'BELOW'}); "
+            f"tiny child {c['test_top1']:.2f}%, {f['test_top1'] - c['test_top1']:+.2f} points from the fitted ancestor "
+            f"({'within' if f['test_top1'] - c['test_top1'] <= 5 else 'MORE than'} 5)."
+        )
+    lines += ["", *verdicts, ""]
     (RESULTS / "own_data.md").write_text("\n".join(lines))
 
 

@@ -10,11 +10,10 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-
-
 from common import RESULTS
-from learngene.core.models import load_model
+
 from learngene.core.training import TrainerArgs
+from learngene.models.refs import load_model
 from learngene.pool import build_pool, load_recipe, resolve_recipe_path
 
 
@@ -27,26 +26,52 @@ def main():
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for init in ("random", "ancestor"):
-            rec = load_recipe(resolve_recipe_path("embedded"), [f"distill.seed={seed}", f"auxiliary.{args.aux}.init={init}"])
+            rec = load_recipe(
+                resolve_recipe_path("embedded"), [f"distill.seed={seed}", f"auxiliary.{args.aux}.init={init}"]
+            )
             rec.auxiliary = [a for a in rec.auxiliary if a.name == args.aux]
             with tempfile.TemporaryDirectory() as d:
                 pool = build_pool(rec, out=Path(d) / "p", ancestor=anc, trainer_args=TrainerArgs(progress=False))
                 m = pool.auxiliary[args.aux]["metrics"]
             spec = rec.auxiliary[0]
-            rows.append({"seed": seed, "init": init, "epochs": spec.epochs, "lr": spec.lr,
-                         "test_top1": m["test_top1"], "val_top1": m["val_top1"], "seconds": m["seconds"]})
+            rows.append(
+                {
+                    "seed": seed,
+                    "init": init,
+                    "epochs": spec.epochs,
+                    "lr": spec.lr,
+                    "test_top1": m["test_top1"],
+                    "val_top1": m["val_top1"],
+                    "seconds": m["seconds"],
+                }
+            )
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     df.to_csv(RESULTS / "pool_init.csv", index=False)
-    g = df.groupby("init").agg(test_mean=("test_top1", "mean"), test_std=("test_top1", "std"),
-                               test_median=("test_top1", "median"), seconds=("seconds", "median")).round(2)
-    text = "\n".join([
-        f"# Auxiliary `{args.aux}` of the embedded recipe: random init vs ancestor init",
-        "", "`python benchmarks/pool_init.py` — same epochs, lr, data and seeds; only the init differs.",
-        f"Ancestor test top1: {anc.metrics.get('test_top1')}%.", "",
-        df.to_markdown(index=False), "", g.to_markdown(), "",
-    ])
+    g = (
+        df.groupby("init")
+        .agg(
+            test_mean=("test_top1", "mean"),
+            test_std=("test_top1", "std"),
+            test_median=("test_top1", "median"),
+            seconds=("seconds", "median"),
+        )
+        .round(2)
+    )
+    text = "\n".join(
+        [
+            f"# Auxiliary `{args.aux}` of the embedded recipe: random init vs ancestor init",
+            "",
+            "`python benchmarks/pool_init.py` — same epochs, lr, data and seeds; only the init differs.",
+            f"Ancestor test top1: {anc.metrics.get('test_top1')}%.",
+            "",
+            df.to_markdown(index=False),
+            "",
+            g.to_markdown(),
+            "",
+        ]
+    )
     (RESULTS / "pool_init.md").write_text(text)
     print(text)
 

@@ -29,9 +29,14 @@ def plain_timm_twin(child) -> torch.nn.Module:
     """A timm VisionTransformer (the class itself, not a subclass) with the child's modules."""
     from timm.models.vision_transformer import VisionTransformer
 
-    twin = VisionTransformer(img_size=child.patch_embed.img_size, patch_size=child.patch_embed.patch_size,
-                             embed_dim=child.patch_embed.proj.out_channels, depth=1, num_heads=1,
-                             num_classes=child.num_classes)
+    twin = VisionTransformer(
+        img_size=child.patch_embed.img_size,
+        patch_size=child.patch_embed.patch_size,
+        embed_dim=child.patch_embed.proj.out_channels,
+        depth=1,
+        num_heads=1,
+        num_classes=child.num_classes,
+    )
     for name in ("patch_embed", "norm_pre", "patch_drop", "pos_drop", "blocks", "norm", "fc_norm", "head_drop", "head"):
         setattr(twin, name, copy.deepcopy(getattr(child, name)))
     twin.cls_token, twin.pos_embed = copy.deepcopy(child.cls_token), copy.deepcopy(child.pos_embed)
@@ -53,7 +58,7 @@ def main():
     ap.add_argument("--min-run-time", type=float, default=0.2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from learngene.core.export import export_program
+    from learngene.formats import export_program
     from learngene.pool import Pool
 
     pm, _ = Pool.open(a.pool).model("latest")
@@ -79,9 +84,17 @@ def main():
                     t["child"].append(median_ms(child, x, a.min_run_time))
                     t["program"].append(median_ms(prog, x, a.min_run_time))
             med = {k: statistics.median(v) for k, v in t.items()}
-            rows.append({"id": spec.id, "batch": bs, "plain_ms": med["plain"], "child_ms": med["child"],
-                         "program_ms": med["program"], "child_ratio": med["child"] / med["plain"],
-                         "program_ratio": med["program"] / med["plain"]})
+            rows.append(
+                {
+                    "id": spec.id,
+                    "batch": bs,
+                    "plain_ms": med["plain"],
+                    "child_ms": med["child"],
+                    "program_ms": med["program"],
+                    "child_ratio": med["child"] / med["plain"],
+                    "program_ratio": med["program"] / med["plain"],
+                }
+            )
             print(rows[-1], flush=True)
     import pandas as pd
 
@@ -89,15 +102,21 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     df.to_csv(RESULTS / "stitch_latency.csv", index=False)
     machine = f"{cpu_name()}, {os.cpu_count()} cores, {a.threads} threads, torch {torch.__version__}"
-    lines = ["# Stitched child latency vs a plain timm ViT with the same blocks", "",
-             f"`python benchmarks/stitch_latency.py --pool {a.pool}`. Machine: {machine}. "
-             f"Median of {a.repeats} interleaved torch.utils.benchmark medians per cell; ratio = child / plain "
-             "(goal: child <= 1.05x).", "",
-             "| batch | descendants | median plain ms | median child ratio | max child ratio | median torch.export ratio |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Stitched child latency vs a plain timm ViT with the same blocks",
+        "",
+        f"`python benchmarks/stitch_latency.py --pool {a.pool}`. Machine: {machine}. "
+        f"Median of {a.repeats} interleaved torch.utils.benchmark medians per cell; ratio = child / plain "
+        "(goal: child <= 1.05x).",
+        "",
+        "| batch | descendants | median plain ms | median child ratio | max child ratio | median torch.export ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for bs, g in df.groupby("batch"):
-        lines.append(f"| {bs} | {len(g)} | {g.plain_ms.median():.3f} | {g.child_ratio.median():.3f} | "
-                     f"{g.child_ratio.max():.3f} | {g.program_ratio.median():.3f} |")
+        lines.append(
+            f"| {bs} | {len(g)} | {g.plain_ms.median():.3f} | {g.child_ratio.median():.3f} | "
+            f"{g.child_ratio.max():.3f} | {g.program_ratio.median():.3f} |"
+        )
     lines += ["", "Per descendant: `stitch_latency.csv`.", ""]
     (RESULTS / "stitch_latency.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -1,5 +1,12 @@
 """learngene: one pretrained ViT -> a zoo of variable-sized models.
 
+    import learngene as lg
+    pool = lg.build_pool()                                    # distil the embedded ancestor
+    res = lg.assemble(pool, lg.Selection(size="tiny"))        # the tiny child, trained and exported
+    rows = lg.bench(pool).df                                  # the frontier on this device
+
+Every verb of the CLI is one call here (`learngene.api`), documented with its arguments.
+
 The package imports lightly: torch/timm/lightning are imported by the submodules that need
 them, so `learngene --help` answers fast. The stitched descendant architecture is
 registered with timm as soon as timm is imported (now, if it already is), so that after
@@ -12,11 +19,54 @@ import sys
 from learngene.core import __version__
 from learngene.core.errors import UserError
 
-__all__ = ["UserError", "__version__"]
+# The public API, imported on first use (``import learngene`` stays light): name -> module.
+_API = {
+    name: "learngene.api"
+    for name in (
+        "ancestor",
+        "build_pool",
+        "assemble",
+        "descendants",
+        "bench",
+        "target",
+        "kit",
+        "export",
+        "grow",
+        "adapt",
+        "inspect_pool",
+        "verify_pool",
+        "gc_pool",
+        "resolve",
+    )
+}
+_API.update(
+    {
+        "Pool": "learngene.pool.store",
+        "Recipe": "learngene.pool.recipe",
+        "Selection": "learngene.assembly.select",
+        "AssembleSpec": "learngene.assembly.pipeline",
+        "Budget": "learngene.measure.budget",
+        "Zoo": "learngene.zoo",
+        "Member": "learngene.zoo",
+    }
+)
+__all__ = ["UserError", "__version__", *sorted(_API)]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'learngene' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
 
 
 def _register_with_timm() -> None:
-    import learngene.core.stitching  # noqa: F401  (its @register_model runs on import)
+    import learngene.stitch.stitched  # noqa: F401  (its @register_model runs on import)
 
 
 class _AfterTimmImport:

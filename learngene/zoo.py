@@ -9,22 +9,22 @@ checksums, trained or at its init) and the task it was made for (None: the zoo's
 Producers hand out members: a pool's descendants and exported children and its ancestor
 (here, reading the pool), grown and adapted models, the baselines. Consumers take them:
 bench, target, export, the device kit. `resolve` turns any model reference a user types
-into a member (`learngene.core.models` for files; the pool for ``POOL:MEMBER``).
+into a member (`learngene.models.refs` for files; the pool for ``POOL:MEMBER``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch.nn as nn
 
 from learngene.core.errors import UserError
-from learngene.core.loading import LoadedModel
-from learngene.core.models import Ref, load_model, parse_ref
-from learngene.pool.store import Pool
+from learngene.models.loading import LoadedModel
+from learngene.models.refs import Ref, load_model, parse_ref
+from learngene.pool.store import Pool, Revision
 
 DESCENDANT_KINDS = ("narrow", "wide", "stitch")
 
@@ -55,21 +55,31 @@ class Member:
         """The member as the core's LoadedModel (what grow, adapt and export take)."""
         if self._loaded is not None:
             return self._loaded
-        return LoadedModel(model=self.model(), name=self.id, source=self.provenance.get("source", self.id),
-                           data_config=dict(self.data_config), metrics=dict(self.accuracy),
-                           architecture=self.architecture, model_args=dict(self.model_args))
+        return LoadedModel(
+            model=self.model(),
+            name=self.id,
+            source=self.provenance.get("source", self.id),
+            data_config=dict(self.data_config),
+            metrics=dict(self.accuracy),
+            architecture=self.architecture,
+            model_args=dict(self.model_args),
+        )
 
     @property
     def img_size(self) -> int:
-        return int(self.model_args["img_size"]) if "img_size" in self.model_args else int(self.data_config["input_size"][-1])
+        return (
+            int(self.model_args["img_size"])
+            if "img_size" in self.model_args
+            else int(self.data_config["input_size"][-1])
+        )
 
     @property
     def trained(self) -> bool:
         return bool(self.provenance.get("trained", True))
 
-    def static(self) -> "Member":
+    def static(self) -> Member:
         """Count params and FLOPs if not known yet."""
-        from learngene.core.stitching import count_flops, count_params
+        from learngene.stitch.stitched import count_flops, count_params
 
         if self.params is None:
             self.params = count_params(self.model())
@@ -115,8 +125,18 @@ class Zoo:
 def of_model(lm: LoadedModel, kind: str = "model", member_id: str | None = None, **provenance) -> Member:
     """A loaded model as a member."""
     acc = {k: v for k, v in lm.metrics.items() if k in ("val_top1", "test_top1", "test_top5")}
-    return Member(member_id or lm.name, kind, lambda: lm.model, lm.architecture, dict(lm.model_args), dict(lm.data_config),
-                  accuracy=acc, provenance={"source": lm.source, **provenance}, _model=lm.model, _loaded=lm)
+    return Member(
+        member_id or lm.name,
+        kind,
+        lambda: lm.model,
+        lm.architecture,
+        dict(lm.model_args),
+        dict(lm.data_config),
+        accuracy=acc,
+        provenance={"source": lm.source, **provenance},
+        _model=lm.model,
+        _loaded=lm,
+    )
 
 
 # --------------------------------------------------------------------------- a pool's members
@@ -126,8 +146,8 @@ def pool_zoo(pool: Pool, revision: str | None = "latest", dm=None, pm=None, stat
     """A pool's descendants as of a revision (``static``: with params and FLOPs counted
     now). A pool never assembled has no trained stitches: they are least-squares
     initialised on ``dm`` (required then) and marked untrained."""
-    from learngene.core.stitching import count_params
-    from learngene.core.stitch_init import init_stitches
+    from learngene.stitch.init import init_stitches
+    from learngene.stitch.stitched import count_params
 
     has = True
     if pm is None:
@@ -142,16 +162,53 @@ def pool_zoo(pool: Pool, revision: str | None = "latest", dm=None, pm=None, stat
     members = []
     for s in pm.specs:
         arch, args = pm.descendant_args(s)
-        a = {k: v for k, v in acc.get(s.id, {}).items() if k in ("val_top1", "test_top1", "test_top5") and v is not None}
-        members.append(Member(s.id, s.kind, lambda s=s: pm.descendant(s), arch, args, pool.data_config,
-                              accuracy=a,
-                              provenance={"pool": str(pool.path), "revision": (rev or {}).get("id", "r0"),
-                                          "trained": s.id in done, "stitch_kind": pm.kinds.get(s.id),
-                                          "source": f"{pool.path}:{s.id}"}))
+        a = {
+            k: v for k, v in acc.get(s.id, {}).items() if k in ("val_top1", "test_top1", "test_top5") and v is not None
+        }
+        members.append(
+            Member(
+                s.id,
+                s.kind,
+                lambda s=s: pm.descendant(s),
+                arch,
+                args,
+                pool.data_config,
+                accuracy=a,
+                provenance={
+                    "pool": str(pool.path),
+                    "revision": Revision.of(rev).id,
+                    "trained": s.id in done,
+                    "stitch_kind": pm.kinds.get(s.id),
+                    "source": f"{pool.path}:{s.id}",
+                },
+            )
+        )
     if static:
         for m in members:
             m.static()
     return Zoo("pool", members, stored_params=count_params(pm))
+
+
+def pool_data(pool: Pool, data, batch_size: int = 64, num_workers: int | None = None, augment: bool = True):
+    """The data the pool's members read (the pool's ancestor's data config), refused when
+    its classes differ from those the pool was built with. No data: the embedded source the
+    pool was built on (the digits, the animals)."""
+    from learngene.core.data import LearngeneDataModule, same_classes
+
+    if data is None:
+        data = pool.embedded_data
+    dm = (
+        data
+        if isinstance(data, LearngeneDataModule)
+        else LearngeneDataModule(data, num_workers=num_workers, augment=augment)
+    )
+    dm.batch_size = batch_size
+    if not dm.embedded:
+        dm.for_model(pool.data_config)
+    if dm.num_classes != pool.num_classes:
+        raise UserError(f"data {dm.name} has {dm.num_classes} classes but the pool's heads have {pool.num_classes}")
+    same_classes(pool.data, dm, f"pool {pool.path}")
+    return dm
 
 
 def children(pool: Pool) -> list[Member]:
@@ -183,7 +240,7 @@ def ancestor_of(pool: Pool, ancestor: LoadedModel | None = None, progress: bool 
         if rec["name"] == "embedded" or rec["name"].startswith("embedded:"):  # an embedded testbed's
             ancestor = load_model(rec["name"], progress=progress)
         elif src.startswith("checkpoint:"):
-            ancestor = load_model(Ref("timm", rec["name"]), checkpoint=src[len("checkpoint:"):])
+            ancestor = load_model(Ref("timm", rec["name"]), checkpoint=src[len("checkpoint:") :])
         elif src.startswith(("local-dir:", "fitted:")):
             ancestor = load_model(Ref("local-dir", src.split(":", 1)[1]))
         elif src == "timm-cache":
@@ -191,8 +248,10 @@ def ancestor_of(pool: Pool, ancestor: LoadedModel | None = None, progress: bool 
         else:
             raise UserError(f"cannot reload the ancestor of {pool.path} ({src}): pass --checkpoint FILE, or --kl 0")
     if ancestor.checksum != rec["sha256"]:
-        raise UserError(f"ancestor {ancestor.name} ({ancestor.source}) is not the one pool {pool.path} was built from "
-                        f"(sha256 {ancestor.checksum[:12]} vs {rec['sha256'][:12]})")
+        raise UserError(
+            f"ancestor {ancestor.name} ({ancestor.source}) is not the one pool {pool.path} was built from "
+            f"(sha256 {ancestor.checksum[:12]} vs {rec['sha256'][:12]})"
+        )
     return ancestor
 
 
@@ -207,15 +266,30 @@ def pool_member(pool: Pool, name: str, dm=None) -> Member:
     return pool_zoo(pool, dm=dm).get(name)
 
 
-def resolve(ref: str | os.PathLike | None, *, pool: str | os.PathLike | None = None, pretrained: bool = False,
-            checkpoint: str | os.PathLike | None = None, allow_download: bool = False, num_classes: int | None = None,
-            progress: bool = True) -> Member:
-    """Any model reference as a member (see `learngene.core.models` for the grammar)."""
+def resolve(
+    ref: str | os.PathLike | None,
+    *,
+    pool: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    allow_download: bool = False,
+    num_classes: int | None = None,
+    progress: bool = True,
+) -> Member:
+    """Any model reference as a member (see `learngene.models.refs` for the grammar)."""
     r = parse_ref(ref, pool=pool, weights=pretrained or checkpoint is not None)
     if r.kind == "pool":
         if pretrained or checkpoint:
             raise UserError("--pretrained / --checkpoint are for a timm name, not a pool member")
         return pool_member(Pool.open(r.target), r.member)
-    lm = load_model(r, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
-                    allow_download=allow_download, progress=progress)
-    return of_model(lm, "ancestor" if r.kind == "embedded" else "model", lm.name if r.kind == "embedded" else str(ref or lm.name))
+    lm = load_model(
+        r,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        allow_download=allow_download,
+        progress=progress,
+    )
+    return of_model(
+        lm, "ancestor" if r.kind == "embedded" else "model", lm.name if r.kind == "embedded" else str(ref or lm.name)
+    )

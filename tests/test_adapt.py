@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from learngene.adapt import api
-from learngene.adapt import delta as D
-from learngene.core.io import state_dict_sha256
 from test_cli import assert_one_line_error, cli, learngene
+
+from learngene.core.io import state_dict_sha256
+from learngene.deltas import delta as D
+from learngene.deltas import tasks as api
 
 pytest.importorskip("peft")
 
 
 @pytest.fixture
 def base_dir(tmp_path, tiny_vit):
-    from learngene.core.io import save_local_dir
     from learngene.core.data import digits_data_config
+    from learngene.core.io import save_local_dir
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
@@ -42,8 +42,18 @@ def quick(base_dir, pool, method="lora", name="rot", **kw):
     from learngene.zoo import resolve
 
     member = resolve(str(base_dir))
-    return api.adapt(member.load(), "digits:rot90", name=name, adapters=pool / "adapters", ref=api.base_ref(str(base_dir), member),
-                     method=method, epochs=1, train_fraction=0.2, trainer_args=_quiet(), **kw)
+    return api.adapt(
+        member.load(),
+        "digits:rot90",
+        name=name,
+        adapters=pool / "adapters",
+        ref=api.base_ref(str(base_dir), member),
+        method=method,
+        epochs=1,
+        train_fraction=0.2,
+        trainer_args=_quiet(),
+        **kw,
+    )
 
 
 def applied(base_dir, delta, pool):
@@ -65,7 +75,11 @@ def test_round_trip_apply_merge_and_rollback(base_dir, tmp_path, method):
     before = state_dict_sha256(base.model.state_dict())
     rec = quick(base_dir, pool, method, train_head=True)
     folder = pool / "adapters" / "rot"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "learngene.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "learngene.json",
+    ]
     meta = json.loads((folder / "learngene.json").read_text())
     assert meta["base_checksum"] == before and rec["delta_bytes"] < rec["model_bytes"]
     model, ad, base2 = applied(base_dir, "rot", pool)
@@ -89,15 +103,44 @@ def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
     import timm
 
     pool = tmp_path / "pool"
-    r = learngene("adapt", "--model", base_dir, "--pool", pool, "--data", "digits:rot90", "--name", "rot", "--epochs", "1",
-                  "--fraction", "0.2", "--json", "-q", "--accelerator", "cpu")
+    r = learngene(
+        "adapt",
+        "--model",
+        base_dir,
+        "--pool",
+        pool,
+        "--data",
+        "digits:rot90",
+        "--name",
+        "rot",
+        "--epochs",
+        "1",
+        "--fraction",
+        "0.2",
+        "--json",
+        "-q",
+        "--accelerator",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
     r = learngene("adapt", "ls", "--pool", pool, "--json")
     rows = json.loads(r.stdout)
     assert [x["task"] for x in rows] == ["rot"] and rows[0]["test_top1"] == rec["test_top1"]
-    r = learngene("adapt", "apply", "--model", base_dir, "--pool", pool, "--delta", "rot", "--merge", "--out",
-                  tmp_path / "merged", "--json")
+    r = learngene(
+        "adapt",
+        "apply",
+        "--model",
+        base_dir,
+        "--pool",
+        pool,
+        "--delta",
+        "rot",
+        "--merge",
+        "--out",
+        tmp_path / "merged",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["merge_max_logit_diff"] <= 1e-5 and res["test_top1"] == rec["test_top1"]

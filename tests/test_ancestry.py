@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from learngene.core.ancestry import train_embedded
-from learngene.core.io import load_state_file, save_local_dir
-from learngene.core.loading import load_timm
-from learngene.core.models import load_model
 from learngene.core.errors import UserError
+from learngene.core.io import load_state_file, save_local_dir
+from learngene.models.embedded import train_embedded
+from learngene.models.loading import load_timm
+from learngene.models.refs import load_model
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 import yaml
-
-from learngene.assemble.select import size_budget
-from learngene.core.descendants import descendants, paired_stitching, parse_config
-from learngene.core.errors import UserError
 from test_cli import assert_one_line_error, cli, learngene
-
 from test_pool_cli import RECIPE as TINY_RECIPE
+
+from learngene.assembly.select import size_budget
+from learngene.core.errors import UserError
+from learngene.stitch.descendants import descendants, paired_stitching, parse_config
 
 # the CLI tests' tiny recipe (narrow 16, wide 32) one block deeper: 9 descendants
 RECIPE = json.loads(json.dumps(TINY_RECIPE))
@@ -31,7 +30,11 @@ def test_paired_stitching_counts_match_sn_net():
     assert pairs[:4] == [(0, 0), (0, 1), (1, 0), (1, 1)] and (5, 5) in pairs and len(set(pairs)) == 16
     for d in descendants(6):
         if d.kind == "stitch":
-            assert d.j <= d.k <= d.j + 2 and d.narrow_blocks == list(range(d.j + 1)) and d.wide_blocks == list(range(d.k, 6))
+            assert (
+                d.j <= d.k <= d.j + 2
+                and d.narrow_blocks == list(range(d.j + 1))
+                and d.wide_blocks == list(range(d.k, 6))
+            )
     assert parse_config("1,2", 6).id == "stitch-1-2" and parse_config("narrow", 6).kind == "narrow"
     with pytest.raises(UserError, match="--descendant 0,5"):
         parse_config("0,5", 6)
@@ -44,18 +47,34 @@ def setup_dir(tmp_path_factory):
     """A tiny local-dir ancestor, a depth-3 pool built from it through the real CLI."""
     import timm
 
-    from learngene.core.io import save_local_dir
     from learngene.core.data import digits_data_config
+    from learngene.core.io import save_local_dir
 
     d = tmp_path_factory.mktemp("assemble")
     torch.manual_seed(0)
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), d / "anc", "deit_tiny_patch16_224", args,
-                   {**cfg, "num_classes": 10})
+    save_local_dir(
+        timm.create_model("deit_tiny_patch16_224", **args),
+        d / "anc",
+        "deit_tiny_patch16_224",
+        args,
+        {**cfg, "num_classes": 10},
+    )
     (d / "tiny3.yaml").write_text(yaml.safe_dump(RECIPE))
-    r = learngene("build-pool", "--recipe", d / "tiny3.yaml", "--ancestor", f"local-dir:{d / 'anc'}", "--out", d / "pool",
-                  "-q", "--accelerator", "cpu", timeout=600)
+    r = learngene(
+        "build-pool",
+        "--recipe",
+        d / "tiny3.yaml",
+        "--ancestor",
+        f"local-dir:{d / 'anc'}",
+        "--out",
+        d / "pool",
+        "-q",
+        "--accelerator",
+        "cpu",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return d
 
@@ -74,8 +93,8 @@ def quiet():
 
 
 def test_stitched_model_matches_the_pool_forward_and_timm_loads_it(setup_dir):
-    from learngene.core.stitching import StitchedViT
     from learngene.pool import Pool
+    from learngene.stitch.stitched import StitchedViT
 
     pm, has = Pool.open(setup_dir / "pool").model("r0")
     assert not has and len(pm.specs) == 9
@@ -88,21 +107,25 @@ def test_stitched_model_matches_the_pool_forward_and_timm_loads_it(setup_dir):
         with torch.no_grad():
             ref = pm(x, spec)
             assert torch.allclose(child(x), ref, atol=1e-6), spec.id
-            assert torch.allclose(child.forward_head(child.forward_features(x), pre_logits=True), pm(x, spec, pre_logits=True), atol=1e-6)
+            assert torch.allclose(
+                child.forward_head(child.forward_features(x), pre_logits=True), pm(x, spec, pre_logits=True), atol=1e-6
+            )
         if spec.kind == "stitch":
             assert isinstance(child, StitchedViT) and child.stitch.in_features == 16 and child.stitch.out_features == 32
             n_params = sum(p.numel() for p in child.parameters())
             blocks = [sum(p.numel() for p in pm.narrow.blocks[i].parameters()) for i in spec.narrow_blocks]
             blocks += [sum(p.numel() for p in pm.wide.blocks[i].parameters()) for i in spec.wide_blocks]
-            assert n_params == sum(blocks) + 16 * 32 + 32 + sum(p.numel() for p in pm.narrow.patch_embed.parameters()) \
-                + pm.narrow.cls_token.numel() + pm.narrow.pos_embed.numel() \
-                + sum(p.numel() for m in (pm.wide.norm, pm.wide.head) for p in m.parameters())
+            assert n_params == sum(blocks) + 16 * 32 + 32 + sum(
+                p.numel() for p in pm.narrow.patch_embed.parameters()
+            ) + pm.narrow.cls_token.numel() + pm.narrow.pos_embed.numel() + sum(
+                p.numel() for m in (pm.wide.norm, pm.wide.head) for p in m.parameters()
+            )
 
 
 def test_lstsq_init_solves_the_weighted_least_squares(setup_dir):
-    from learngene.core.stitch_init import init_lstsq
-    from learngene.pool import Pool
     from learngene.core.vit import ViTView
+    from learngene.pool import Pool
+    from learngene.stitch.init import init_lstsq
 
     pm, _ = Pool.open(setup_dir / "pool").model("r0")
     images = torch.randn(64, 3, 16, 16)
@@ -123,13 +146,19 @@ def test_lstsq_init_solves_the_weighted_least_squares(setup_dir):
 
 
 def test_distill_init_composes_the_maps():
-    from learngene.core.stitching import PoolModel
-    from learngene.core.stitch_init import init_distill
     import timm
+
+    from learngene.stitch.init import init_distill
+    from learngene.stitch.stitched import PoolModel
 
     kw = dict(img_size=16, patch_size=4, depth=2, num_classes=10)
     nargs, wargs = dict(kw, embed_dim=16, num_heads=2), dict(kw, embed_dim=32, num_heads=2)
-    pm = PoolModel(timm.create_model("deit_tiny_patch16_224", **nargs), timm.create_model("deit_tiny_patch16_224", **wargs), nargs, wargs)
+    pm = PoolModel(
+        timm.create_model("deit_tiny_patch16_224", **nargs),
+        timm.create_model("deit_tiny_patch16_224", **wargs),
+        nargs,
+        wargs,
+    )
     torch.manual_seed(0)
     a_dim = 24
     wn, bn = torch.randn(16, a_dim), torch.randn(16)
@@ -146,13 +175,18 @@ def test_distill_init_composes_the_maps():
 
 
 def test_training_keeps_the_best_state_and_never_ends_worse(setup_dir, tmp_path):
-    from learngene.assemble.api import assemble
-    from learngene.core.joint import AssembleSpec
+    from learngene.assembly import AssembleSpec
+    from learngene.assembly.pipeline import assemble
 
     pool = fresh_pool(setup_dir, tmp_path)
     # A learning rate that wrecks the weights: the initialisation must come back.
-    res = assemble(pool, train="all", spec=AssembleSpec(epochs=2, lr=5.0, stitch_lr=5.0, kl_weight=0.0),
-                   trainer_args=quiet(), progress=lambda m: None)
+    res = assemble(
+        pool,
+        train="all",
+        spec=AssembleSpec(epochs=2, lr=5.0, stitch_lr=5.0, kl_weight=0.0),
+        trainer_args=quiet(),
+        progress=lambda m: None,
+    )
     hist = res.trained["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2]
     best = res.trained["best"]
@@ -165,15 +199,20 @@ def test_training_keeps_the_best_state_and_never_ends_worse(setup_dir, tmp_path)
 def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     import timm
 
+    from learngene.assembly import AssembleSpec, Selection, assemble
     from learngene.core.io import file_sha256
-    from learngene.assemble import Selection, assemble
-    from learngene.core.joint import AssembleSpec
     from learngene.pool import Pool
 
     pool_dir = fresh_pool(setup_dir, tmp_path)
     before = {p.relative_to(pool_dir): file_sha256(p) for p in pool_dir.rglob("*.safetensors")}
-    res = assemble(pool_dir, selection=Selection(config="1,2"), train="all", spec=AssembleSpec(epochs=1),
-                   trainer_args=quiet(), progress=lambda m: None)
+    res = assemble(
+        pool_dir,
+        selection=Selection(config="1,2"),
+        train="all",
+        spec=AssembleSpec(epochs=1),
+        trainer_args=quiet(),
+        progress=lambda m: None,
+    )
     # the originals are untouched; the trained weights are a new, verified revision
     assert {p: file_sha256(pool_dir / p) for p in before} == before
     pool = Pool.open(pool_dir)
@@ -214,9 +253,17 @@ def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     best_val = max(r["val_top1"] for r in rev["descendants"])
     assert res2.chosen["val_top1"] == best_val
     # target training on top of r1 makes r2 with r1 as parent; r1 stays as it was
-    res3 = assemble(pool_dir, selection=Selection(config="0,1"), train="target", spec=AssembleSpec(epochs=1, tune="stitches"),
-                    trainer_args=quiet(), progress=lambda m: None)
-    assert res3.revision["id"] == "r2" and res3.revision["parent"] == "r1" and res3.revision["trained"] == ["stitch-0-1"]
+    res3 = assemble(
+        pool_dir,
+        selection=Selection(config="0,1"),
+        train="target",
+        spec=AssembleSpec(epochs=1, tune="stitches"),
+        trainer_args=quiet(),
+        progress=lambda m: None,
+    )
+    assert (
+        res3.revision["id"] == "r2" and res3.revision["parent"] == "r1" and res3.revision["trained"] == ["stitch-0-1"]
+    )
     assert not (pool_dir / "revisions/r2/instances").exists()  # stitches only: instances inherited from r1
     assert Pool.open(pool_dir).verify() > 0
 
@@ -224,19 +271,20 @@ def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
 def test_stitch_kinds_parse_start_as_linear_and_export(setup_dir, tmp_path):
     import timm
 
-    from learngene.assemble import Selection, assemble
+    from learngene.assembly import AssembleSpec, Selection, assemble
     from learngene.core.errors import UserError
-    from learngene.core.joint import AssembleSpec
-    from learngene.core.stitch_init import init_lstsq
-    from learngene.core.stitching import MLPStitch, parse_stitch_kinds
     from learngene.pool import Pool
+    from learngene.stitch.init import init_lstsq
+    from learngene.stitch.stitched import MLPStitch, parse_stitch_kinds
 
     pool_dir = fresh_pool(setup_dir, tmp_path)
     pm, _ = Pool.open(pool_dir).model("r0")
     stitched = [s.id for s in pm.specs if s.kind == "stitch"]
     assert parse_stitch_kinds("mlp", pm.specs) == dict.fromkeys(stitched, "mlp")
     j0 = [s.id for s in pm.specs if s.kind == "stitch" and s.j == 0]
-    assert j0 and parse_stitch_kinds("linear,j0=mlp", pm.specs) == {sid: "mlp" if sid in j0 else "linear" for sid in stitched}
+    assert j0 and parse_stitch_kinds("linear,j0=mlp", pm.specs) == {
+        sid: "mlp" if sid in j0 else "linear" for sid in stitched
+    }
     assert parse_stitch_kinds("stitch-1-2=mlp", pm.specs) == {"stitch-1-2": "mlp"}
     for bad in ("cubic", "j9=mlp", "stitch-7-8=mlp", "narrow=mlp"):
         with pytest.raises(UserError, match="--stitch-kind"):
@@ -256,10 +304,19 @@ def test_stitch_kinds_parse_start_as_linear_and_export(setup_dir, tmp_path):
 
     # assemble with an MLP stitch after narrow block 0: recorded in the revision, the
     # exported child's config names the kind and timm loads it back as that kind
-    res = assemble(pool_dir, selection=Selection(config="0,1"), train="all", stitch_kinds="linear,j0=mlp",
-                   spec=AssembleSpec(epochs=1), trainer_args=quiet(), progress=lambda m: None)
+    res = assemble(
+        pool_dir,
+        selection=Selection(config="0,1"),
+        train="all",
+        stitch_kinds="linear,j0=mlp",
+        spec=AssembleSpec(epochs=1),
+        trainer_args=quiet(),
+        progress=lambda m: None,
+    )
     rev = res.revision
-    assert rev["stitch_kinds"] == {sid: "mlp" if sid in j0 else "linear" for sid in stitched} and rev["restitched"] == j0
+    assert (
+        rev["stitch_kinds"] == {sid: "mlp" if sid in j0 else "linear" for sid in stitched} and rev["restitched"] == j0
+    )
     cfg = json.loads((res.child / "config.json").read_text())
     assert cfg["model_args"]["stitch_kind"] == "mlp"
     m = timm.create_model(f"local-dir:{res.child}", pretrained=True).eval()
@@ -270,15 +327,24 @@ def test_stitch_kinds_parse_start_as_linear_and_export(setup_dir, tmp_path):
     # until trained again (auto trains it); the others keep their kinds and weights
     pool = Pool.open(pool_dir)
     assert "stitch-0-1" in pool.trained_ids(pool.revision("latest"))
-    res2 = assemble(pool_dir, stitch_kinds="stitch-0-1=linear", spec=AssembleSpec(epochs=1), trainer_args=quiet(),
-                    progress=lambda m: None)
+    res2 = assemble(
+        pool_dir,
+        stitch_kinds="stitch-0-1=linear",
+        spec=AssembleSpec(epochs=1),
+        trainer_args=quiet(),
+        progress=lambda m: None,
+    )
     assert res2.revision["restitched"] == ["stitch-0-1"] and res2.revision["train"] == "all"
     assert res2.revision["stitch_kinds"] == {**rev["stitch_kinds"], "stitch-0-1": "linear"}
     # a revision that only restitches (no training) leaves that stitch untrained
-    res3 = assemble(pool_dir, stitch_kinds="stitch-0-1=mlp", train="none", trainer_args=quiet(), progress=lambda m: None)
+    res3 = assemble(
+        pool_dir, stitch_kinds="stitch-0-1=mlp", train="none", trainer_args=quiet(), progress=lambda m: None
+    )
     pool = Pool.open(pool_dir)
     assert res3.revision["restitched"] == ["stitch-0-1"]
-    assert "stitch-0-1" not in pool.trained_ids(pool.revision("latest")) and "stitch-1-2" in pool.trained_ids(pool.revision("latest"))
+    assert "stitch-0-1" not in pool.trained_ids(pool.revision("latest")) and "stitch-1-2" in pool.trained_ids(
+        pool.revision("latest")
+    )
 
 
 def res_model(pool_dir, desc_id):
@@ -296,7 +362,10 @@ def test_plain_timm_loads_an_exported_auxiliary_child(setup_dir, tmp_path):
     r = learngene("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--accelerator", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     # no learngene import: the pure narrow model is a plain timm ViT
-    code = f"import timm; m = timm.create_model('local-dir:{pool / 'children' / 'narrow'}', pretrained=True); print(type(m).__name__)"
+    code = (
+        f"import timm; m = timm.create_model('local-dir:{pool / 'children' / 'narrow'}', pretrained=True); "
+        f"print(type(m).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "VisionTransformer" in out.stdout, out.stderr[-1000:]
 
@@ -333,8 +402,25 @@ def test_assemble_ddp_two_cpu_processes(setup_dir, tmp_path):
     # joint training under DDP: unused stitches must not stall the gradient sync, and only
     # rank 0 writes the revision and the child
     pool = fresh_pool(setup_dir, tmp_path)
-    r = learngene("assemble", "--pool", pool, "--all", "--descendant", "1,2", "--epochs", "1", "-q", "--json",
-                  "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", timeout=600)
+    r = learngene(
+        "assemble",
+        "--pool",
+        pool,
+        "--all",
+        "--descendant",
+        "1,2",
+        "--epochs",
+        "1",
+        "-q",
+        "--json",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((pool / "pool.json").read_text())
     assert [rev["id"] for rev in m["revisions"]] == ["r1"] and m["revisions"][0]["train"] == "all"

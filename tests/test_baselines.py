@@ -5,10 +5,11 @@ import copy
 
 import pytest
 import torch
-
-from learngene.core.io import state_dict_sha256
-from learngene.core.descendants import descendants
 from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture)
+
+from learngene.core.errors import UserError
+from learngene.core.io import state_dict_sha256
+from learngene.stitch.descendants import descendants
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,10 @@ def test_vanilla_inherits_the_last_blocks_and_trains_new_ones_faster(tiny_vit, d
     assert state_dict_sha256(tiny_vit.state_dict()) == before  # the ancestor is copied from, never trained
     trained = zoo.models["vanilla-2"]
     assert not torch.equal(trained.blocks[3].attn.qkv.weight, tiny_vit.blocks[1].attn.qkv.weight)
-    assert all(0 <= r["test_top1"] <= 100 and r["params"] == sum(p.numel() for p in zoo.models[r["id"]].parameters())
-               for r in zoo.rows)
+    assert all(
+        0 <= r["test_top1"] <= 100 and r["params"] == sum(p.numel() for p in zoo.models[r["id"]].parameters())
+        for r in zoo.rows
+    )
 
 
 def test_vanilla_param_groups_split_inherited_from_new(tiny_vit):
@@ -59,7 +62,7 @@ def test_vanilla_param_groups_split_inherited_from_new(tiny_vit):
 
 
 def test_snnet_stitches_a_scratch_anchor_to_the_ancestor(tiny_vit, dm):
-    from learngene.core.joint import AssembleSpec
+    from learngene.assembly import AssembleSpec
     from learngene.baselines import snnet, train_anchor
 
     frozen = copy.deepcopy(tiny_vit).requires_grad_(False)  # as a teacher elsewhere would leave it
@@ -93,14 +96,14 @@ def test_fair_anchors_keep_their_best_state_and_distil_like_the_pool(tiny_vit, d
     assert (args["embed_dim"], args["num_heads"], args["depth"], rec["epochs"]) == (48, 3, 4, 1)
     assert len(model.blocks) == 4 and model.head.out_features == 10
     assert state_dict_sha256(frozen.state_dict()) == before and not any(p.requires_grad for p in frozen.parameters())
-    with pytest.raises(ValueError, match="unknown anchor"):
+    with pytest.raises(UserError, match="unknown anchor"):
         make_anchor("long", frozen, dm)
 
 
 def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_path, dm):  # noqa: F811
     from learngene.baselines import scratch
-    from learngene.core.stitching import static_rows
     from learngene.pool import Pool
+    from learngene.stitch.stitched import static_rows
     from learngene.zoo import pool_zoo
 
     pool = Pool.open(fresh_pool(setup_dir, tmp_path))

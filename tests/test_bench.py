@@ -7,12 +7,12 @@ import json
 import pandas as pd
 import pytest
 import torch
-
-from learngene.bench.metrics import latency
-from learngene.core.training import knn_top1
-from learngene.bench.report import mark_pareto
 from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli, learngene
+
+from learngene.core.training import knn_top1
+from learngene.measure.metrics import latency
+from learngene.measure.report import mark_pareto
 
 
 def test_knn_probe_votes_with_similarity_weights():
@@ -31,9 +31,13 @@ def test_knn_probe_votes_with_similarity_weights():
 
 
 def test_pareto_marks_the_undominated_rows_per_batch_size():
-    df = pd.DataFrame({"infer_batch_size": [1, 1, 1, 1, 32],
-                       "top1": [90.0, 95.0, 94.0, 95.0, 10.0],
-                       "infer_step_time": [1.0, 2.0, 3.0, 2.5, 100.0]})
+    df = pd.DataFrame(
+        {
+            "infer_batch_size": [1, 1, 1, 1, 32],
+            "top1": [90.0, 95.0, 94.0, 95.0, 10.0],
+            "infer_step_time": [1.0, 2.0, 3.0, 2.5, 100.0],
+        }
+    )
     assert mark_pareto(df).tolist() == [True, True, False, False, True]
 
 
@@ -45,11 +49,11 @@ def test_latency_reports_median_p90_and_throughput():
 
 
 def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_path):  # noqa: F811
-    from learngene.assemble.api import pool_data
-    from learngene.core.stitch_init import init_stitches
-    from learngene.core.stitching import evaluate_specs
-    from learngene.deploy import bench_pool
+    from learngene.api import bench as bench_pool
     from learngene.pool import Pool
+    from learngene.stitch.init import init_stitches
+    from learngene.stitch.stitched import evaluate_specs
+    from learngene.zoo import pool_data
 
     pool = fresh_pool(setup_dir, tmp_path)
     res = bench_pool(pool, batch_sizes="1,4", include=["ancestor"], min_run_time=0.01)
@@ -76,12 +80,15 @@ def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_pa
     assert b1.loc["ancestor", "param_count"] > b1.loc["narrow", "param_count"]
 
 
-@pytest.mark.parametrize("args, culprit", [
-    (["--batch-sizes", "0"], "--batch-sizes"),
-    (["--include", "grown"], "--include"),
-    (["--device", "tpu"], "--device"),
-    (["--threads", "0"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--include", "grown"], "--include"),
+        (["--device", "tpu"], "--device"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args, culprit):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     r = cli("bench", "--pool", pool, *args)
@@ -95,11 +102,13 @@ def test_cli_missing_pool(tmp_path):
 
 
 def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
-    from learngene.bench.budget import Budget, pick
     from learngene.core.errors import UserError
+    from learngene.measure.budget import Budget, pick
 
-    rows = [{"model": m, "top1": a, "infer_step_time": t, "infer_step_time_p90": 1.5 * t, "param_count": p}
-            for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))]
+    rows = [
+        {"model": m, "top1": a, "infer_step_time": t, "infer_step_time_p90": 1.5 * t, "param_count": p}
+        for m, a, t, p in (("a", 90.0, 1.0, 0.1), ("b", 95.0, 2.0, 0.2), ("c", 97.0, 3.0, 0.3), ("d", 94.0, 1.5, 0.1))
+    ]
     assert pick(rows, Budget(2.5, latency="p90"))[0]["model"] == "d"  # b's p90 (3.0) is over budget
     best, alts, _ = pick(rows, Budget(2.5, latency="median"))
     assert best["model"] == "b" and [r["model"] for r in alts] == ["d", "c"]
@@ -116,8 +125,9 @@ def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
 
 
 def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):  # noqa: F811
-    from learngene.bench.budget import Budget
-    from learngene.deploy import bench_pool, target
+    from learngene.api import bench as bench_pool
+    from learngene.api import target
+    from learngene.measure.budget import Budget
 
     pool = fresh_pool(setup_dir, tmp_path)
     rep = bench_pool(pool, batch_sizes=[1], min_run_time=0.01)
@@ -165,15 +175,23 @@ def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp
 
 def test_bench_includes_adapted_models_on_their_own_task(setup_dir, tmp_path):  # noqa: F811
     pytest.importorskip("peft")
-    from learngene.adapt import api
+    from learngene.api import bench as bench_pool
     from learngene.core.training import TrainerArgs
-    from learngene.deploy import bench_pool
+    from learngene.deltas import tasks as api
     from learngene.zoo import resolve
 
     pool = fresh_pool(setup_dir, tmp_path)
     base = resolve(str(setup_dir / "anc"))
-    api.adapt(base.load(), "digits:rot90", name="rot", adapters=pool / "adapters", ref=api.base_ref(str(setup_dir / "anc"), base),
-              epochs=1, train_fraction=0.2, trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
+    api.adapt(
+        base.load(),
+        "digits:rot90",
+        name="rot",
+        adapters=pool / "adapters",
+        ref=api.base_ref(str(setup_dir / "anc"), base),
+        epochs=1,
+        train_fraction=0.2,
+        trainer_args=TrainerArgs(progress=False, accelerator="cpu"),
+    )
     df = bench_pool(pool, batch_sizes=[1], include=["adapted"], min_run_time=0.01, write=False).df
     row = df[df.model == "adapted:rot"].iloc[0]
     assert row.kind == "adapted" and row.data == "digits:rot90"

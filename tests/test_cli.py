@@ -15,7 +15,10 @@ def learngene(*args, home=None, timeout=300):
         env["LEARNGENE_HOME"] = str(home)
     return subprocess.run(
         [sys.executable, "-m", "learngene.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -75,7 +78,10 @@ def test_help_lists_every_verb():
         (["ancestor", "--ancestor", "no_such_vit_xyz"], ["unknown timm model", "no_such_vit_xyz"]),
         (["ancestor", "--ancestor", "resnet18"], ["resnet18", "not a ViT"]),
         (["ancestor", "--checkpoint", "/no/such.safetensors"], ["checkpoint not found", "/no/such.safetensors"]),
-        (["ancestor", "--ancestor", "deit_tiny_patch16_224", "--pretrained", "--checkpoint", "x"], ["not allowed with"]),
+        (
+            ["ancestor", "--ancestor", "deit_tiny_patch16_224", "--pretrained", "--checkpoint", "x"],
+            ["not allowed with"],
+        ),
         (["ancestor", "--ancestor", "deit_tiny_patch16_224", "--data", "/no/such/dir"], ["/no/such/dir"]),
         (["ancestor", "--epochs", "0"], ["--epochs"]),
     ],
@@ -87,12 +93,17 @@ def test_bad_input_exit_2_one_line(args, needles, tmp_path):
 def test_corrupt_checkpoint_exit_2(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"junk")
-    assert_one_line_error(learngene("ancestor", "--checkpoint", bad), "cannot read checkpoint", str(bad))  # a real process
-    assert_one_line_error(cli("ancestor", "--checkpoint", bad), "cannot read checkpoint", str(bad))  # the same in-process
+    assert_one_line_error(
+        learngene("ancestor", "--checkpoint", bad), "cannot read checkpoint", str(bad)
+    )  # a real process
+    assert_one_line_error(
+        cli("ancestor", "--checkpoint", bad), "cannot read checkpoint", str(bad)
+    )  # the same in-process
 
 
 def test_ancestor_evaluates_on_an_image_folder(tmp_path, tiny_vit):
     from conftest import make_image_folder
+
     from learngene.core.io import save_local_dir
 
     make_image_folder(tmp_path / "imgs", classes=[str(i) for i in range(10)], per_class=10, size=16)
@@ -114,7 +125,8 @@ def test_embedded_ancestor_is_trained_once_then_cached(tmp_path):
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["name"] == "embedded" and first["epochs"] == 1
-    assert (tmp_path / "ancestors" / "embedded" / "model.safetensors").is_file()
+    # a recipe other than the shipped one trains into its own cache folder (never the default's)
+    assert len(list((tmp_path / "ancestors").glob("embedded-digits-*/model.safetensors"))) == 1
     r2 = learngene("ancestor", "--epochs", "1", "--json", "-q", home=tmp_path)
     second = json.loads(r2.stdout)
     assert second["sha256"] == first["sha256"], "second call loads the cache, does not retrain"

@@ -1,12 +1,17 @@
 import pytest
 import torch
+from conftest import make_image_folder
 
 from learngene.core.data import LearngeneDataModule, digits_data_config, digits_splits
 from learngene.core.errors import UserError
 
-from conftest import make_image_folder
-
-EVAL_CFG = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+EVAL_CFG = {
+    "input_size": (3, 16, 16),
+    "interpolation": "bilinear",
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "crop_pct": 1.0,
+}
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
@@ -55,9 +60,37 @@ def test_image_folder_single_folder_split(tmp_path):
 
 def test_image_folder_train_val_layout(tmp_path):
     make_image_folder(tmp_path / "d" / "train", per_class=4)
-    make_image_folder(tmp_path / "d" / "val", per_class=2, seed=1)
+    make_image_folder(tmp_path / "d" / "val", per_class=4, seed=1)
     dm = LearngeneDataModule(tmp_path / "d", data_config=EVAL_CFG, num_workers=0)
-    assert len(dm.dataset("train")) == 8 and len(dm.dataset("val")) == 4
+    # no test/: a fixed stratified half of val/ is the test split, never the validation images themselves
+    assert len(dm.dataset("train")) == 8 and len(dm.dataset("val")) == 4 and len(dm.dataset("test")) == 4
+    val, test = ({p for p, _ in dm.source.samples[s]} for s in ("val", "test"))
+    assert not val & test and "half of val" in dm.fingerprint()["test_from"]
+    # a test/ folder is taken as it is
+    make_image_folder(tmp_path / "d" / "test", per_class=3, seed=2)
+    dm = LearngeneDataModule(tmp_path / "d", data_config=EVAL_CFG, num_workers=0)
+    assert len(dm.dataset("val")) == 8 and len(dm.dataset("test")) == 6 and dm.fingerprint()["test_from"] == "test/"
+
+
+def test_small_inputs_are_held_in_memory_and_flipped_only_when_the_classes_allow(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    # left-pointing vs right-pointing arrows: a flip turns one class into the other
+    for split, n in (("train", 12), ("val", 6)):
+        for c, flip in (("left", False), ("right", True)):
+            d = tmp_path / "arrows" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = np.zeros((20, 20), np.uint8)
+                a[8 + i % 3 : 12 + i % 3, 2:16] = 255
+                a[4:16, 2:5] = 255  # the arrow's head on the left
+                Image.fromarray(a[:, ::-1] if flip else a).save(d / f"{i}.png")
+    dm = LearngeneDataModule(tmp_path / "arrows", data_config=EVAL_CFG, batch_size=4)
+    ds = dm.dataset("train")
+    assert dm.num_workers == 0 and type(ds).__name__ == "TensorImages" and not ds.flip
+    x, _ = ds[0]
+    assert x.shape == (3, 16, 16)
 
 
 def _flat_folder(path):
@@ -105,9 +138,19 @@ def test_randaugment_draws_every_op_and_level_without_error(tmp_path):
     from PIL import Image
 
     root = make_image_folder(tmp_path / "imgs", per_class=12)
-    dm = LearngeneDataModule(root, data_config={"input_size": (3, 16, 16), "interpolation": "bilinear",
-                                                "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0,
-                                                "crop_mode": "center"}, num_workers=0)
+    # from 64 px up (below it a folder is held in memory and shifted / flipped instead)
+    dm = LearngeneDataModule(
+        root,
+        data_config={
+            "input_size": (3, 64, 64),
+            "interpolation": "bilinear",
+            "mean": (0.5,) * 3,
+            "std": (0.5,) * 3,
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        },
+        num_workers=0,
+    )
     tf = dm.dataset("train").transform
     ra = next(t for t in tf.transforms if type(t).__name__ == "RandAugment")
     assert any(op.name.startswith("Posterize") for op in ra.ops)
@@ -125,4 +168,4 @@ def test_randaugment_draws_every_op_and_level_without_error(tmp_path):
     for seed in range(400):  # the composed transform, as a DataLoader worker draws it
         random.seed(seed)
         x = tf(img)
-        assert x.shape == (3, 16, 16)
+        assert x.shape == (3, 64, 64)

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-
 from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli
 
@@ -19,8 +18,7 @@ from test_cli import assert_one_line_error, cli
 @pytest.fixture(scope="module")
 def assembled(setup_dir, tmp_path_factory):  # noqa: F811
     """The tiny pool with its stitches stored (a revision, trained 0 epochs: at lstsq init)."""
-    from learngene.assemble import assemble
-    from learngene.core.joint import AssembleSpec
+    from learngene.assembly import AssembleSpec, assemble
 
     pool = fresh_pool(setup_dir, tmp_path_factory.mktemp("device"))
     assemble(pool, train="all", spec=AssembleSpec(epochs=0), trainer_args=quiet(), progress=lambda m: None)
@@ -34,7 +32,7 @@ def copy_of(pool, tmp_path):
 
 def test_onnx_export_matches_eager_and_int8_has_its_own_accuracy(assembled, tmp_path):
     from learngene.core.data import data_for
-    from learngene.core.export import onnx_accuracy, ort_session
+    from learngene.formats import onnx_accuracy, ort_session
     from learngene.zoo import resolve
 
     pool = copy_of(assembled, tmp_path)
@@ -66,14 +64,16 @@ def test_onnx_export_matches_eager_and_int8_has_its_own_accuracy(assembled, tmp_
     assert torch.allclose(m(x), member.model()(x), atol=1e-6)
     # ... in a fresh process too, after a library has probed for timm without importing it
     # (an availability check once unhooked learngene's registration of the stitched ViT)
-    code = ("import importlib.util, learngene; importlib.util.find_spec('timm'); import timm; "
-            f"print(type(timm.create_model('local-dir:{tmp_path / 'fp32'}', pretrained=True)).__name__)")
+    code = (
+        "import importlib.util, learngene; importlib.util.find_spec('timm'); import timm; "
+        f"print(type(timm.create_model('local-dir:{tmp_path / 'fp32'}', pretrained=True)).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "StitchedViT", out.stderr[-500:]
 
 
 def test_a_failed_export_check_is_exit_1_one_line_and_writes_nothing(assembled, tmp_path, monkeypatch):
-    import learngene.core.export as E
+    import learngene.formats as E
 
     monkeypatch.setattr(E, "EXPORT_TOL", -1.0)  # no export can pass
     monkeypatch.setenv("LEARNGENE_HOME", str(tmp_path / "home"))  # no cached file either
@@ -85,13 +85,16 @@ def test_a_failed_export_check_is_exit_1_one_line_and_writes_nothing(assembled, 
 
 
 def test_bench_measures_each_runtime_and_precision_apart(assembled, tmp_path):
-    from learngene.deploy import bench_pool
+    from learngene.api import bench as bench_pool
 
     pool = copy_of(assembled, tmp_path)
     res = bench_pool(pool, runtimes="torch,onnxruntime", precisions="fp32,int8", batch_sizes=[1], min_run_time=0.02)
     df = res.df
-    assert sorted({(r, p) for r, p in zip(df.runtime, df.precision)}) == [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
-                                                                          ("torch", "fp32")]
+    assert sorted({(r, p) for r, p in zip(df.runtime, df.precision)}) == [
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("torch", "fp32"),
+    ]
     assert len(df) == 3 * 9
     t = df[df.runtime == "torch"].set_index("model")
     o = df[(df.runtime == "onnxruntime") & (df.precision == "fp32")].set_index("model")
@@ -112,8 +115,12 @@ def fresh_env(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     linked = tmp_path / "device-site"
     linked.mkdir()
     for mod in (numpy, onnxruntime):
@@ -132,15 +139,21 @@ def test_kit_probe_in_a_fresh_env_and_target_from_its_latency_file(assembled, tm
     r = cli("kit", "--pool", pool, "--out", kit, "--members", "narrow,stitch-1-2,wide", "--batch-sizes", "1")
     assert r.returncode == 0, r.stderr
     meta = json.loads((kit / "kit.json").read_text())
-    assert [(m["id"], m["precision"]) for m in meta["members"]] == [(i, p) for i in ("narrow", "stitch-1-2", "wide")
-                                                                    for p in ("fp32", "int8")]
+    assert [(m["id"], m["precision"]) for m in meta["members"]] == [
+        (i, p) for i in ("narrow", "stitch-1-2", "wide") for p in ("fp32", "int8")
+    ]
     assert all(0 <= m["host_top1"] <= 100 for m in meta["members"]) and meta["pool_revision"] == "r1"
     python = fresh_env(tmp_path)
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     lat = tmp_path / "latency.json"
-    run = subprocess.run([python, kit / "probe.py", "--threads", "1", "--min-run-time", "0.05", "--name", "box", "--out", lat],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = subprocess.run(
+        [python, kit / "probe.py", "--threads", "1", "--min-run-time", "0.05", "--name", "box", "--out", lat],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     got = json.loads(lat.read_text())
     assert len(got["rows"]) == 6 and got["device"]["threads"] == 1 and got["device"]["onnxruntime"]
@@ -153,7 +166,9 @@ def test_kit_probe_in_a_fresh_env_and_target_from_its_latency_file(assembled, tm
     assert res["chosen"]["top1"] == max(m["host_top1"] for m in meta["members"])  # every row fits this budget
     child = res["child"]
     assert f"box-1t-{res['chosen']['precision']}_lat@" in child and "ms_top1@" in child
-    cfg = json.loads((tmp_path / "pool" / "children" / os.path.basename(child) / "config.json").read_text())["learngene"]
+    cfg = json.loads((tmp_path / "pool" / "children" / os.path.basename(child) / "config.json").read_text())[
+        "learngene"
+    ]
     assert cfg["export"]["format"] == "onnx" and cfg["export"]["accuracy"]["top1"] >= 0
     assert res["trained"] == (res["chosen"]["model"] not in ("narrow", "wide"))
 
@@ -161,11 +176,18 @@ def test_kit_probe_in_a_fresh_env_and_target_from_its_latency_file(assembled, tm
 def test_device_bad_input_is_one_line_and_writes_nothing(assembled, tmp_path):
     pool = copy_of(assembled, tmp_path)
     kit = tmp_path / "kit"
-    assert cli("kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32",
-               "--batch-sizes", "1").returncode == 0
+    assert (
+        cli(
+            "kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32", "--batch-sizes", "1"
+        ).returncode
+        == 0
+    )
     lat = tmp_path / "lat.json"
-    ok = subprocess.run([sys.executable, kit / "probe.py", "--threads", "1", "--min-run-time", "0.02", "--out", lat],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, kit / "probe.py", "--threads", "1", "--min-run-time", "0.02", "--out", lat],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     # a kit copied with a file edited, or missing: one line, exit 2, no latency file
     onnx = kit / "narrow.fp32.onnx"
@@ -173,8 +195,12 @@ def test_device_bad_input_is_one_line_and_writes_nothing(assembled, tmp_path):
     data[-1] ^= 0xFF
     onnx.write_bytes(bytes(data))
     for broken in ("edited", "missing"):
-        r = subprocess.run([sys.executable, kit / "probe.py", "--out", tmp_path / f"{broken}.json"], capture_output=True, text=True)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "narrow.fp32.onnx" in r.stderr, r.stderr
+        r = subprocess.run(
+            [sys.executable, kit / "probe.py", "--out", tmp_path / f"{broken}.json"], capture_output=True, text=True
+        )
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "narrow.fp32.onnx" in r.stderr, (
+            r.stderr
+        )
         assert broken in r.stderr and not (tmp_path / f"{broken}.json").exists()
         onnx.unlink(missing_ok=True)
     # a latency file of another pool, or of a revision this pool lacks
@@ -182,15 +208,21 @@ def test_device_bad_input_is_one_line_and_writes_nothing(assembled, tmp_path):
         bad = json.loads(lat.read_text())
         bad["kit"][key] = value
         (tmp_path / "bad.json").write_text(json.dumps(bad))
-        assert_one_line_error(cli("target", "--pool", pool, "--latency-file", tmp_path / "bad.json", "--max-latency-ms", 1000),
-                              needle)
+        assert_one_line_error(
+            cli("target", "--pool", pool, "--latency-file", tmp_path / "bad.json", "--max-latency-ms", 1000), needle
+        )
     (tmp_path / "junk.json").write_text("{not json")
-    assert_one_line_error(cli("target", "--pool", pool, "--latency-file", tmp_path / "junk.json", "--max-latency-ms", 1), "JSON")
+    assert_one_line_error(
+        cli("target", "--pool", pool, "--latency-file", tmp_path / "junk.json", "--max-latency-ms", 1), "JSON"
+    )
     # a budget nothing meets on that device
     assert_one_line_error(cli("target", "--pool", pool, "--latency-file", lat, "--max-latency-ms", 1e-6), "closest")
     # an unknown runtime or precision, a precision the runtime lacks
-    for args, needle in ((["--runtimes", "tvm"], "tvm"), (["--precisions", "fp16"], "fp16"),
-                         (["--runtimes", "torch", "--precisions", "int8"], "int8")):
+    for args, needle in (
+        (["--runtimes", "tvm"], "tvm"),
+        (["--precisions", "fp16"], "fp16"),
+        (["--runtimes", "torch", "--precisions", "int8"], "int8"),
+    ):
         assert_one_line_error(cli("bench", "--pool", pool, *args), needle)
     assert_one_line_error(cli("export", f"{pool}:narrow", "--format", "pt2", "--int8", "--out", tmp_path / "e"), "onnx")
     assert_one_line_error(cli("kit", "--pool", pool, "--out", tmp_path / "k2", "--members", "nope"), "nope")

@@ -14,15 +14,21 @@ import time
 import pytest
 import torch
 import yaml
-
-from test_assemble import RECIPE as TINY3, fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
+from test_assemble import RECIPE as TINY3  # noqa: F401  (module fixture: a depth-3 pool)
+from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture)
 from test_cli import assert_one_line_error, cli, learngene
 
 
 def start(*args, **kw):
     env = {**os.environ, **kw.pop("env", {})}
-    return subprocess.Popen([sys.executable, "-m", "learngene.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "learngene.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 def wait_for(cond, timeout=120.0, proc=None):
@@ -52,7 +58,17 @@ def slow_recipe(tmp_path, wide_epochs=40):
 
 def test_sigterm_during_build_pool_exits_143_and_resume_finishes(setup_dir, tmp_path):  # noqa: F811
     recipe, out = slow_recipe(tmp_path), tmp_path / "pool"
-    args = ("build-pool", "--recipe", recipe, "--ancestor", f"local-dir:{setup_dir / 'anc'}", "--out", out, "--accelerator", "cpu")
+    args = (
+        "build-pool",
+        "--recipe",
+        recipe,
+        "--ancestor",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        out,
+        "--accelerator",
+        "cpu",
+    )
     p = start(*args)
     # mid-training of the second auxiliary model: its first checkpoint is on disk
     wait_for(lambda: (tmp_path / ".pool.partial" / "checkpoints" / "wide" / "last.ckpt").exists(), proc=p)
@@ -77,14 +93,26 @@ def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path
     assert p.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "learngene: interrupted"
     assert tree(pool) == before  # no revision, no child, no staging folder
-    r = learngene("assemble", "--pool", pool, "--all", "--epochs", "1", "--descendant", "1,2", "-q", "--accelerator", "cpu")
+    r = learngene(
+        "assemble", "--pool", pool, "--all", "--epochs", "1", "--descendant", "1,2", "-q", "--accelerator", "cpu"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):  # noqa: F811
     recipe = slow_recipe(tmp_path, wide_epochs=2)
-    r = learngene("build-pool", "--recipe", recipe, "--ancestor", f"local-dir:{setup_dir / 'anc'}", "--out", tmp_path / "p",
-                  "--accelerator", "cpu", timeout=600)
+    r = learngene(
+        "build-pool",
+        "--recipe",
+        recipe,
+        "--ancestor",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        tmp_path / "p",
+        "--accelerator",
+        "cpu",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     epochs = [line for line in r.stderr.splitlines() if ": epoch " in line]
     assert [line.split(":")[0] for line in epochs] == ["build-pool narrow", "build-pool wide", "build-pool wide"]
@@ -93,8 +121,23 @@ def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):  # noqa: F811
 
 def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
-    runs = [start("assemble", "--pool", pool, "--train", "target", "--epochs", "1", "--descendant", c, "-q", "--accelerator", "cpu")
-            for c in ("0,1", "1,2")]
+    runs = [
+        start(
+            "assemble",
+            "--pool",
+            pool,
+            "--train",
+            "target",
+            "--epochs",
+            "1",
+            "--descendant",
+            c,
+            "-q",
+            "--accelerator",
+            "cpu",
+        )
+        for c in ("0,1", "1,2")
+    ]
     for p in runs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
@@ -107,7 +150,17 @@ def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, t
 
 def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_path):  # noqa: F811
     recipe, out = slow_recipe(tmp_path, wide_epochs=1000), tmp_path / "pool"
-    args = ("build-pool", "--recipe", recipe, "--ancestor", f"local-dir:{setup_dir / 'anc'}", "--out", out, "--accelerator", "cpu")
+    args = (
+        "build-pool",
+        "--recipe",
+        recipe,
+        "--ancestor",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        out,
+        "--accelerator",
+        "cpu",
+    )
     p = start(*args)
     wait_for(lambda: (tmp_path / ".pool.partial" / "build.json").exists(), proc=p)
     for extra in ((), ("--force",), ("--resume",)):
@@ -119,15 +172,30 @@ def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_pat
 
 def test_two_adapts_at_once(tmp_path, tiny_vit):
     pytest.importorskip("peft")
-    from test_adapt import base_dir as _  # noqa: F401
+    import test_adapt  # noqa: F401  (its fixtures)
+
     from learngene.core.data import digits_data_config
     from learngene.core.io import save_local_dir
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
     save_local_dir(tiny_vit, tmp_path / "base", "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
-    common = ("adapt", "--model", tmp_path / "base", "--pool", tmp_path / "pool", "--data", "digits:rot90", "--epochs", "2",
-              "--fraction", "0.2", "-q", "--accelerator", "cpu")
+    common = (
+        "adapt",
+        "--model",
+        tmp_path / "base",
+        "--pool",
+        tmp_path / "pool",
+        "--data",
+        "digits:rot90",
+        "--epochs",
+        "2",
+        "--fraction",
+        "0.2",
+        "-q",
+        "--accelerator",
+        "cpu",
+    )
     runs = [start(*common, "--name", n) for n in ("a", "b", "a")]
     codes = []
     for p in runs:
@@ -136,30 +204,44 @@ def test_two_adapts_at_once(tmp_path, tiny_vit):
     assert codes[1][0] == 0, codes  # b
     a1, a2 = sorted((codes[0], codes[2]))  # one "a" wins, the other is refused in one line
     assert a1[0] == 0 and a2[0] == 2 and ("being written by another" in a2[1] or "delta exists" in a2[1]), codes
-    assert sorted(p.name for p in (tmp_path / "pool" / "adapters").iterdir() if not p.name.startswith(".")) == ["a", "b"]
+    assert sorted(p.name for p in (tmp_path / "pool" / "adapters").iterdir() if not p.name.startswith(".")) == [
+        "a",
+        "b",
+    ]
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda r: r["auxiliary"].update({"../../victim": r["auxiliary"].pop("wide")}), "auxiliary model name"),
-    (lambda r: r.update(name="../escape"), "recipe name"),
-    (lambda r: r["auxiliary"]["narrow"].update(mlp_ratio=-2.0), "mlp_ratio"),
-    (lambda r: r["auxiliary"]["narrow"].update(depth="three"), "integer"),
-    (lambda r: r.update(distill=5), "distill"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda r: r["auxiliary"].update({"../../victim": r["auxiliary"].pop("wide")}), "auxiliary model name"),
+        (lambda r: r.update(name="../escape"), "recipe name"),
+        (lambda r: r["auxiliary"]["narrow"].update(mlp_ratio=-2.0), "mlp_ratio"),
+        (lambda r: r["auxiliary"]["narrow"].update(depth="three"), "integer"),
+        (lambda r: r.update(distill=5), "distill"),
+    ],
+)
 def test_crafted_recipes_are_refused_and_write_nothing(setup_dir, tmp_path, change, needle):  # noqa: F811
     r = json.loads(json.dumps(TINY3))
     change(r)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
     out = tmp_path / "pools" / "p"
-    assert_one_line_error(cli("build-pool", "--recipe", tmp_path / "r.yaml", "--ancestor", f"local-dir:{setup_dir / 'anc'}",
-                              "--out", out), needle)
+    assert_one_line_error(
+        cli(
+            "build-pool", "--recipe", tmp_path / "r.yaml", "--ancestor", f"local-dir:{setup_dir / 'anc'}", "--out", out
+        ),
+        needle,
+    )
     assert tree(tmp_path) == ["r.yaml"]
 
 
 def test_set_values_that_are_not_yaml_or_of_the_wrong_type(setup_dir, tmp_path):  # noqa: F811
     base = ("build-pool", "--recipe", "embedded", "--out", tmp_path / "p")
-    for setting, needle in (("distill.alpha=[1", "not valid YAML"), ("distill.batch_size=abc", "integer"),
-                            ("auxiliary.narrow.lr=-1", "lr"), ("auxiliary=5", "auxiliary")):
+    for setting, needle in (
+        ("distill.alpha=[1", "not valid YAML"),
+        ("distill.batch_size=abc", "integer"),
+        ("auxiliary.narrow.lr=-1", "lr"),
+        ("auxiliary=5", "auxiliary"),
+    ):
         assert_one_line_error(cli(*base, "--set", setting), needle)
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p*"))
 
@@ -170,16 +252,22 @@ def edit_manifest(pool, fn):
     (pool / "pool.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda m: m["instances"][0].update(file="../outside.safetensors"), "not a file of instances/"),
-    (lambda m: m["instances"][0].update(file="/etc/passwd"), "not a file of instances/"),
-    (lambda m: m["instances"][0].update(id="../x"), "not a plain name"),
-    (lambda m: m["auxiliary"]["narrow"]["model_args"].update(pretrained=True), "pretrained"),
-    (lambda m: m["auxiliary"]["narrow"]["model_args"].update(pretrained_cfg_overlay={"file": "/etc/x"}), "pretrained_cfg_overlay"),
-    (lambda m: m.update(version="1"), "version"),
-    (lambda m: [1, 2], "not an object"),
-    (lambda m: m.pop("auxiliary") and None, "auxiliary"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda m: m["instances"][0].update(file="../outside.safetensors"), "not a file of instances/"),
+        (lambda m: m["instances"][0].update(file="/etc/passwd"), "not a file of instances/"),
+        (lambda m: m["instances"][0].update(id="../x"), "not a plain name"),
+        (lambda m: m["auxiliary"]["narrow"]["model_args"].update(pretrained=True), "pretrained"),
+        (
+            lambda m: m["auxiliary"]["narrow"]["model_args"].update(pretrained_cfg_overlay={"file": "/etc/x"}),
+            "pretrained_cfg_overlay",
+        ),
+        (lambda m: m.update(version="1"), "version"),
+        (lambda m: [1, 2], "not an object"),
+        (lambda m: m.pop("auxiliary") and None, "auxiliary"),
+    ],
+)
 def test_crafted_manifests_are_refused_in_one_line(setup_dir, tmp_path, change, needle):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     edit_manifest(pool, change)
@@ -223,7 +311,9 @@ def test_non_finite_weights_stop_the_run_and_pool_verify_finds_them(setup_dir, t
     anc = tmp_path / "anc"
     save_local_dir(tiny_vit, anc, "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
     save_file({k: v.contiguous() for k, v in bad.items()}, str(anc / "model.safetensors"))
-    r = cli("build-pool", "--recipe", setup_dir / "tiny3.yaml", "--ancestor", f"local-dir:{anc}", "--out", tmp_path / "p")
+    r = cli(
+        "build-pool", "--recipe", setup_dir / "tiny3.yaml", "--ancestor", f"local-dir:{anc}", "--out", tmp_path / "p"
+    )
     assert_one_line_error(r, "non-finite", "blocks.1.attn.qkv.weight")
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p*"))
     # a pool whose file holds NaN (and a manifest checksum to match it): pool verify says so
@@ -244,8 +334,12 @@ def test_outputs_follow_the_umask(setup_dir, tmp_path):  # noqa: F811
         assert r.returncode == 0, r.stderr
     finally:
         os.umask(old)
-    for p in [pool / "children" / "stitch-1-2", *(pool / "children" / "stitch-1-2").iterdir(),
-              pool / "revisions" / "r1", *(pool / "revisions" / "r1").rglob("*")]:
+    for p in [
+        pool / "children" / "stitch-1-2",
+        *(pool / "children" / "stitch-1-2").iterdir(),
+        pool / "revisions" / "r1",
+        *(pool / "revisions" / "r1").rglob("*"),
+    ]:
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
 
@@ -277,9 +371,23 @@ def test_leftovers_are_ignored_reported_and_cleaned(setup_dir, tmp_path):  # noq
 
 def test_force_says_what_it_deletes(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
-    assert cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program").returncode == 0
-    r = learngene("build-pool", "--recipe", setup_dir / "tiny3.yaml", "--ancestor", f"local-dir:{setup_dir / 'anc'}",
-                  "--out", pool, "--force", "-q", "--accelerator", "cpu", timeout=600)
+    assert (
+        cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program").returncode == 0
+    )
+    r = learngene(
+        "build-pool",
+        "--recipe",
+        setup_dir / "tiny3.yaml",
+        "--ancestor",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        pool,
+        "--force",
+        "-q",
+        "--accelerator",
+        "cpu",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--force replaces pool" in r.stderr and "1 revision, 1 child go with it" in r.stderr
 
@@ -303,7 +411,9 @@ def test_small_contracts(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     r = cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q", "--json", "--accelerator", "cpu")
     assert r.returncode == 0 and json.loads((pool / "pool.json").read_text())["revisions"][0]["trained"] == []
-    assert_one_line_error(cli("adapt", "--model", "embedded", "--pool", pool, "--name", "x\n", "--data", "digits:rot90"), "--name")
+    assert_one_line_error(
+        cli("adapt", "--model", "embedded", "--pool", pool, "--name", "x\n", "--data", "digits:rot90"), "--name"
+    )
     delta = tmp_path / "delta"
     delta.mkdir()
     for f in ("adapter_config.json", "adapter_model.safetensors"):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from learngene.grow import expand as X
-from learngene.grow import ligo as G
-from learngene.grow import net2net as N
-from learngene.grow import surgery
 from test_cli import assert_one_line_error, cli, learngene
+
+from learngene.growth import expand as X
+from learngene.growth import ligo as G
+from learngene.growth import net2net as N
+from learngene.growth import surgery
 
 TOL = 1e-5
 
@@ -25,9 +25,17 @@ def random_vit(heads: int, head_dim: int, depth: int, mlp: int, seed: int, layer
     import timm
 
     torch.manual_seed(seed)
-    m = timm.create_model("deit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=heads * head_dim, depth=depth,
-                          num_heads=heads, mlp_ratio=mlp / (heads * head_dim), num_classes=5,
-                          init_values=0.5 if layer_scale else None)
+    m = timm.create_model(
+        "deit_tiny_patch16_224",
+        img_size=8,
+        patch_size=4,
+        embed_dim=heads * head_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp / (heads * head_dim),
+        num_classes=5,
+        init_values=0.5 if layer_scale else None,
+    )
     with torch.no_grad():
         for name, p in m.named_parameters():
             p.copy_(torch.randn_like(p) * (0.3 if "weight" in name or "token" in name or "embed" in name else 0.2))
@@ -48,8 +56,16 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-vits = st.fixed_dictionaries(dict(heads=st.integers(1, 3), head_dim=st.integers(2, 5), depth=st.integers(1, 3),
-                                  mlp=st.integers(4, 20), seed=st.integers(0, 10 ** 6), layer_scale=st.booleans()))
+vits = st.fixed_dictionaries(
+    dict(
+        heads=st.integers(1, 3),
+        head_dim=st.integers(2, 5),
+        depth=st.integers(1, 3),
+        mlp=st.integers(4, 20),
+        seed=st.integers(0, 10**6),
+        layer_scale=st.booleans(),
+    )
+)
 steps = st.lists(st.tuples(st.sampled_from(sorted(X.EXPANSIONS)), st.integers(0, 7)), min_size=1, max_size=5)
 
 
@@ -60,8 +76,16 @@ def test_any_sequence_of_expansions_keeps_the_function(vit, seq):
     before = copy.deepcopy(m.state_dict())
     g = m
     for name, extra in seq:
-        size = surgery.dims(surgery.start(g))[{"hidden": "embed_dim", "heads": "num_heads", "key_query_size": "qk_dim",
-                                               "value_size": "v_dim", "mlp_hidden": "mlp_hidden", "layers": "depth"}[name]]
+        size = surgery.dims(surgery.start(g))[
+            {
+                "hidden": "embed_dim",
+                "heads": "num_heads",
+                "key_query_size": "qk_dim",
+                "value_size": "v_dim",
+                "mlp_hidden": "mlp_hidden",
+                "layers": "depth",
+            }[name]
+        ]
         g = X.EXPANSIONS[name](g, size + extra)
     assert logits_change(m, g) <= TOL
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # the input is left alone
@@ -74,15 +98,26 @@ def test_any_sequence_of_expansions_keeps_the_function(vit, seq):
 def test_net2net_without_noise_keeps_the_function(vit, wide, heads, mlp, deep):
     m = random_vit(**vit)
     d = surgery.dims(surgery.start(m))
-    g = N.net2net(m, embed_dim=d["embed_dim"] + wide, num_heads=d["num_heads"] + heads,
-                  mlp_hidden=d["mlp_hidden"] + mlp, depth=d["depth"] + deep)
+    g = N.net2net(
+        m,
+        embed_dim=d["embed_dim"] + wide,
+        num_heads=d["num_heads"] + heads,
+        mlp_hidden=d["mlp_hidden"] + mlp,
+        depth=d["depth"] + deep,
+    )
     assert logits_change(m, g) <= TOL
 
 
 def test_each_expansion_grows_what_it_says():
     m = random_vit(2, 4, 2, 12, 0)
-    for name, key, new in [("hidden", "embed_dim", 11), ("heads", "num_heads", 3), ("key_query_size", "qk_dim", 6),
-                           ("value_size", "v_dim", 7), ("mlp_hidden", "mlp_hidden", 20), ("layers", "depth", 5)]:
+    for name, key, new in [
+        ("hidden", "embed_dim", 11),
+        ("heads", "num_heads", 3),
+        ("key_query_size", "qk_dim", 6),
+        ("value_size", "v_dim", 7),
+        ("mlp_hidden", "mlp_hidden", 20),
+        ("layers", "depth", 5),
+    ]:
         g = X.EXPANSIONS[name](m, new)
         assert surgery.dims(g)[key] == new and n_params(g) > n_params(m), name
         assert logits_change(m, g) <= TOL, name
@@ -131,10 +166,10 @@ def test_ligo_reproduces_net2net_and_stacking():
     op = G.LigoOperator(m, tmpl, noise=0.0)
     with torch.no_grad():
         op.b_emb.copy_(torch.cat([torch.eye(8), torch.eye(8)]))
-        for l in range(3):
+        for layer in range(3):
             for b in (op.b_q, op.b_k, op.b_v):
-                b[l] = _selection_from(g_heads[l], 2, 4)
-            op.b_fc[l] = _selection_from(g_mlp[l], 12)
+                b[layer] = _selection_from(g_heads[layer], 2, 4)
+            op.b_fc[layer] = _selection_from(g_mlp[layer], 12)
     grown = G.materialise(op, tmpl)
     for k, v in n2n.state_dict().items():
         assert torch.allclose(grown.state_dict()[k], v, atol=1e-6), k
@@ -163,22 +198,24 @@ def test_ligo_starts_as_net2net_and_trains_its_operator():
     dm = LearngeneDataModule(None, data_config=digits_data_config(8), batch_size=32, seed=0)
     torch.manual_seed(0)
     op_before = G.LigoOperator(m5, G.template_for(m5, embed_dim=16, depth=4), seed=0).b_emb.detach().clone()
-    grown = G.ligo(m5, dm, steps=3, embed_dim=16, depth=4, num_heads=4,
-                   trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
+    grown = G.ligo(
+        m5, dm, steps=3, embed_dim=16, depth=4, num_heads=4, trainer_args=TrainerArgs(progress=False, accelerator="cpu")
+    )
     assert surgery.dims(grown)["embed_dim"] == 16 and surgery.dims(grown)["depth"] == 4
     assert all(p.requires_grad for p in grown.parameters())
     assert op_before.shape == (16, 8)
     # same seed, same grown model, whatever the process's RNGs went through before
     random.seed(123), torch.manual_seed(123), random.random()
-    again = G.ligo(m5, dm, steps=3, embed_dim=16, depth=4, num_heads=4,
-                   trainer_args=TrainerArgs(progress=False, accelerator="cpu"))
+    again = G.ligo(
+        m5, dm, steps=3, embed_dim=16, depth=4, num_heads=4, trainer_args=TrainerArgs(progress=False, accelerator="cpu")
+    )
     assert all(torch.equal(a, b) for a, b in zip(grown.state_dict().values(), again.state_dict().values()))
 
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    from learngene.core.io import save_local_dir
     from learngene.core.data import digits_data_config
+    from learngene.core.io import save_local_dir
 
     m = random_vit(2, 8, 2, 32, 0)
     args = dict(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5)
@@ -193,8 +230,24 @@ def test_cli_grows_into_a_timm_local_dir_that_computes_the_same(tiny_dir, tmp_pa
 
     src, m = tiny_dir
     out = tmp_path / f"big-{method}"
-    r = learngene("grow", "--from", src, "--method", method, "--embed-dim", 26 if method == "expand" else 32,
-                  "--heads", 2 if method == "expand" else 4, "--depth", 3, "--mlp-ratio", 3.5, "--out", out, "--json")
+    r = learngene(
+        "grow",
+        "--from",
+        src,
+        "--method",
+        method,
+        "--embed-dim",
+        26 if method == "expand" else 32,
+        "--heads",
+        2 if method == "expand" else 4,
+        "--depth",
+        3,
+        "--mlp-ratio",
+        3.5,
+        "--out",
+        out,
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["max_logit_change"] <= TOL and res["params"] > res["source_params"]
@@ -218,7 +271,8 @@ def test_cli_bad_input_is_one_line(tiny_dir, tmp_path):
     for args, needles in cases:
         assert_one_line_error(cli(*base, *args), *needles)
         assert not out.exists()
-    assert_one_line_error(cli("grow", "--from", tmp_path / "nowhere", "--method", "expand", "--depth", "3", "--out", out),
-                          "nowhere")
+    assert_one_line_error(
+        cli("grow", "--from", tmp_path / "nowhere", "--method", "expand", "--depth", "3", "--out", out), "nowhere"
+    )
     out.mkdir()
     assert_one_line_error(cli(*base, "--method", "expand", "--depth", "3"), "exists", "--force")

@@ -8,10 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli
-
 
 # --------------------------------------------------------------------------- documented paths
 
@@ -22,12 +20,33 @@ def test_adapt_apply_merge_and_describe_an_assembled_child(setup_dir, tmp_path):
     import timm
 
     pool = fresh_pool(setup_dir, tmp_path)
-    assert cli("assemble", "--pool", pool, "--descendant", "1,2", "--epochs", "0", "--format", "timm", "-q").returncode == 0
-    r = cli("adapt", "--pool", pool, "--model", "stitch-1-2", "--data", "digits:rot90", "--name", "rot", "--epochs", "1",
-            "--fraction", "0.3", "-q", "--accelerator", "cpu")
+    assert (
+        cli("assemble", "--pool", pool, "--descendant", "1,2", "--epochs", "0", "--format", "timm", "-q").returncode
+        == 0
+    )
+    r = cli(
+        "adapt",
+        "--pool",
+        pool,
+        "--model",
+        "stitch-1-2",
+        "--data",
+        "digits:rot90",
+        "--name",
+        "rot",
+        "--epochs",
+        "1",
+        "--fraction",
+        "0.3",
+        "-q",
+        "--accelerator",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     out = tmp_path / "merged"
-    r = cli("adapt", "apply", "--pool", pool, "--model", "stitch-1-2", "--delta", "rot", "--merge", "--out", out, "--json")
+    r = cli(
+        "adapt", "apply", "--pool", pool, "--model", "stitch-1-2", "--delta", "rot", "--merge", "--out", out, "--json"
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["merged"] and res["merge_max_logit_diff"] < 1e-4
@@ -43,8 +62,23 @@ def test_adapt_apply_merge_and_describe_an_assembled_child(setup_dir, tmp_path):
 def test_ligo_grows_to_a_width_that_is_not_a_multiple(setup_dir, tmp_path):  # noqa: F811
     """LiGO's width operator is learned: 32 -> 48 (not a multiple) grows (it crashed)."""
     out = tmp_path / "g"
-    r = cli("grow", "--model", f"local-dir:{setup_dir / 'anc'}", "--method", "ligo", "--embed-dim", "48", "--steps", "2",
-            "--out", out, "--json", "-q", "--accelerator", "cpu")
+    r = cli(
+        "grow",
+        "--model",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--method",
+        "ligo",
+        "--embed-dim",
+        "48",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--json",
+        "-q",
+        "--accelerator",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["target"]["embed_dim"] == 48 and (out / "model.safetensors").is_file()
@@ -78,13 +112,35 @@ def test_every_count_has_a_bound(setup_dir, tmp_path):  # noqa: F811
         (["assemble", "--pool", pool, "--all", "--seed", "4294967296"], "--seed"),
         (["assemble", "--pool", pool, "--all", "--epochs", "99999999"], "--epochs"),
         (["assemble", "--pool", pool, "--all", "--batch-size", "0"], "--batch-size"),
-        (["grow", "--model", anc, "--method", "expand", "--embed-dim", "100000", "--out", tmp_path / "g"], "--embed-dim"),
+        (
+            ["grow", "--model", anc, "--method", "expand", "--embed-dim", "100000", "--out", tmp_path / "g"],
+            "--embed-dim",
+        ),
         (["grow", "--model", anc, "--method", "expand", "--depth", "100000", "--out", tmp_path / "g"], "--depth"),
-        (["grow", "--model", anc, "--method", "expand", "--embed-dim", "16000", "--depth", "1000", "--out", tmp_path / "g"],
-         "GiB"),
-        (["adapt", "--pool", pool, "--model", anc, "--data", "digits:rot90", "--name", "t", "--rank", "100000"], "--rank"),
-        (["adapt", "--pool", pool, "--model", anc, "--data", "digits:rot90", "--name", "t", "--fraction", "0.001"],
-         "fraction"),
+        (
+            [
+                "grow",
+                "--model",
+                anc,
+                "--method",
+                "expand",
+                "--embed-dim",
+                "16000",
+                "--depth",
+                "1000",
+                "--out",
+                tmp_path / "g",
+            ],
+            "GiB",
+        ),
+        (
+            ["adapt", "--pool", pool, "--model", anc, "--data", "digits:rot90", "--name", "t", "--rank", "100000"],
+            "--rank",
+        ),
+        (
+            ["adapt", "--pool", pool, "--model", anc, "--data", "digits:rot90", "--name", "t", "--fraction", "0.001"],
+            "fraction",
+        ),
         (["target", "--pool", pool, "--max-latency-ms", "-5"], "--max-latency-ms"),
         (["target", "--pool", pool, "--max-latency-ms", "nan"], "--max-latency-ms"),
     ]
@@ -94,10 +150,16 @@ def test_every_count_has_a_bound(setup_dir, tmp_path):  # noqa: F811
 
 
 def test_probe_bounds_its_threads_and_batches(tmp_path):
-    probe = os.path.join(os.path.dirname(__import__("learngene").__file__), "bench", "probe.py")
-    for args, needle in ((["--threads", "10000"], "--threads"), (["--min-run-time", "-1"], "--min-run-time"),
-                         (["--batch-sizes", "0"], "--batch-sizes"), (["--batch-sizes", "x"], "--batch-sizes")):
-        r = subprocess.run([sys.executable, probe, "--kit", tmp_path, *args], capture_output=True, text=True, timeout=60)
+    probe = os.path.join(os.path.dirname(__import__("learngene").__file__), "measure", "probe.py")
+    for args, needle in (
+        (["--threads", "10000"], "--threads"),
+        (["--min-run-time", "-1"], "--min-run-time"),
+        (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--batch-sizes", "x"], "--batch-sizes"),
+    ):
+        r = subprocess.run(
+            [sys.executable, probe, "--kit", tmp_path, *args], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
 
 
@@ -110,7 +172,9 @@ def test_revisions_store_only_what_they_changed_and_gc(setup_dir, tmp_path):  # 
     pool = fresh_pool(setup_dir, tmp_path)
     r0 = Pool.open(pool).storage()["bytes_on_disk"]
     for d in ("1,2", "2,3"):  # two assembles, each training one descendant
-        r = cli("assemble", "--pool", pool, "--descendant", d, "--epochs", "1", "--no-program", "-q", "--accelerator", "cpu")
+        r = cli(
+            "assemble", "--pool", pool, "--descendant", d, "--epochs", "1", "--no-program", "-q", "--accelerator", "cpu"
+        )
         assert r.returncode == 0, r.stderr
     r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--format", "timm", "-q")
     assert r.returncode == 0, r.stderr
@@ -120,10 +184,16 @@ def test_revisions_store_only_what_they_changed_and_gc(setup_dir, tmp_path):  # 
     changed = 0  # the bytes of the pieces these runs really changed (their content differs from the parent's)
     for rev in p.revisions:
         parent = p.pieces(rev["parent"])
-        changed += sum((pool / e["file"]).stat().st_size for e in rev["files"] if parent.get(e["id"], {}).get("sha256") != e["sha256"])
+        changed += sum(
+            (pool / e["file"]).stat().st_size
+            for e in rev["files"]
+            if parent.get(e["id"], {}).get("sha256") != e["sha256"]
+        )
     assert written == changed and st["bytes_on_disk"] <= 1.3 * (r0 + changed)
     assert st["bytes_on_disk"] < r0 * (1 + len(p.revisions))  # not a full copy per revision
-    assert st["revision_bytes"]["r0"] == r0 and all(v >= st["revision_bytes"]["r0"] * 0.9 for v in st["revision_bytes"].values())
+    assert st["revision_bytes"]["r0"] == r0 and all(
+        v >= st["revision_bytes"]["r0"] * 0.9 for v in st["revision_bytes"].values()
+    )
     info = json.loads(cli("pool", "info", pool, "--json").stdout)
     assert info["storage"]["bytes_on_disk"] == st["bytes_on_disk"]
     assert cli("pool", "verify", pool).returncode == 0
@@ -134,7 +204,9 @@ def test_revisions_store_only_what_they_changed_and_gc(setup_dir, tmp_path):  # 
     p = Pool.open(pool)
     assert set(res["revisions"]) | set(r["id"] for r in p.revisions) == set(before)
     for rev in p.revisions:
-        assert {k: e["sha256"] for k, e in p.pieces(rev["id"]).items()} == {k: e["sha256"] for k, e in before[rev["id"]].items()}
+        assert {k: e["sha256"] for k, e in p.pieces(rev["id"]).items()} == {
+            k: e["sha256"] for k, e in before[rev["id"]].items()
+        }
     assert cli("pool", "verify", pool).returncode == 0 and not p.leftovers()
 
 
@@ -156,8 +228,11 @@ def test_bad_flags_are_refused_before_the_pool_is_read(setup_dir, tmp_path, monk
         raise AssertionError("the pool was opened before a bad flag was refused")
 
     monkeypatch.setattr(store.Pool, "open", classmethod(lambda cls, *a, **k: never()))
-    for args, needle in ((["--descendant", "x,y"], "--descendant"), (["--params", "-3"], "--params"),
-                         (["--size", "huge"], "huge")):
+    for args, needle in (
+        (["--descendant", "x,y"], "--descendant"),
+        (["--params", "-3"], "--params"),
+        (["--size", "huge"], "huge"),
+    ):
         assert_one_line_error(cli("assemble", "--pool", pool, *args), needle)
     if not torch.cuda.is_available():
         monkeypatch.undo()
@@ -167,13 +242,30 @@ def test_bad_flags_are_refused_before_the_pool_is_read(setup_dir, tmp_path, monk
 def test_frontier_png_shows_what_target_picks_by(tmp_path):
     import pandas as pd
 
-    from learngene.bench.report import frontier_figure
+    from learngene.measure.report import frontier_figure
 
-    rows = [dict(model=m, kind=k, trained=t, top1=a, infer_step_time=ms, infer_step_time_p90=ms * 1.2, param_count=p,
-                 infer_batch_size=1, data="digits", runtime="torch", precision="fp32", pareto=True)
-            for m, k, t, a, ms, p in (("narrow", "narrow", True, 90.0, 1.0, 0.2), ("wide", "wide", True, 96.0, 3.0, 1.2),
-                                      ("stitch-1-2", "stitch", False, 93.0, 2.0, 0.5),
-                                      ("adapted:rot", "adapted", True, 60.0, 1.0, 0.2))]
+    rows = [
+        dict(
+            model=m,
+            kind=k,
+            trained=t,
+            top1=a,
+            infer_step_time=ms,
+            infer_step_time_p90=ms * 1.2,
+            param_count=p,
+            infer_batch_size=1,
+            data="digits",
+            runtime="torch",
+            precision="fp32",
+            pareto=True,
+        )
+        for m, k, t, a, ms, p in (
+            ("narrow", "narrow", True, 90.0, 1.0, 0.2),
+            ("wide", "wide", True, 96.0, 3.0, 1.2),
+            ("stitch-1-2", "stitch", False, 93.0, 2.0, 0.5),
+            ("adapted:rot", "adapted", True, 60.0, 1.0, 0.2),
+        )
+    ]
     rows[-1]["data"] = "digits:rot90"
     meta = {"pool": "p", "device_name": "cpu", "threads": 1, "revision": "r1", "data": "digits"}
     fig, info = frontier_figure(pd.DataFrame(rows), meta)
@@ -211,13 +303,41 @@ def test_cli_spellings_are_one_convention(setup_dir, tmp_path):  # noqa: F811
     # training verbs take --batch-size; build-pool --lr / --seed reach the recipe
     for verb in ("assemble", "adapt", "build-pool"):
         assert parse(verb, "--batch-size", "32").batch_size == 32
-    r = cli("build-pool", "--recipe", setup_dir / "tiny3.yaml", "--model", f"local-dir:{setup_dir / 'anc'}",
-            "--out", tmp_path / "p", "--lr", "0.002", "--seed", "3", "--batch-size", "32", "-q", "--accelerator", "cpu")
+    r = cli(
+        "build-pool",
+        "--recipe",
+        setup_dir / "tiny3.yaml",
+        "--model",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        tmp_path / "p",
+        "--lr",
+        "0.002",
+        "--seed",
+        "3",
+        "--batch-size",
+        "32",
+        "-q",
+        "--accelerator",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "p" / "pool.json").read_text())["recipe"]
     assert rec["distill"]["seed"] == 3 and rec["distill"]["batch_size"] == 32
     assert all(a["lr"] == 0.002 for a in rec["auxiliary"].values())
     # the old spellings still work, saying what replaces them
-    r = cli("assemble", "--pool", tmp_path / "p", "--config", "narrow", "--epochs", "0", "--format", "timm", "-q",
-            "--precision", "32-true")
+    r = cli(
+        "assemble",
+        "--pool",
+        tmp_path / "p",
+        "--config",
+        "narrow",
+        "--epochs",
+        "0",
+        "--format",
+        "timm",
+        "-q",
+        "--precision",
+        "32-true",
+    )
     assert r.returncode == 0 and "--descendant" in r.stderr and "--train-precision" in r.stderr, r.stderr

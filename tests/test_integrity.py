@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-
 from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli, learngene
 from test_device import assembled, copy_of  # noqa: F401
@@ -36,8 +35,19 @@ def test_target_ships_the_measured_revision_with_the_hosts_accuracy(device, tmp_
     forged = copy.deepcopy(lat)
     for m in forged["members"]:
         m["host_top1"] = 99.99 if m["id"] == "narrow" else 0.0
-    r = cli("target", "--pool", pool, "--latency-file", write(tmp_path, forged), "--max-latency-ms", "1000", "--json",
-            "--no-train", "--format", "timm")
+    r = cli(
+        "target",
+        "--pool",
+        pool,
+        "--latency-file",
+        write(tmp_path, forged),
+        "--max-latency-ms",
+        "1000",
+        "--json",
+        "--no-train",
+        "--format",
+        "timm",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["chosen"]["top1"] != 99.99
@@ -53,15 +63,17 @@ def test_target_ships_the_measured_revision_with_the_hosts_accuracy(device, tmp_
     # weights other than those the device timed are refused
     bad = copy.deepcopy(lat)
     bad["members"][0]["weights_sha256"] = "0" * 64
-    assert_one_line_error(cli("target", "--pool", pool, "--latency-file", write(tmp_path, bad, "b.json"),
-                              "--max-latency-ms", "1000"), "other weights")
+    assert_one_line_error(
+        cli("target", "--pool", pool, "--latency-file", write(tmp_path, bad, "b.json"), "--max-latency-ms", "1000"),
+        "other weights",
+    )
 
 
 def test_the_onnx_cache_is_keyed_by_the_graph_and_checked_at_use(tmp_path):
     import timm
 
-    from learngene.core.export import _cache_paths, onnx_file
     from learngene.core.io import file_sha256
+    from learngene.formats import _cache_paths, onnx_file
 
     torch.manual_seed(0)
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
@@ -77,10 +89,11 @@ def test_the_onnx_cache_is_keyed_by_the_graph_and_checked_at_use(tmp_path):
     po, _ = onnx_file(other, 16)
     shutil.copyfile(po, pg)
     shutil.copyfile(po.with_suffix(".json"), pg.with_suffix(".json"))
-    from learngene.core.export import export_model
+    from learngene.formats import export_model
 
-    out = export_model(gelu, tmp_path / "e", "deit_tiny_patch16_224", args, {"input_size": [3, 16, 16]}, {"id": "g"},
-                       fmt="onnx")
+    out = export_model(
+        gelu, tmp_path / "e", "deit_tiny_patch16_224", args, {"input_size": [3, 16, 16]}, {"id": "g"}, fmt="onnx"
+    )
     rec = json.loads((out / "export.json").read_text())
     assert rec["max_abs_diff"] < 1e-4  # measured on the file shipped, against the model exported
 
@@ -93,7 +106,9 @@ def test_force_replaces_only_what_learngene_wrote(assembled, tmp_path):  # noqa:
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "thesis.txt").write_text("years of work")
-    assert_one_line_error(cli("export", f"{pool}:narrow", "--format", "timm", "--force", "--out", docs), "not something")
+    assert_one_line_error(
+        cli("export", f"{pool}:narrow", "--format", "timm", "--force", "--out", docs), "not something"
+    )
     assert (docs / "thesis.txt").read_text() == "years of work"
     # a folder learngene wrote is replaced, saying so in one line
     out = tmp_path / "e"
@@ -103,11 +118,13 @@ def test_force_replaces_only_what_learngene_wrote(assembled, tmp_path):  # noqa:
     # two kits to one folder: the second is refused without --force
     kit = tmp_path / "kit"
     assert cli("kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32").returncode == 0
-    assert_one_line_error(cli("kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32"), "exists")
+    assert_one_line_error(
+        cli("kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32"), "exists"
+    )
 
 
 def test_a_kit_that_appears_meanwhile_is_not_replaced(assembled, tmp_path, monkeypatch):  # noqa: F811
-    import learngene.bench.kit as K
+    import learngene.measure.kit as K
 
     pool = copy_of(assembled, tmp_path)
     kit = tmp_path / "kit"
@@ -119,18 +136,42 @@ def test_a_kit_that_appears_meanwhile_is_not_replaced(assembled, tmp_path, monke
         return real(out, replace=replace)
 
     monkeypatch.setattr(K, "staged_folder", racing)
-    assert_one_line_error(cli("kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32", "-q"),
-                          "appeared")
+    assert_one_line_error(
+        cli("kit", "--pool", pool, "--out", kit, "--members", "narrow", "--precision", "fp32", "-q"), "appeared"
+    )
     assert json.loads((kit / "kit.json").read_text()) == {"format": "learngene-kit"}
 
 
 def test_concurrent_assembles_chain(setup_dir, tmp_path):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     assert cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q").returncode == 0  # r1: the stitches
-    procs = [subprocess.Popen([sys.executable, "-m", "learngene.cli", "assemble", "--pool", str(pool), "--descendant", d,
-                               "--epochs", "1", "--train", "target", "--format", "timm", "-q", "--accelerator", "cpu"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for d in ("1,2", "2,3", "0,1")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "learngene.cli",
+                "assemble",
+                "--pool",
+                str(pool),
+                "--descendant",
+                d,
+                "--epochs",
+                "1",
+                "--train",
+                "target",
+                "--format",
+                "timm",
+                "-q",
+                "--accelerator",
+                "cpu",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in ("1,2", "2,3", "0,1")
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
@@ -147,8 +188,23 @@ def test_concurrent_assembles_chain(setup_dir, tmp_path):  # noqa: F811
 def test_a_killed_kit_takes_its_export_workers_with_it(assembled, tmp_path):  # noqa: F811
     pool = copy_of(assembled, tmp_path)
     env = {**os.environ, "LEARNGENE_HOME": str(tmp_path / "home")}  # an empty ONNX cache: every member exported
-    p = subprocess.Popen([sys.executable, "-m", "learngene.cli", "kit", "--pool", str(pool), "--out", str(tmp_path / "kit"),
-                          "--precision", "fp32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "learngene.cli",
+            "kit",
+            "--pool",
+            str(pool),
+            "--out",
+            str(tmp_path / "kit"),
+            "--precision",
+            "fp32",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
     def children():
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(p.pid)], capture_output=True, text=True).stdout

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from test_cli import assert_one_line_error, cli, learngene
 
 CLASSES = ("ant", "bee", "cow")
@@ -20,7 +19,7 @@ def pattern(c: int, i: int, size: int = 20) -> np.ndarray:
     """A class-dependent 8-bit grayscale picture (so a model can tell the classes apart)."""
     rng = np.random.default_rng(100 * c + i)
     a = rng.integers(0, 60, (size, size)).astype(np.uint8)
-    a[:, c * size // 3:(c + 1) * size // 3] += 150
+    a[:, c * size // 3 : (c + 1) * size // 3] += 150
     return a
 
 
@@ -30,8 +29,9 @@ def folder(root, per_class=10, save=None, classes=CLASSES):
             d = root / split / name
             d.mkdir(parents=True, exist_ok=True)
             for i in range(per_class if split == "train" else 4):
-                (save or (lambda a, p: Image.fromarray(a, "L").save(p)))(pattern(c, i + (0 if split == "train" else 50)),
-                                                                          d / f"{i}.png")
+                (save or (lambda a, p: Image.fromarray(a, "L").save(p)))(
+                    pattern(c, i + (0 if split == "train" else 50)), d / f"{i}.png"
+                )
     return root
 
 
@@ -45,14 +45,20 @@ def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("own")
     torch.manual_seed(0)
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 10, "crop_pct": 1.0,
-           "interpolation": "bilinear"}
+    cfg = {
+        "input_size": [3, 16, 16],
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "num_classes": 10,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
     save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), d / "m", "deit_tiny_patch16_224", args, cfg)
     return d / "m"
 
 
 def test_every_image_mode_becomes_the_same_rgb(tmp_path):
-    from learngene.core.images import read_rgb
+    from learngene.core.sources import read_rgb
 
     a = pattern(1, 0)
     ref = np.asarray(Image.fromarray(a, "L").convert("RGB"))
@@ -71,7 +77,11 @@ def test_every_image_mode_becomes_the_same_rgb(tmp_path):
         tol = 12 if name.endswith("jpg") else 1
         assert np.abs(got.astype(int) - ref).max() <= tol, (name, np.abs(got.astype(int) - ref).max())
     # 16-bit is scaled, not clipped to white (convert('RGB') gives 255 almost everywhere)
-    assert np.asarray(Image.open(tmp_path / "I16.png").convert("RGB")).mean() > 250 > np.asarray(read_rgb(tmp_path / "I16.png")).mean()
+    assert (
+        np.asarray(Image.open(tmp_path / "I16.png").convert("RGB")).mean()
+        > 250
+        > np.asarray(read_rgb(tmp_path / "I16.png")).mean()
+    )
     # transparent pixels are composited on white
     clear = Image.merge("RGBA", [Image.fromarray(a, "L")] * 3 + [Image.new("L", a.shape[::-1], 0)])
     clear.save(tmp_path / "clear.png")
@@ -90,7 +100,18 @@ def test_a_16_bit_copy_of_a_folder_scores_what_the_8_bit_one_does(tmp_path, tiny
     sixteen = folder(tmp_path / "sixteen", save=lambda a, p: Image.fromarray(a.astype(np.uint16) * 257).save(p))
     tops = []
     for d in (eight, sixteen):
-        r = cli("ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", d, "--fine-tune", "--epochs", "1", "--json", "-q")
+        r = cli(
+            "ancestor",
+            "--ancestor",
+            f"local-dir:{tiny_dir}",
+            "--data",
+            d,
+            "--fine-tune",
+            "--epochs",
+            "1",
+            "--json",
+            "-q",
+        )
         assert r.returncode == 0, r.stderr
         tops.append(json.loads(r.stdout)["test_top1"])
     assert tops[0] == tops[1]
@@ -111,8 +132,19 @@ def broken_folder(tmp_path):
 def test_unreadable_files_are_skipped_with_a_count_or_refused_with_strict(tmp_path, tiny_dir):
     root, jpg = broken_folder(tmp_path)
     # a real process: the DataLoader workers that meet the truncated file write to its stderr
-    r = learngene("ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", root, "--fine-tune", "--epochs", "1", "--json",
-                  "-q", home=tmp_path / "home")
+    r = learngene(
+        "ancestor",
+        "--ancestor",
+        f"local-dir:{tiny_dir}",
+        "--data",
+        root,
+        "--fine-tune",
+        "--epochs",
+        "1",
+        "--json",
+        "-q",
+        home=tmp_path / "home",
+    )
     assert r.returncode == 0, r.stderr
     assert "skipped 2 unreadable image(s)" in r.stderr  # empty.png and notes.png, named by their count
     assert "cut.jpg" in r.stderr  # the truncated one fails only when decoded: replaced, and named
@@ -122,17 +154,34 @@ def test_unreadable_files_are_skipped_with_a_count_or_refused_with_strict(tmp_pa
     assert not (tmp_path / "pools").exists()
 
 
-@pytest.mark.parametrize("make, needles", [
-    (lambda r: (r / "train" / "deer").mkdir(), ["class folder", "deer", "no images"]),
-    (lambda r: [p.unlink() for p in (r / "val" / "cow").iterdir()] and (r / "val" / "cow").rmdir(), ["lacks class", "cow"]),
-    (lambda r: [os.symlink(".", r / "train" / "ant" / n) for n in ("loop", "again")], None),
-])
+@pytest.mark.parametrize(
+    "make, needles",
+    [
+        (lambda r: (r / "train" / "deer").mkdir(), ["class folder", "deer", "no images"]),
+        (
+            lambda r: [p.unlink() for p in (r / "val" / "cow").iterdir()] and (r / "val" / "cow").rmdir(),
+            ["lacks class", "cow"],
+        ),
+        (lambda r: [os.symlink(".", r / "train" / "ant" / n) for n in ("loop", "again")], None),
+    ],
+)
 def test_folder_shapes(tmp_path, tiny_dir, make, needles):
     from learngene.core.data import LearngeneDataModule
 
     root = folder(tmp_path / "data")
     make(root)
-    r = cli("ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", root, "--fine-tune", "--epochs", "1", "--json", "-q")
+    r = cli(
+        "ancestor",
+        "--ancestor",
+        f"local-dir:{tiny_dir}",
+        "--data",
+        root,
+        "--fine-tune",
+        "--epochs",
+        "1",
+        "--json",
+        "-q",
+    )
     if needles:
         assert_one_line_error(r, *needles)
         assert not (tmp_path / "home").exists()
@@ -149,21 +198,67 @@ def test_one_class_is_refused(tmp_path, tiny_dir):
 
 def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
     root = folder(tmp_path / "data")
-    r = cli("ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", root, "--fine-tune", "--epochs", "2", "--json", "-q")
+    r = cli(
+        "ancestor",
+        "--ancestor",
+        f"local-dir:{tiny_dir}",
+        "--data",
+        root,
+        "--fine-tune",
+        "--epochs",
+        "2",
+        "--json",
+        "-q",
+    )
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["num_classes"] == 3 and 0 <= first["test_top1"] <= 100 and "before_knn_top1" in first
     assert "before_top1" not in first  # a 10-class head says nothing about 3 classes: the kNN probe does
-    again = json.loads(cli("ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", root, "--fine-tune", "--epochs", "2",
-                           "--json", "-q").stdout)
+    again = json.loads(
+        cli(
+            "ancestor",
+            "--ancestor",
+            f"local-dir:{tiny_dir}",
+            "--data",
+            root,
+            "--fine-tune",
+            "--epochs",
+            "2",
+            "--json",
+            "-q",
+        ).stdout
+    )
     assert again["sha256"] == first["sha256"]  # cached: not fitted twice
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps({"name": "own", "auxiliary": {
-        "narrow": {"embed_dim": 16, "num_heads": 2, "depth": 2, "epochs": 1},
-        "wide": {"embed_dim": 32, "num_heads": 2, "depth": 2, "epochs": 1}}, "distill": {"batch_size": 16, "max_steps": 2}}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "name": "own",
+                "auxiliary": {
+                    "narrow": {"embed_dim": 16, "num_heads": 2, "depth": 2, "epochs": 1},
+                    "wide": {"embed_dim": 32, "num_heads": 2, "depth": 2, "epochs": 1},
+                },
+                "distill": {"batch_size": 16, "max_steps": 2},
+            }
+        )
+    )
     pool = tmp_path / "pool"
-    r = cli("build-pool", "--recipe", recipe, "--ancestor", f"local-dir:{tiny_dir}", "--data", root, "--out", pool, "-q",
-            "--accelerator", "cpu", "--workers", "0")
+    r = cli(
+        "build-pool",
+        "--recipe",
+        recipe,
+        "--ancestor",
+        f"local-dir:{tiny_dir}",
+        "--data",
+        root,
+        "--out",
+        pool,
+        "-q",
+        "--accelerator",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((pool / "pool.json").read_text())
     assert m["ancestor"]["sha256"] == first["sha256"] and m["data"]["classes"] == list(CLASSES)
@@ -171,8 +266,23 @@ def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
     other = folder(tmp_path / "other", classes=("ant", "bee", "dog"))
     assert_one_line_error(cli("assemble", "--pool", pool, "--data", other, "--size", "base"), "classes", "dog")
     more = folder(tmp_path / "more", per_class=12)
-    r = cli("assemble", "--pool", pool, "--data", more, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program",
-            "--workers", "0", "--accelerator", "cpu")
+    r = cli(
+        "assemble",
+        "--pool",
+        pool,
+        "--data",
+        more,
+        "--descendant",
+        "narrow",
+        "--epochs",
+        "0",
+        "-q",
+        "--no-program",
+        "--workers",
+        "0",
+        "--accelerator",
+        "cpu",
+    )
     assert r.returncode == 0 and "other files" in r.stderr, r.stderr
 
 
@@ -184,14 +294,40 @@ def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
     from learngene.core.io import save_local_dir
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 10, "crop_pct": 1.0,
-           "label_names": [str(i) for i in range(10)]}
-    save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), tmp_path / "digits", "deit_tiny_patch16_224", args, cfg)
+    cfg = {
+        "input_size": [3, 16, 16],
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "num_classes": 10,
+        "crop_pct": 1.0,
+        "label_names": [str(i) for i in range(10)],
+    }
+    save_local_dir(
+        timm.create_model("deit_tiny_patch16_224", **args), tmp_path / "digits", "deit_tiny_patch16_224", args, cfg
+    )
     animals = folder(tmp_path / "animals", per_class=3, classes=tuple(f"animal{i}" for i in range(10)))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps({"name": "own", "auxiliary": {"narrow": {"embed_dim": 16, "num_heads": 2, "depth": 2},
-                                                               "wide": {"embed_dim": 32, "num_heads": 2, "depth": 2}}}))
-    r = cli("build-pool", "--recipe", recipe, "--ancestor", f"local-dir:{tmp_path / 'digits'}", "--data", animals,
-            "--out", tmp_path / "p")
+    recipe.write_text(
+        json.dumps(
+            {
+                "name": "own",
+                "auxiliary": {
+                    "narrow": {"embed_dim": 16, "num_heads": 2, "depth": 2},
+                    "wide": {"embed_dim": 32, "num_heads": 2, "depth": 2},
+                },
+            }
+        )
+    )
+    r = cli(
+        "build-pool",
+        "--recipe",
+        recipe,
+        "--ancestor",
+        f"local-dir:{tmp_path / 'digits'}",
+        "--data",
+        animals,
+        "--out",
+        tmp_path / "p",
+    )
     assert_one_line_error(r, "other classes", "--fine-tune")
     assert not (tmp_path / "p").exists()

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from learngene.core.loading import LoadedModel, load_timm
 from learngene.core.data import digits_data_config
 from learngene.core.errors import UserError
+from learngene.models.loading import LoadedModel, load_timm
 from learngene.pool import Pool, build_pool, load_recipe
 from learngene.pool.recipe import recipe_from_dict
 
@@ -28,7 +28,9 @@ def digits_ancestor():
     import timm
 
     torch.manual_seed(0)
-    m = timm.create_model("deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    m = timm.create_model(
+        "deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10
+    )
     return LoadedModel(model=m.eval(), name="test-vit", source="test-fixture", data_config=digits_data_config())
 
 
@@ -63,7 +65,9 @@ def test_manifest_round_trip(built, digits_ancestor):
     assert m["auxiliary"]["narrow"]["pairs"] == [[0, 0], [2, 0], [3, 1]]  # 1/3, 2/3, end of 4 and of 2 blocks
     # maps: one trained W per distilled position, ancestor width -> student width
     maps = pool.component("narrow", "maps")
-    assert maps["W.0.weight"].shape == (16, 32) and sorted(maps) == [f"W.{i}.{k}" for i in range(3) for k in ("bias", "weight")]
+    assert maps["W.0.weight"].shape == (16, 32) and sorted(maps) == [
+        f"W.{i}.{k}" for i in range(3) for k in ("bias", "weight")
+    ]
     # instances + components rebuild the auxiliary model exactly
     model = pool.aux_model("wide")
     x = torch.randn(2, 3, 16, 16)
@@ -200,7 +204,13 @@ def deit_base_params(num_classes: int) -> dict:
         head = 2 * width + width * classes + classes
         return depth * block + embed + head
 
-    return {"tiny6": vit(192, 6), "base6": vit(768, 6), "deit_ti": vit(192, 12), "deit_s": vit(384, 12), "deit_b": vit(768, 12)}
+    return {
+        "tiny6": vit(192, 6),
+        "base6": vit(768, 6),
+        "deit_ti": vit(192, 12),
+        "deit_s": vit(384, 12),
+        "deit_b": vit(768, 12),
+    }
 
 
 def test_deit_base_param_arithmetic():
@@ -215,9 +225,9 @@ def test_deit_base_param_arithmetic():
 def test_deit_base_recipe_mechanics(tmp_path):
     """The real d6 recipe on a random-init DeiT-Base for 1 step on random 224x224 images."""
     import timm
+    from conftest import make_image_folder
     from safetensors.torch import save_file
 
-    from conftest import make_image_folder
     from learngene.pool.build import resolve_recipe_path
 
     torch.manual_seed(0)
@@ -227,8 +237,15 @@ def test_deit_base_recipe_mechanics(tmp_path):
     del m
     anc = load_timm("deit_base_patch16_224", checkpoint=ckpt)
     data = make_image_folder(tmp_path / "imgs", per_class=10, size=224)
-    pool = build_pool(resolve_recipe_path("deit-base-d6"), out=tmp_path / "pool", ancestor=anc, data=data,
-                      overrides=["distill.max_steps=1", "distill.batch_size=4"], trainer_args=_quiet(), num_workers=0)
+    pool = build_pool(
+        resolve_recipe_path("deit-base-d6"),
+        out=tmp_path / "pool",
+        ancestor=anc,
+        data=data,
+        overrides=["distill.max_steps=1", "distill.batch_size=4"],
+        trainer_args=_quiet(),
+        num_workers=0,
+    )
     assert len(pool.instances) == 12
     assert {(e["width"], e["heads"]) for e in pool.instances} == {(192, 3), (768, 12)}
     p = deit_base_params(2)

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 import yaml
-
 from test_cli import assert_one_line_error, cli, learngene
 
 RECIPE = {
@@ -23,8 +22,8 @@ def setup_dir(tmp_path_factory):
     """A tiny local-dir ancestor for the digits and a recipe file."""
     import timm
 
-    from learngene.core.io import save_local_dir
     from learngene.core.data import digits_data_config
+    from learngene.core.io import save_local_dir
 
     d = tmp_path_factory.mktemp("cli_pool")
     torch.manual_seed(0)
@@ -38,8 +37,20 @@ def setup_dir(tmp_path_factory):
 
 
 def build(setup_dir, out, *extra):
-    return learngene("build-pool", "--recipe", setup_dir / "tiny.yaml", "--ancestor", f"local-dir:{setup_dir / 'anc'}",
-                     "--out", out, "-q", "--accelerator", "cpu", *extra, timeout=600)
+    return learngene(
+        "build-pool",
+        "--recipe",
+        setup_dir / "tiny.yaml",
+        "--ancestor",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        out,
+        "-q",
+        "--accelerator",
+        "cpu",
+        *extra,
+        timeout=600,
+    )
 
 
 def test_ddp_two_cpu_processes(setup_dir, tmp_path):

@@ -7,11 +7,13 @@ import importlib.util
 import pytest
 
 from learngene.core.errors import UserError
-from learngene.core.models import parse_ref
+from learngene.models.refs import parse_ref
 from learngene.pool import load_recipe, resolve_recipe_path
 
-needs_animals = pytest.mark.skipif(importlib.util.find_spec("animal_mnist") is None,
-                                   reason="pip install --no-deps animal-mnist (README's test command does)")
+needs_animals = pytest.mark.skipif(
+    importlib.util.find_spec("animal_mnist") is None,
+    reason="pip install --no-deps animal-mnist (README's test command does)",
+)
 
 
 def test_embedded_references_name_a_testbed():
@@ -47,9 +49,9 @@ def test_animals_split_is_fixed_and_stratified():
 def test_animals_ancestor_pool_and_stages_find_their_data(tmp_path):
     """The animals' ancestor trains and caches under its own name, records its classes, is
     refused on the digits, and a pool built from it reads the animals with no --data."""
-    from learngene.assemble.api import pool_data
-    from learngene.core.ancestry import embedded_ancestor
+    from learngene.models.embedded import embedded_ancestor
     from learngene.pool import Pool, build_pool
+    from learngene.zoo import pool_data
 
     anc = embedded_ancestor(name="animals", epochs=1, progress=False)
     assert anc.name == "embedded:animals" and anc.pretrained_cfg["label_names"][:2] == ["bear", "bird"]

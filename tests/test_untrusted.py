@@ -3,7 +3,6 @@ cache, a full disk, absurd numbers, a cleaner racing a writer. Every case is one
 naming the culprit, nothing written outside its folder, nothing half-written."""
 
 import copy
-import errno
 import json
 import os
 import shutil
@@ -12,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
 from test_cli import assert_one_line_error, cli
 from test_device import assembled, copy_of  # noqa: F401  (module fixture: the pool with its stitches stored)
@@ -24,11 +22,17 @@ def device(assembled, tmp_path_factory):  # noqa: F811
     d = tmp_path_factory.mktemp("untrusted")
     pool = shutil.copytree(assembled, d / "pool")
     kit = d / "kit"
-    r = cli("kit", "--pool", pool, "--out", kit, "--members", "narrow,wide", "--precision", "fp32", "--batch-sizes", "1")
+    r = cli(
+        "kit", "--pool", pool, "--out", kit, "--members", "narrow,wide", "--precision", "fp32", "--batch-sizes", "1"
+    )
     assert r.returncode == 0, r.stderr
     lat = d / "latency.json"
-    r = subprocess.run([sys.executable, kit / "probe.py", "--threads", "1", "--min-run-time", "0.02", "--out", lat],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, kit / "probe.py", "--threads", "1", "--min-run-time", "0.02", "--out", lat],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return pool, kit, json.loads(lat.read_text())
 
@@ -45,8 +49,20 @@ def test_a_latency_file_never_steers_where_target_writes(device, tmp_path):
     for name in (str(tmp_path / "ESCAPED-abs"), "../../ESCAPED-rel", "..", "a/b\\c\x00d"):
         bad = copy.deepcopy(lat)
         bad["device"]["name"] = name
-        r = cli("target", "--pool", pool, "--latency-file", write(tmp_path, bad), "--max-latency-ms", "1000", "--json",
-                "--force", "--format", "timm", "--no-train")
+        r = cli(
+            "target",
+            "--pool",
+            pool,
+            "--latency-file",
+            write(tmp_path, bad),
+            "--max-latency-ms",
+            "1000",
+            "--json",
+            "--force",
+            "--format",
+            "timm",
+            "--no-train",
+        )
         assert r.returncode == 0, r.stderr
         child = os.path.realpath(json.loads(r.stdout)["child"])
         assert os.path.dirname(child) == os.path.realpath(pool / "children"), child
@@ -94,8 +110,9 @@ def test_latency_files_are_validated(device, tmp_path):
 
 
 def _probe(kit, *args, cwd=None):
-    return subprocess.run([sys.executable, kit / "probe.py", *map(str, args)], capture_output=True, text=True, timeout=120,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, kit / "probe.py", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def test_probe_on_a_bad_kit_is_one_line(device, tmp_path):
@@ -158,8 +175,14 @@ def test_external_data_outside_the_kit_is_refused_in_one_line(device, tmp_path):
     meta = json.loads((kit / "kit.json").read_text())
     m = meta["members"][0]
     model = onnx.load(kit / m["file"])
-    onnx.save_model(model, kit / m["file"], save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        kit / m["file"],
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.data",
+        size_threshold=0,
+    )
     shutil.move(kit / "weights.data", tmp_path / "outside.data")  # the weights now lie outside the kit
     model = onnx.load(kit / m["file"], load_external_data=False)
     for t in model.graph.initializer:
@@ -188,8 +211,20 @@ def test_a_broken_onnx_cache_entry_is_rebuilt(device, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "ONNX cache entry" in r.stderr and "rebuilt" in r.stderr
     assert json.loads(r.stdout)["max_abs_diff"] < 1e-4
-    r = cli("bench", "--pool", pool, "--runtime", "onnxruntime", "--batch-sizes", "1", "--min-run-time", "0.01",
-            "--out", tmp_path / "rep", "-q")
+    r = cli(
+        "bench",
+        "--pool",
+        pool,
+        "--runtime",
+        "onnxruntime",
+        "--batch-sizes",
+        "1",
+        "--min-run-time",
+        "0.01",
+        "--out",
+        tmp_path / "rep",
+        "-q",
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -203,7 +238,9 @@ def test_a_full_disk_is_one_line_and_writes_nothing(setup_dir, tmp_path, monkeyp
         pass
 
     def full(*a, **k):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     cases = [
@@ -220,7 +257,9 @@ def test_a_full_disk_is_one_line_and_writes_nothing(setup_dir, tmp_path, monkeyp
     monkeypatch.setattr(io.os, "statvfs", lambda p: os.statvfs_result((4096, 4096, 10, 0, 0, 10, 0, 0, 0, 255)))
     assert_one_line_error(cli("export", anc, "--format", "pt2", "--out", tmp_path / "e2"), "No space left on device")
     assert not any(p.exists() for p in (tmp_path / "g", tmp_path / "e", tmp_path / "e2"))
-    assert not (pool / "children").exists() or not any(p for p in (pool / "children").iterdir() if not p.name.startswith("."))
+    assert not (pool / "children").exists() or not any(
+        p for p in (pool / "children").iterdir() if not p.name.startswith(".")
+    )
     assert not list(tmp_path.glob(".*partial"))
 
 

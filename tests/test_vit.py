@@ -63,7 +63,15 @@ def test_selected_taps_only_and_hooks_removed(tiny_vit):
 
 def test_shape(tiny_vit):
     s = ViTView(tiny_vit).shape
-    assert (s.embed_dim, s.depth, s.num_heads, s.mlp_hidden, s.img_size, s.patch_size, s.head_dim) == (32, 4, 2, 128, 16, 4, 16)
+    assert (s.embed_dim, s.depth, s.num_heads, s.mlp_hidden, s.img_size, s.patch_size, s.head_dim) == (
+        32,
+        4,
+        2,
+        128,
+        16,
+        4,
+        16,
+    )
 
 
 def test_non_vit_refused():

@@ -8,8 +8,8 @@ import copy
 import lightning as L
 import torch.nn as nn
 
-from learngene.core.stitching import count_flops, count_params
 from learngene.core.training import Classifier, OptimConfig, TrainerArgs, evaluate, make_trainer
+from learngene.stitch.stitched import count_flops, count_params
 from learngene.zoo import Member, Zoo
 
 
@@ -18,15 +18,35 @@ def member(sid: str, kind: str, model: nn.Module, dm, method: str, architecture:
     val = evaluate(model, dm.val_dataloader())
     test = evaluate(model, dm.test_dataloader())
     img = int(model_args["img_size"])
-    return Member(sid, kind, lambda: model, architecture, model_args, dict(dm.data_config),
-                  params=count_params(model), flops=count_flops(model, img),
-                  accuracy={"val_top1": round(val["top1"], 2), "test_top1": round(test["top1"], 2),
-                            "test_top5": round(test["top5"], 2)},
-                  provenance={"method": method, "source": f"{method}:{sid}"}, _model=model.eval())
+    return Member(
+        sid,
+        kind,
+        lambda: model,
+        architecture,
+        model_args,
+        dict(dm.data_config),
+        params=count_params(model),
+        flops=count_flops(model, img),
+        accuracy={
+            "val_top1": round(val["top1"], 2),
+            "test_top1": round(test["top1"], 2),
+            "test_top5": round(test["top5"], 2),
+        },
+        provenance={"method": method, "source": f"{method}:{sid}"},
+        _model=model.eval(),
+    )
 
 
-def train_alone(models: dict[str, tuple], dm, steps: int, seed: int, optim: OptimConfig, method: str,
-                trainer_args: TrainerArgs | None = None, log=None) -> Zoo:
+def train_alone(
+    models: dict[str, tuple],
+    dm,
+    steps: int,
+    seed: int,
+    optim: OptimConfig,
+    method: str,
+    trainer_args: TrainerArgs | None = None,
+    log=None,
+) -> Zoo:
     """Train each member on its own with cross-entropy for ``steps`` optimizer steps:
     models maps id -> (kind, model, param groups or None, architecture, model_args)."""
     targs = copy.copy(trainer_args or TrainerArgs(progress=False))
@@ -35,7 +55,9 @@ def train_alone(models: dict[str, tuple], dm, steps: int, seed: int, optim: Opti
     for sid, (kind, model, groups, arch, args) in models.items():
         L.seed_everything(seed, verbose=False)
         if steps > 0:
-            make_trainer(targs, max_steps=steps, limit_val_batches=0).fit(Classifier(model, optim, groups), datamodule=dm)
+            make_trainer(targs, max_steps=steps, limit_val_batches=0).fit(
+                Classifier(model, optim, groups), datamodule=dm
+            )
         members.append(member(sid, kind, model.cpu().eval(), dm, method, arch, args))
         if log:
             log(f"{method} seed {seed} {sid}: test top1 {members[-1].accuracy['test_top1']:.2f}")

@@ -11,8 +11,16 @@ from learngene.zoo import Zoo
 SCRATCH_OPTIM = OptimConfig(lr=1e-3)
 
 
-def scratch(architectures: Zoo, dm, steps_each: int, *, seed: int = 0, optim: OptimConfig = SCRATCH_OPTIM,
-            trainer_args: TrainerArgs | None = None, log=None) -> Zoo:
+def scratch(
+    architectures: Zoo,
+    dm,
+    steps_each: int,
+    *,
+    seed: int = 0,
+    optim: OptimConfig = SCRATCH_OPTIM,
+    trainer_args: TrainerArgs | None = None,
+    log=None,
+) -> Zoo:
     """Each member of ``architectures`` (a pool's zoo: narrow, stitched, wide) made afresh by
     timm from its architecture and model_args (random init exactly as timm initialises a
     new model)."""
@@ -22,5 +30,11 @@ def scratch(architectures: Zoo, dm, steps_each: int, *, seed: int = 0, optim: Op
     models = {}
     for m in architectures:
         L.seed_everything(seed, verbose=False)
-        models[m.id] = (m.kind, timm.create_model(m.architecture, **m.model_args), None, m.architecture, dict(m.model_args))
+        models[m.id] = (
+            m.kind,
+            timm.create_model(m.architecture, **m.model_args),
+            None,
+            m.architecture,
+            dict(m.model_args),
+        )
     return train_alone(models, dm, steps_each, seed, optim, "scratch", trainer_args, log)

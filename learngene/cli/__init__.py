@@ -20,8 +20,16 @@ from learngene.core.io import WRITE_ERRORS
 
 # verb -> module in learngene.cli (imported only when the verb runs or its help is built)
 VERBS = {
-    "ancestor": "ancestor", "build-pool": "build_pool", "pool": "pool", "assemble": "assemble", "bench": "bench",
-    "target": "target", "export": "export", "kit": "kit", "grow": "grow", "adapt": "adapt",
+    "ancestor": "ancestor",
+    "build-pool": "build_pool",
+    "pool": "pool",
+    "assemble": "assemble",
+    "bench": "bench",
+    "target": "target",
+    "export": "export",
+    "kit": "kit",
+    "grow": "grow",
+    "adapt": "adapt",
 }
 
 
@@ -32,8 +40,11 @@ def verb_module(verb: str):
 def build_parser(verbs=None) -> Parser:
     from learngene.core import __version__
 
-    parser = Parser(prog="learngene", description="Turn one pretrained ViT into a zoo of variable-sized models (Learngene Pool).",
-                    epilog="Run `learngene VERB --help` for a verb's options.")
+    parser = Parser(
+        prog="learngene",
+        description="Turn one pretrained ViT into a zoo of variable-sized models (Learngene Pool).",
+        epilog="Run `learngene VERB --help` for a verb's options.",
+    )
     parser.add_argument("--version", action="version", version=f"learngene {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     for verb in verbs or VERBS:
@@ -73,7 +84,10 @@ def _internal(e: Exception) -> int:
     if os.environ.get("LEARNGENE_DEBUG"):
         raise e
     first = (str(e).strip().splitlines() or [""])[0][:200]
-    print(f"learngene: internal error: {type(e).__name__}: {first} (LEARNGENE_DEBUG=1 shows the traceback)", file=sys.stderr)
+    print(
+        f"learngene: internal error: {type(e).__name__}: {first} (LEARNGENE_DEBUG=1 shows the traceback)",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -102,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
         errno_ = _errno_in(str(e))
         if errno_ is not None:  # a library's own error for a full disk or a read-only folder
-            print(f"learngene: error: cannot write a file: {os.strerror(errno_)} "
-                  f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})", file=sys.stderr)
+            print(
+                f"learngene: error: cannot write a file: {os.strerror(errno_)} "
+                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})",
+                file=sys.stderr,
+            )
             code = 2
         else:
             code = _internal(e)

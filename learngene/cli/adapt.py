@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from learngene.cli.common import add_data_arg, add_pool_arg, add_trainer_args, data_arg, print_table, trainer_args_from
 from learngene.core.errors import UserError
-from learngene.registries import DELTA_METHODS
+from learngene.core.registries import DELTA_METHODS
 
 HELP = "fit a model to a new task with a small stored delta (LoRA / adapters)"
-DESCRIPTION = ("`adapt --model M --data D --name TASK`: train and store a delta; "
-               "`adapt apply --model M --delta TASK [--merge --out DIR]`; `adapt ls`")
+DESCRIPTION = (
+    "`adapt --model M --data D --name TASK`: train and store a delta; "
+    "`adapt apply --model M --delta TASK [--merge --out DIR]`; `adapt ls`"
+)
 
 
 def add_arguments(sp) -> None:
     sp.add_argument("action", nargs="?", default="train", choices=["train", "apply", "ls"])
     add_pool_arg(sp)
-    sp.add_argument("--model", metavar="M", help="a child or member of the pool, a timm local-dir, 'embedded', or a timm name")
+    sp.add_argument(
+        "--model", metavar="M", help="a child or member of the pool, a timm local-dir, 'embedded', or a timm name"
+    )
     sp.add_argument("--checkpoint", metavar="FILE", help="weights for a timm name")
     add_data_arg(sp, "ImageFolder of the new task, or digits:rot90 (embedded)", workers=False)
     sp.add_argument("--method", default="lora", choices=DELTA_METHODS.names)
@@ -39,72 +42,65 @@ def add_arguments(sp) -> None:
 
 
 def run(ns) -> int:
-    from learngene.adapt import api
+    from learngene.api import adapt
 
     if ns.action == "ls":
-        adapters = Path(ns.pool) / "adapters"
-        rows = api.ls(adapters)
+        rows = adapt.ls(ns.pool)
         if not rows and not ns.json:
-            print(f"no deltas in {adapters}")
+            print(f"no deltas in {ns.pool}/adapters")
             return 0
-        print_table(rows, ["task", "method", "r", "base", "data", "test_top1", "trainable_params", "delta_bytes",
-                           "delta_fraction"], ns.json)
+        print_table(
+            rows,
+            ["task", "method", "r", "base", "data", "test_top1", "trainable_params", "delta_bytes", "delta_fraction"],
+            ns.json,
+        )
         return 0
     if not ns.model:
         raise UserError(f"adapt {ns.action}: give --model")
-    adapters = api.adapters_for(ns.model, ns.pool)
     if ns.action == "apply":
-        return apply(ns, api, adapters)
+        if not ns.delta:
+            raise UserError("adapt apply: give --delta (a task of the pool or a delta folder)")
+        res = adapt.apply(
+            ns.model,
+            ns.delta,
+            pool=ns.pool,
+            merge=ns.merge,
+            out=ns.out,
+            data=data_arg(ns),
+            force=ns.force,
+            checkpoint=ns.checkpoint,
+        )
+        print(json.dumps(res, indent=2) if ns.json else ", ".join(f"{k}: {v}" for k, v in res.items()))
+        return 0
     if ns.delta or ns.merge or ns.out:
         raise UserError("--delta / --merge / --out belong to `adapt apply`")
     if not ns.name:
         raise UserError("adapt: give --name TASK (the delta is stored as POOL/adapters/TASK)")
-    api.check_request(name=ns.name, method=ns.method, lr=ns.lr, rank=ns.rank, adapters=adapters, force=ns.force)
-    from learngene.zoo import resolve
-
-    member = resolve(ns.model, pool=ns.pool, checkpoint=ns.checkpoint, progress=False)
-    res = api.adapt(member.load(), data_arg(ns), name=ns.name, adapters=adapters, ref=api.base_ref(ns.model, member),
-                    method=ns.method, rank=ns.rank, targets=ns.targets, train_head=ns.train_head, epochs=ns.epochs,
-                    lr=ns.lr, train_fraction=ns.fraction, seed=ns.seed, force=ns.force, trainer_args=trainer_args_from(ns),
-                    batch_size=ns.batch_size,
-                    progress=not ns.quiet)
+    res = adapt(
+        ns.model,
+        data=data_arg(ns),
+        name=ns.name,
+        pool=ns.pool,
+        method=ns.method,
+        rank=ns.rank,
+        targets=ns.targets,
+        train_head=ns.train_head,
+        epochs=ns.epochs,
+        lr=ns.lr,
+        fraction=ns.fraction,
+        seed=ns.seed,
+        batch_size=ns.batch_size,
+        force=ns.force,
+        checkpoint=ns.checkpoint,
+        trainer_args=trainer_args_from(ns, "adapt"),
+        progress=not ns.quiet,
+    )
     if ns.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"{res['method']} delta for {res['task']} on {res['base']}: test top1 {res['test_top1']}%, "
-              f"{res['trainable_params']:,} trainable params, {res['delta_bytes']:,} bytes "
-              f"({100 * res['delta_fraction']:.2f}% of the model) in {res['seconds']} s -> {res['path']}")
-    return 0
-
-
-def apply(ns, api, adapters: Path) -> int:
-    from learngene.core.data import data_for
-    from learngene.core.io import check_output
-    from learngene.core.training import evaluate
-    from learngene.core.vit import input_size
-    from learngene.zoo import resolve
-
-    if not ns.delta:
-        raise UserError("adapt apply: give --delta (a task of the pool or a delta folder)")
-    if ns.out and not ns.merge:
-        raise UserError("adapt apply: --out writes a merged model; add --merge")
-    if ns.out:
-        check_output(ns.out, ns.force)
-    folder = api.resolve_delta(ns.delta, adapters)
-    from learngene.adapt.delta import read_meta
-
-    read_meta(folder)  # a broken delta is refused before the base is loaded (or trained)
-    base = resolve(ns.model, pool=ns.pool, checkpoint=ns.checkpoint, progress=False).load()
-    model, ad = api.apply(base, folder, merge=ns.merge)
-    dm = data_for(data_arg(ns) or ad.meta.get("data"), base.data_config, augment=False)
-    acc = evaluate(model, dm.test_dataloader())
-    res = {"task": ad.meta.get("task"), "method": ad.method, "data": dm.name, "test_top1": round(acc["top1"], 2), "merged": ns.merge}
-    if ns.merge:
-        res["merge_max_logit_diff"] = api.max_diff(ad.model, model, input_size(base.model))
-        if ns.out:
-            res["out"] = str(api.export_merged(model, ad, base, Path(ns.out), ns.force))
-    if ns.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(", ".join(f"{k}: {v}" for k, v in res.items()))
+        print(
+            f"{res['method']} delta for {res['task']} on {res['base']}: test top1 {res['test_top1']}%, "
+            f"{res['trainable_params']:,} trainable params, {res['delta_bytes']:,} bytes "
+            f"({100 * res['delta_fraction']:.2f}% of the model) in {res['seconds']} s -> {res['path']}"
+        )
     return 0

@@ -29,33 +29,57 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_model_args(p: argparse.ArgumentParser, flag: str = "--ancestor", dest: str | None = None, help: str | None = None,
-                   download: bool = True, aliases: tuple[str, ...] = ("--model",)) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser,
+    flag: str = "--ancestor",
+    dest: str | None = None,
+    help: str | None = None,
+    download: bool = True,
+    aliases: tuple[str, ...] = ("--model",),
+) -> None:
     """A model reference and the weights a timm name takes. ``--model`` names the model a
     verb works on in every verb (here an alias of ``flag``)."""
-    p.add_argument(flag, *[a for a in aliases if a != flag], dest=dest or flag.lstrip("-").replace("-", "_"), default=None,
-                   metavar="MODEL", help=help or (
-                       "embedded | embedded:animals | a timm name | local-dir:DIR or DIR | POOL:MEMBER (default: the embedded "
-                       "ancestor; deit_base_patch16_224 when --pretrained/--checkpoint is given)"))
+    p.add_argument(
+        flag,
+        *[a for a in aliases if a != flag],
+        dest=dest or flag.lstrip("-").replace("-", "_"),
+        default=None,
+        metavar="MODEL",
+        help=help
+        or (
+            "embedded | embedded:animals | a timm name | local-dir:DIR or DIR | POOL:MEMBER (default: the embedded "
+            "ancestor; deit_base_patch16_224 when --pretrained/--checkpoint is given)"
+        ),
+    )
     w = p.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")
     w.add_argument("--checkpoint", metavar="FILE", help="weights file: .safetensors or a torch file (weights only)")
     if download:
-        p.add_argument("--allow-download", action="store_true", help="let timm download pretrained weights (otherwise cache only)")
+        p.add_argument(
+            "--allow-download", action="store_true", help="let timm download pretrained weights (otherwise cache only)"
+        )
 
 
 def add_pool_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="pools/embedded", metavar="DIR", help="the pool (default: pools/embedded)")
 
 
-def add_data_arg(p: argparse.ArgumentParser, help: str = "ImageFolder (default: the embedded digits)",
-                 workers: bool = True) -> None:
+def add_data_arg(
+    p: argparse.ArgumentParser, help: str = "ImageFolder (default: the embedded digits)", workers: bool = True
+) -> None:
     p.add_argument("--data", metavar="DIR", help=help)
-    p.add_argument("--strict", action="store_true",
-                   help="decode every image up front and refuse the first unreadable one (default: skip them with a count)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="decode every image up front and refuse the first unreadable one (default: skip them with a count)",
+    )
     if workers:
-        p.add_argument("--workers", type=int, default=None,
-                       help="DataLoader workers (default: 0 for embedded data, else half the cores, at most 8)")
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="DataLoader workers (default: 0 for embedded data, else half the cores, at most 8)",
+        )
 
 
 def data_arg(ns: argparse.Namespace):
@@ -69,8 +93,12 @@ def data_arg(ns: argparse.Namespace):
 
 
 def add_threads_arg(p: argparse.ArgumentParser, what: str = "torch intra-op threads") -> None:
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"{what} (default: the cores, less the DataLoader workers; at most the cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"{what} (default: the cores, less the DataLoader workers; at most the cores)",
+    )
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
@@ -88,9 +116,16 @@ PRECISION_HELP = "fp32 | int8 (ONNX Runtime dynamic) | int8-static (QDQ, calibra
 def add_runtime_args(p: argparse.ArgumentParser, many: bool, precision_default: str | None = "fp32") -> None:
     """The runtime(s) and precision(s) a member is measured or shipped in."""
     lst = ", comma separated" if many else ""
-    p.add_argument("--runtime", "--runtimes", dest="runtime", default="torch", help=f"torch | onnxruntime{lst} (default torch)")
-    p.add_argument("--precision", "--precisions", dest="precision", default=precision_default,
-                   help=f"{PRECISION_HELP}{lst} (default {precision_default or 'fp32'})")
+    p.add_argument(
+        "--runtime", "--runtimes", dest="runtime", default="torch", help=f"torch | onnxruntime{lst} (default torch)"
+    )
+    p.add_argument(
+        "--precision",
+        "--precisions",
+        dest="precision",
+        default=precision_default,
+        help=f"{PRECISION_HELP}{lst} (default {precision_default or 'fp32'})",
+    )
 
 
 class PrecisionEither(argparse.Action):
@@ -99,13 +134,16 @@ class PrecisionEither(argparse.Action):
     16-mixed, 32-true) is Lightning's training precision, the old meaning, said once."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from learngene.core.export import PRECISIONS
+        from learngene.core.registries import PRECISIONS
 
         if values in PRECISIONS:
             namespace.export_precision = values
         else:
-            print("learngene: warning: --precision for Lightning's training precision is deprecated; "
-                  "use --train-precision", file=sys.stderr)
+            print(
+                "learngene: warning: --precision for Lightning's training precision is deprecated; "
+                "use --train-precision",
+                file=sys.stderr,
+            )
             namespace.train_precision = values
 
 
@@ -116,13 +154,18 @@ def add_trainer_args(p: argparse.ArgumentParser, precision_alias: bool | str = T
     g.add_argument("--devices", default="auto")
     g.add_argument("--strategy", default="auto")
     g.add_argument("--num-nodes", type=int, default=1)
-    g.add_argument("--train-precision", dest="train_precision", default=None,
-                   help="Lightning's training precision (32-true, bf16-mixed, 16-mixed)")
+    g.add_argument(
+        "--train-precision",
+        dest="train_precision",
+        default=None,
+        help="Lightning's training precision (32-true, bf16-mixed, 16-mixed)",
+    )
     if precision_alias == "either":
         g.add_argument("--precision", dest="export_precision", action=PrecisionEither, help=argparse.SUPPRESS)
     elif precision_alias:  # the old spelling, where --precision does not mean fp32/int8
-        g.add_argument("--precision", dest="train_precision", action=Deprecated, new="--train-precision",
-                       help=argparse.SUPPRESS)
+        g.add_argument(
+            "--precision", dest="train_precision", action=Deprecated, new="--train-precision", help=argparse.SUPPRESS
+        )
     add_threads_arg(g)
 
 
@@ -139,9 +182,17 @@ def trainer_args_from(ns: argparse.Namespace, label: str = "train"):
     # Progress bars only on a terminal (in a log file they are thousands of lines); a log
     # gets a line per epoch instead.
     tty = sys.stderr.isatty()
-    return TrainerArgs(accelerator=ns.accelerator, devices=devices, strategy=ns.strategy, num_nodes=ns.num_nodes,
-                       precision=ns.train_precision, progress=not ns.quiet and tty, log_lines=not ns.quiet and not tty,
-                       label=label, threads=limits.threads(getattr(ns, "threads", None)))
+    return TrainerArgs(
+        accelerator=ns.accelerator,
+        devices=devices,
+        strategy=ns.strategy,
+        num_nodes=ns.num_nodes,
+        precision=ns.train_precision,
+        progress=not ns.quiet and tty,
+        log_lines=not ns.quiet and not tty,
+        label=label,
+        threads=limits.threads(getattr(ns, "threads", None)),
+    )
 
 
 def progress_on(ns: argparse.Namespace) -> bool:
@@ -167,7 +218,13 @@ def print_table(rows: list[dict], cols: list[str], as_json: bool, mark: str | se
     widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in cols}
     print("  " + "  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
-        flag = "  " if mark is None else "* " if (r.get("id") in mark if isinstance(mark, set) else r.get("id") == mark) else "  "
+        flag = (
+            "  "
+            if mark is None
+            else "* "
+            if (r.get("id") in mark if isinstance(mark, set) else r.get("id") == mark)
+            else "  "
+        )
         print(flag + "  ".join(cell(r.get(c)).ljust(widths[c]) for c in cols))
 
 

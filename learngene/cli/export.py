@@ -6,14 +6,19 @@ import json
 
 from learngene.cli.common import PRECISION_HELP, add_data_arg, add_pool_arg, data_arg
 from learngene.core.errors import UserError
-from learngene.registries import FORMATS
+from learngene.core.registries import FORMATS
 
 HELP = "write any member (descendant, child, ancestor, grown, adapted) as timm / torch.export / ONNX (fp32, int8)"
 
 
 def add_arguments(sp) -> None:
-    sp.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                    help="POOL:MEMBER, a child or descendant id (with --pool), local-dir:DIR or DIR, embedded, a timm name")
+    sp.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default=None,
+        help="POOL:MEMBER, a child or descendant id (with --pool), local-dir:DIR or DIR, embedded, a timm name",
+    )
     sp.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same, as a flag (as in every other verb)")
     w = sp.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights, from its cache")
@@ -21,30 +26,47 @@ def add_arguments(sp) -> None:
     add_pool_arg(sp)
     sp.add_argument("--format", default="onnx", choices=FORMATS.names, help="default onnx")
     sp.add_argument("--precision", default="fp32", help=f"{PRECISION_HELP}: onnx only (default fp32)")
-    sp.add_argument("--int8", nargs="?", const="int8", choices=["int8", "dynamic", "static"],
-                    help="shorthand: --int8 (dynamic) or --int8 static")
+    sp.add_argument(
+        "--int8",
+        nargs="?",
+        const="int8",
+        choices=["int8", "dynamic", "static"],
+        help="shorthand: --int8 (dynamic) or --int8 static",
+    )
     add_data_arg(sp, "data for calibration and the ONNX file's accuracy (default: the embedded digits)", workers=False)
-    sp.add_argument("--out", required=True, metavar="DIR", help="the export folder (a timm local-dir plus the format's file)")
+    sp.add_argument(
+        "--out", required=True, metavar="DIR", help="the export folder (a timm local-dir plus the format's file)"
+    )
     sp.add_argument("--force", action="store_true", help="replace an existing folder")
     sp.add_argument("--json", action="store_true")
 
 
 def run(ns) -> int:
+    from learngene.api import export
     from learngene.core.io import read_local_dir_config
-    from learngene.deploy import export
 
     if (ns.model is None) == (ns.model_flag is None):
         raise UserError("export: give the model once, as MODEL or --model MODEL")
     ns.model = ns.model or ns.model_flag
     precision = {"int8": "int8", "dynamic": "int8", "static": "int8-static"}.get(ns.int8, ns.precision)
-    out = export(ns.model, out=ns.out, fmt=ns.format, precision=precision, pool=ns.pool, data=data_arg(ns),
-                 checkpoint=ns.checkpoint, pretrained=ns.pretrained, force=ns.force)
+    out = export(
+        ns.model,
+        out=ns.out,
+        fmt=ns.format,
+        precision=precision,
+        pool=ns.pool,
+        data=data_arg(ns),
+        checkpoint=ns.checkpoint,
+        pretrained=ns.pretrained,
+        force=ns.force,
+    )
     rec = read_local_dir_config(out).get("learngene", {}).get("export", {})
     if ns.json:
         print(json.dumps({"out": str(out), **rec}, indent=2))
         return 0
     acc = rec.get("accuracy")
-    extra = (f", max |logit diff| vs eager {rec['max_abs_diff']:.1e}" if "max_abs_diff" in rec else "") + \
-        (f", test top1 {acc['top1']:.2f}% (measured by ONNX Runtime on this file)" if acc else "")
+    extra = (f", max |logit diff| vs eager {rec['max_abs_diff']:.1e}" if "max_abs_diff" in rec else "") + (
+        f", test top1 {acc['top1']:.2f}% (measured by ONNX Runtime on this file)" if acc else ""
+    )
     print(f"{ns.model} -> {out} ({ns.format}{' ' + precision if ns.format == 'onnx' else ''}{extra})")
     return 0

@@ -10,19 +10,40 @@ HELP = "write a device kit: every member as ONNX, kit.json and probe.py (needs o
 def add_arguments(sp) -> None:
     add_pool_arg(sp)
     sp.add_argument("--out", required=True, metavar="DIR", help="the kit folder")
-    sp.add_argument("--precision", "--precisions", dest="precision", default="fp32,int8",
-                    help="fp32, int8, int8-static, comma separated (default fp32,int8)")
-    sp.add_argument("--batch-sizes", "--batch-size", dest="batch_sizes", default="1,8", help="batch sizes probe.py times (default 1,8)")
+    sp.add_argument(
+        "--precision",
+        "--precisions",
+        dest="precision",
+        default="fp32,int8",
+        help="fp32, int8, int8-static, comma separated (default fp32,int8)",
+    )
+    sp.add_argument(
+        "--batch-sizes",
+        "--batch-size",
+        dest="batch_sizes",
+        default="1,8",
+        help="batch sizes probe.py times (default 1,8)",
+    )
     sp.add_argument("--members", default=None, help="only these descendants, comma separated (default: all)")
     add_data_arg(sp, workers=False)
     sp.add_argument("--force", action="store_true", help="replace an existing kit folder")
 
 
 def run(ns) -> int:
-    from learngene.deploy import kit
+    from learngene.api import kit
 
-    out = kit(ns.pool, out=ns.out, precisions=ns.precision, batch_sizes=ns.batch_sizes, members=ns.members, data=data_arg(ns), force=ns.force,
-              progress=say(ns))
-    print(f"kit: {out} (copy it to the device, then run there: python probe.py [--threads N] --out latency.json; "
-          f"back here: learngene target --pool {ns.pool} --latency-file latency.json --max-latency-ms X)")
+    out = kit(
+        ns.pool,
+        out=ns.out,
+        precisions=ns.precision,
+        batch_sizes=ns.batch_sizes,
+        members=ns.members,
+        data=data_arg(ns),
+        force=ns.force,
+        progress=say(ns),
+    )
+    print(
+        f"kit: {out} (copy it to the device, then run there: python probe.py [--threads N] --out latency.json; "
+        f"back here: learngene target --pool {ns.pool} --latency-file latency.json --max-latency-ms X)"
+    )
     return 0

@@ -14,7 +14,7 @@ Sources (`DATA_SOURCES`, by scheme; a path is an ImageFolder; see `learngene.cor
 - an ImageFolder: ``DIR/train/<class>/`` and ``DIR/val/<class>/`` (val is also the reported
   test split, as for ImageNet), or one folder of class folders split 70/10/20 (stratified,
   seed 0); read with timm's transforms at the reading model's data config
-  (`learngene.core.images` holds the rules for files as users have them).
+  (`learngene.core.sources` holds the rules for files as users have them).
 
 A new source is a class with the `DigitsSource` interface and one registry line.
 """
@@ -30,13 +30,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from learngene.core.errors import UserError
-from learngene.core.sources import AnimalsSource, DigitsSource, EMBEDDED, ImageFolderSource
+from learngene.core.registries import DATA_SOURCES  # scheme -> source class; anything else is a folder
+
 # the embedded digits, as the rest of learngene reads them from here
-from learngene.core.sources import digits_data_config, digits_splits  # noqa: F401
-
-# --------------------------------------------------------------------------- the registry
-
-DATA_SOURCES = {EMBEDDED: DigitsSource, "animals": AnimalsSource}  # scheme -> source class; anything else is a folder
+from learngene.core.sources import DigitsSource, ImageFolderSource, digits_data_config, digits_splits  # noqa: F401
 
 
 def is_embedded(text: str) -> bool:
@@ -69,9 +66,18 @@ class LearngeneDataModule(L.LightningDataModule):
     split. Paths are checked when the module is made, so bad input fails before any training.
     """
 
-    def __init__(self, data=None, data_config: dict | None = None, batch_size: int = 64,
-                 eval_batch_size: int | None = None, num_workers: int | None = None, train_fraction: float = 1.0,
-                 augment: bool = True, seed: int = 0, strict: bool = False):
+    def __init__(
+        self,
+        data=None,
+        data_config: dict | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        train_fraction: float = 1.0,
+        augment: bool = True,
+        seed: int = 0,
+        strict: bool = False,
+    ):
         super().__init__()
         from learngene.core import limits
 
@@ -89,9 +95,11 @@ class LearngeneDataModule(L.LightningDataModule):
         if train_fraction < 1 and hasattr(self.source, "count"):  # refused now, not when training starts
             n, n_classes = self.source.count("train"), len(self.source.classes)
             if int(train_fraction * n) < 2 * n_classes:
-                raise UserError(f"train fraction {train_fraction:g} keeps {int(train_fraction * n)} of {n} training "
-                                f"images: fewer than 2 per class for {n_classes} classes; raise --fraction")
-        self.num_workers = self.source.default_workers if num_workers is None else num_workers
+                raise UserError(
+                    f"train fraction {train_fraction:g} keeps {int(train_fraction * n)} of {n} training "
+                    f"images: fewer than 2 per class for {n_classes} classes; raise --fraction"
+                )
+        self._workers = num_workers
         self.data_config = self.source.config_for(data_config) if data_config or self.source.embedded else None
         self._sets: dict[str, Dataset] | None = None
 
@@ -101,6 +109,20 @@ class LearngeneDataModule(L.LightningDataModule):
     embedded = property(lambda self: self.source.embedded)
 
     @property
+    def num_workers(self) -> int:
+        """DataLoader workers: the ones asked for, else the source's for this data config (none
+        for images held in memory)."""
+        if self._workers is not None:
+            return self._workers
+        if hasattr(self.source, "workers_for"):
+            return self.source.workers_for(self.data_config)
+        return self.source.default_workers
+
+    @num_workers.setter
+    def num_workers(self, n: int | None) -> None:
+        self._workers = n
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -108,7 +130,7 @@ class LearngeneDataModule(L.LightningDataModule):
     def img_size(self) -> int:
         return int(self.data_config["input_size"][-1])
 
-    def for_model(self, model_config: dict) -> "LearngeneDataModule":
+    def for_model(self, model_config: dict) -> LearngeneDataModule:
         """Read the images as the model with this timm data config expects them."""
         self.data_config = self.source.config_for(model_config)
         self._sets = None
@@ -134,9 +156,13 @@ class LearngeneDataModule(L.LightningDataModule):
         labels = ds.labels() if hasattr(ds, "labels") else [lab for _, lab in ds.samples]
         n_classes, keep_n = len(set(labels)), int(self.train_fraction * len(ds))
         if keep_n < 2 * n_classes:
-            raise UserError(f"train fraction {self.train_fraction:g} keeps {keep_n} of {len(ds)} training images: "
-                            f"fewer than 2 per class for {n_classes} classes; raise --fraction")
-        keep, _ = train_test_split(np.arange(len(ds)), train_size=self.train_fraction, stratify=labels, random_state=self.seed)
+            raise UserError(
+                f"train fraction {self.train_fraction:g} keeps {keep_n} of {len(ds)} training images: "
+                f"fewer than 2 per class for {n_classes} classes; raise --fraction"
+            )
+        keep, _ = train_test_split(
+            np.arange(len(ds)), train_size=self.train_fraction, stratify=labels, random_state=self.seed
+        )
         return torch.utils.data.Subset(ds, sorted(keep.tolist()))
 
     def dataset(self, split: str) -> Dataset:
@@ -145,9 +171,16 @@ class LearngeneDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, eval_batch: bool = False) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset(split), batch_size=self.eval_batch_size if eval_batch or split != "train" else self.batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), drop_last=False, generator=g if shuffle else None)
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.eval_batch_size if eval_batch or split != "train" else self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+            generator=g if shuffle else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -175,24 +208,32 @@ def sample_images(dm: LearngeneDataModule, n: int = 256, split: str = "train") -
 def data_for(data, model_config: dict | None, **kwargs) -> LearngeneDataModule:
     """The one rule for "data for this model": an ImageFolder through the model's own timm
     transforms, the embedded digits at the model's input size with their own statistics."""
-    return LearngeneDataModule(data, **kwargs).for_model(model_config) if model_config else LearngeneDataModule(data, **kwargs)
+    return (
+        LearngeneDataModule(data, **kwargs).for_model(model_config)
+        if model_config
+        else LearngeneDataModule(data, **kwargs)
+    )
 
 
 def same_classes(recorded, dm: LearngeneDataModule, what: str) -> None:
     """Refuse data whose classes differ from those ``what`` was made with (a fingerprint it
     recorded); warn when the classes match but the files do not."""
-    from learngene.core.images import warn
+    from learngene.core.errors import warn
 
     if not isinstance(recorded, dict):
         return  # recorded before fingerprints held classes: nothing to compare
     have = dm.fingerprint()
     if recorded.get("classes") != have["classes"]:
         rec = recorded.get("classes") or []
-        raise UserError(f"data {dm.name} has classes {_short(have['classes'])} but {what} was made with "
-                        f"{_short(rec)} ({len(rec)} classes): give the data it was made with")
+        raise UserError(
+            f"data {dm.name} has classes {_short(have['classes'])} but {what} was made with "
+            f"{_short(rec)} ({len(rec)} classes): give the data it was made with"
+        )
     if (recorded.get("files"), recorded.get("counts")) != (have["files"], have["counts"]):
-        warn(f"data {dm.name} has the classes {what} was made with but other files "
-             f"({json.dumps(have['counts'])} vs {json.dumps(recorded.get('counts'))})")
+        warn(
+            f"data {dm.name} has the classes {what} was made with but other files "
+            f"({json.dumps(have['counts'])} vs {json.dumps(recorded.get('counts'))})"
+        )
 
 
 def _short(names: list) -> str:

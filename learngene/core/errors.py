@@ -1,4 +1,12 @@
-"""Errors a user can fix. The CLI prints their message on one line and exits 2."""
+"""Errors a user can fix (the CLI prints their message on one line and exits 2), and the one
+way learngene warns."""
+
+import sys
+
+
+def warn(message: str) -> None:
+    """One line on stderr: what the user should know, while the run goes on."""
+    print(f"learngene: warning: {message}", file=sys.stderr)
 
 
 class UserError(Exception):

@@ -31,7 +31,9 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 def check_name(name, what: str = "name") -> str:
     """``name`` if it is safe to use as one path component, else a one-line error."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
-        raise UserError(f"{what} {name!r} must be letters, digits, '.', '_', '-', '@' or '+' (it names a file or folder)")
+        raise UserError(
+            f"{what} {name!r} must be letters, digits, '.', '_', '-', '@' or '+' (it names a file or folder)"
+        )
     return name
 
 
@@ -100,8 +102,9 @@ def lock(path: str | os.PathLike, what: str, wait: bool = True, timeout: float =
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             if not wait:
-                raise UserError(f"{what} is being written by another learngene process (pid {holder}): "
-                                "wait for it to finish") from None
+                raise UserError(
+                    f"{what} is being written by another learngene process (pid {holder}): wait for it to finish"
+                ) from None
             print(f"learngene: waiting for another learngene process (pid {holder}) writing {what}", file=sys.stderr)
             deadline = time.monotonic() + timeout
             while True:
@@ -138,8 +141,13 @@ def is_locked(path: str | os.PathLike) -> bool:
 
 
 WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EFBIG)
-_ERRNO_TEXT = {"no space left on device": errno.ENOSPC, "read-only file system": errno.EROFS,
-               "permission denied": errno.EACCES, "disk quota exceeded": errno.EDQUOT, "file too large": errno.EFBIG}
+_ERRNO_TEXT = {
+    "no space left on device": errno.ENOSPC,
+    "read-only file system": errno.EROFS,
+    "permission denied": errno.EACCES,
+    "disk quota exceeded": errno.EDQUOT,
+    "file too large": errno.EFBIG,
+}
 
 
 def _errno_in(text: str) -> int | None:
@@ -215,8 +223,10 @@ def staged_folder(target: str | os.PathLike, replace: bool = True):
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-                raise UserError(f"{target} appeared while this run was writing it (another process?): "
-                                "left as it is, pass --force to replace it") from None
+                raise UserError(
+                    f"{target} appeared while this run was writing it (another process?): "
+                    "left as it is, pass --force to replace it"
+                ) from None
             return
         old = None
         if target.exists():
@@ -314,9 +324,13 @@ def load_tensors(path: str | os.PathLike) -> dict:
 
 # What learngene writes, recognised by the file each kind of output holds: --force replaces
 # only these (a folder of documents named by mistake is never deleted).
-OUTPUT_MARKS = (("pool.json", "format", "learngene-pool", "pool"), ("kit.json", "format", "learngene-kit", "kit"),
-                ("frontier.json", "meta", None, "report"), ("learngene.json", "delta_sha256", None, "delta"),
-                ("config.json", "learngene", None, "model folder"))
+OUTPUT_MARKS = (
+    ("pool.json", "format", "learngene-pool", "pool"),
+    ("kit.json", "format", "learngene-kit", "kit"),
+    ("frontier.json", "meta", None, "report"),
+    ("learngene.json", "delta_sha256", None, "delta"),
+    ("config.json", "learngene", None, "model folder"),
+)
 _ANNOUNCED: set[str] = set()
 
 
@@ -344,16 +358,21 @@ def _check_replaceable(out: Path, what: str) -> None:
     current folder or a folder that holds it; says in one line what it replaces."""
     real, cwd = os.path.realpath(out), os.path.realpath(os.getcwd())
     if os.path.commonpath([real, cwd]) == real:
-        raise UserError(f"{what} {out} is the current folder or holds it: --force never replaces that; "
-                        "choose another --out")
+        raise UserError(
+            f"{what} {out} is the current folder or holds it: --force never replaces that; choose another --out"
+        )
     kind = learngene_output(out)
     if kind is None:
-        raise UserError(f"{what} {out} exists and is not something learngene wrote (no pool.json, kit.json, "
-                        "frontier.json, learngene.json or learngene config.json): --force replaces only learngene's "
-                        "own outputs; choose another --out or remove it yourself")
+        raise UserError(
+            f"{what} {out} exists and is not something learngene wrote (no pool.json, kit.json, "
+            "frontier.json, learngene.json or learngene config.json): --force replaces only learngene's "
+            "own outputs; choose another --out or remove it yourself"
+        )
     if kind == "pool" and what != "pool":
-        raise UserError(f"{what} {out} is a pool: --force never replaces a pool with a {what} "
-                        "(build-pool --force rebuilds one); choose another --out")
+        raise UserError(
+            f"{what} {out} is a pool: --force never replaces a pool with a {what} "
+            "(build-pool --force rebuilds one); choose another --out"
+        )
     if real not in _ANNOUNCED:
         _ANNOUNCED.add(real)
         print(f"learngene: --force replaces the {kind} {out}", file=sys.stderr)
@@ -452,7 +471,7 @@ def load_state_file(path: str | os.PathLike) -> dict:
         raise UserError(f"checkpoint {p} holds no state dict of tensors")
     for prefix in ("module.", "model."):
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -464,8 +483,16 @@ def json_safe(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
 
 
-def save_local_dir(model, folder: str | os.PathLike, architecture: str, model_args: dict, pretrained_cfg: dict,
-                   extra: dict | None = None, write_more=None, replace: bool = True) -> Path:
+def save_local_dir(
+    model,
+    folder: str | os.PathLike,
+    architecture: str,
+    model_args: dict,
+    pretrained_cfg: dict,
+    extra: dict | None = None,
+    write_more=None,
+    replace: bool = True,
+) -> Path:
     """Write a timm local-dir folder (config.json + model.safetensors) atomically: it is
     built in a temp folder beside the target and renamed into place. ``write_more(tmp)``
     may add files before the rename and returns more metadata for config.json."""
@@ -517,3 +544,30 @@ def read_local_dir_config(folder: str | os.PathLike) -> dict:
     if not isinstance(cfg, dict):
         raise UserError(f"{f} is not a timm config (a JSON object)")
     return cfg
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker: exit when the parent dies, even by SIGKILL (Linux's parent-death signal;
+    elsewhere a thread that watches the parent's pid)."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True).start()

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay to zero: the DeiT recipe, scaled down."""
@@ -137,9 +138,12 @@ def warn_if_busy(using: int) -> None:
     n = cores()
     if load > n:
         _WARNED_BUSY.append(load)
-        print(f"learngene: warning: the load average is {load:.1f} on {n} cores before this run adds {using} "
-              "thread(s): other jobs compete for the cores, so training will be slow (--threads N sets ours)",
-              file=sys.stderr, flush=True)
+        print(
+            f"learngene: warning: the load average is {load:.1f} on {n} cores before this run adds {using} "
+            "thread(s): other jobs compete for the cores, so training will be slow (--threads N sets ours)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def core_plan(threads: int | None, workers: int) -> int:
@@ -187,8 +191,12 @@ class EpochLines(L.Callback):
             total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
             if any(type(c).__name__ == "EarlyStopping" for c in trainer.callbacks):
                 total = f"<={total} (auto)"
-            print(f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
-                  f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
+                f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 # --------------------------------------------------------------------------- convergence
@@ -247,8 +255,18 @@ def resolve_epochs(epochs, default: int, flag: str = "--epochs"):
     return default if epochs is None else bounded(epochs, flag)
 
 
-def fit(module: L.LightningModule, dm, targs: "TrainerArgs", *, epochs, monitor: str = "val/top1",
-        auto: Convergence = Convergence(), part=None, mode: str = "max", **trainer_kw) -> tuple[dict, L.Trainer]:
+def fit(
+    module: L.LightningModule,
+    dm,
+    targs: TrainerArgs,
+    *,
+    epochs,
+    monitor: str = "val/top1",
+    auto: Convergence = Convergence(),
+    part=None,
+    mode: str = "max",
+    **trainer_kw,
+) -> tuple[dict, L.Trainer]:
     """Train ``module`` on ``dm`` for ``epochs`` (an int) or until it converges (``"auto"``:
     ``auto``'s cap and patience on ``monitor``, the best state restored); returns the record
     every artifact keeps (epochs asked and run, the best epoch and its validation score,
@@ -263,14 +281,23 @@ def fit(module: L.LightningModule, dm, targs: "TrainerArgs", *, epochs, monitor:
     if is_auto:
         if trainer_kw.get("limit_val_batches") == 0:
             raise ValueError("--epochs auto needs validation")
-        callbacks.append(EarlyStopping(monitor, patience=auto.patience, mode=mode, min_delta=auto.min_delta,
-                                       check_on_train_epoch_end=False))
+        callbacks.append(
+            EarlyStopping(
+                monitor, patience=auto.patience, mode=mode, min_delta=auto.min_delta, check_on_train_epoch_end=False
+            )
+        )
     fit_kw = {k: trainer_kw.pop(k) for k in ("ckpt_path", "weights_only") if k in trainer_kw}
     trainer = make_trainer(targs, callbacks=callbacks, **trainer_kw)
     trainer.fit(module, datamodule=dm, **fit_kw)
-    rec = {"epochs": epochs if is_auto else int(epochs), "epochs_run": int(trainer.current_epoch),
-           "best_epoch": keep.epoch, "best_val": None if keep.best is None else round(keep.best, 4),
-           "monitor": monitor, "steps": int(trainer.global_step), "restored_best": bool(is_auto and keep.state is not None)}
+    rec = {
+        "epochs": epochs if is_auto else int(epochs),
+        "epochs_run": int(trainer.current_epoch),
+        "best_epoch": keep.epoch,
+        "best_val": None if keep.best is None else round(keep.best, 4),
+        "monitor": monitor,
+        "steps": int(trainer.global_step),
+        "restored_best": bool(is_auto and keep.state is not None),
+    }
     if is_auto:
         rec.update(cap=auto.cap, patience=auto.patience, stopped_early=trainer.current_epoch < auto.cap)
     return rec, trainer
@@ -288,8 +315,10 @@ class FiniteLoss(L.Callback):
 
         for k, v in trainer.callback_metrics.items():
             if "loss" in k and v.numel() == 1 and not torch.isfinite(v).all():
-                raise UserError(f"{self.label}: training diverged at epoch {trainer.current_epoch + 1} ({k} is {float(v)}): "
-                                "nothing written; lower the learning rate or check the weights and data")
+                raise UserError(
+                    f"{self.label}: training diverged at epoch {trainer.current_epoch + 1} ({k} is {float(v)}): "
+                    "nothing written; lower the learning rate or check the weights and data"
+                )
 
 
 def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None = None, **overrides) -> L.Trainer:
@@ -312,8 +341,12 @@ def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None =
         kw["precision"] = args.precision
     kw.update(args.extra)
     kw.update(overrides)
-    kw["callbacks"] = [FiniteLoss(args.label), CoreBudget(args.threads), *([EpochLines(args.label)] if args.log_lines else []),
-                       *kw.get("callbacks", [])]
+    kw["callbacks"] = [
+        FiniteLoss(args.label),
+        CoreBudget(args.threads),
+        *([EpochLines(args.label)] if args.log_lines else []),
+        *kw.get("callbacks", []),
+    ]
     quiet_lightning()
     check_accelerator(kw["accelerator"])
     try:
@@ -322,7 +355,9 @@ def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None =
         if type(e).__name__ == "MisconfigurationException" or isinstance(e, ValueError):
             from learngene.core.errors import UserError
 
-            raise UserError(f"Lightning flags do not fit this machine: {str(e).strip().splitlines()[0][:200]}") from None
+            raise UserError(
+                f"Lightning flags do not fit this machine: {str(e).strip().splitlines()[0][:200]}"
+            ) from None
         raise
 
 
@@ -380,7 +415,9 @@ def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=
 
 
 @torch.no_grad()
-def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def features_and_logits(
+    model: nn.Module, loader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pre-logit features, logits and labels over a loader, in one pass (timm's
     forward_features -> forward_head(pre_logits=True) -> head)."""
     model.eval().to(device)
@@ -393,8 +430,14 @@ def features_and_logits(model: nn.Module, loader, device: torch.device) -> tuple
     return torch.cat(feats), torch.cat(logits), torch.cat(labels)
 
 
-def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-             k: int = 20, temperature: float = 0.07) -> float:
+def knn_top1(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
     """DINO's weighted kNN classifier on L2-normalised features: the k nearest training
     features by cosine similarity (faiss IndexFlatIP) vote with weight exp(sim / T)."""
     import faiss  # lazily: faiss and torch can clash over OpenMP depending on import order

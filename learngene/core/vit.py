@@ -48,9 +48,14 @@ def outline(model: nn.Module) -> dict:
     patch = model.patch_embed.patch_size
     blocks = [b for b in model.blocks if isinstance(b, Block)]
     heads = [b.attn.num_heads for b in blocks]
-    out = {"embed_dim": model.embed_dim, "depth": len(blocks), "heads": heads[-1] if heads else None,
-           "img_size": input_size(model), "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch),
-           "num_classes": model.num_classes}
+    out = {
+        "embed_dim": model.embed_dim,
+        "depth": len(blocks),
+        "heads": heads[-1] if heads else None,
+        "img_size": input_size(model),
+        "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+        "num_classes": model.num_classes,
+    }
     front = model.patch_embed.proj.out_channels
     if front != model.embed_dim:  # stitched: narrow blocks, a stitch into the wide width, wide blocks
         out["embed_dim"] = f"{front} -> {model.embed_dim}"
@@ -127,8 +132,15 @@ class ViTView:
     def model_args(self) -> dict:
         """timm ``create_model`` keyword arguments that rebuild this shape."""
         s = self.shape
-        return dict(img_size=s.img_size, patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
-                    num_heads=s.num_heads, mlp_ratio=s.mlp_hidden / s.embed_dim, num_classes=s.num_classes)
+        return dict(
+            img_size=s.img_size,
+            patch_size=s.patch_size,
+            embed_dim=s.embed_dim,
+            depth=s.depth,
+            num_heads=s.num_heads,
+            mlp_ratio=s.mlp_hidden / s.embed_dim,
+            num_classes=s.num_classes,
+        )
 
     # -- pieces of the forward pass ------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +251,7 @@ def parse_block_key(key: str) -> tuple[int, str] | None:
 def block_state(sd: dict, i: int) -> dict:
     """Block i's tensors, keys without the ``blocks.i.`` prefix."""
     pre = block_prefix(i)
-    return {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+    return {k[len(pre) :]: v for k, v in sd.items() if k.startswith(pre)}
 
 
 def at_block(tensors: dict, i: int) -> dict:

@@ -24,9 +24,9 @@ from learngene.core import __version__
 from learngene.core.data import LearngeneDataModule
 from learngene.core.errors import UserError
 from learngene.core.io import check_finite, check_output, lock, save_tensors, write_json_atomic
-from learngene.core.loading import LoadedModel
 from learngene.core.training import Convergence, TrainerArgs, evaluate, fit
 from learngene.core.vit import ViTView, is_block_piece, split_pieces
+from learngene.models.loading import LoadedModel
 from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
 from learngene.pool.recipe import Recipe, load_recipe, validate
 from learngene.pool.store import FORMAT, FORMAT_VERSION, MANIFEST, Pool
@@ -67,8 +67,10 @@ def _stage(out: Path, key: dict, resume: bool, force: bool) -> Path:
                 print(f"learngene: continuing the interrupted build in {stage} (--force starts over)", file=sys.stderr)
             return stage
         if not force:
-            raise UserError(f"the interrupted build in {stage} used another recipe, ancestor or data: "
-                            "pass --force to discard it and start over")
+            raise UserError(
+                f"the interrupted build in {stage} used another recipe, ancestor or data: "
+                "pass --force to discard it and start over"
+            )
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     write_json_atomic(stage / "build.json", key)
@@ -103,34 +105,41 @@ def build_pool(
     out = Path(out).expanduser() if out else Path("pools") / rec.name
     check_output(out, force, "pool")
     if ancestor is None:
-        from learngene.core.models import load_model
+        from learngene.models.refs import load_model
 
         ancestor = load_model(None if rec.ancestor == "embedded" else rec.ancestor)
     if ancestor.source == "random-init" and not allow_random_init:
-        raise UserError(f"ancestor {ancestor.name} has no weights: pass --pretrained or --checkpoint FILE "
-                        "(distilling a random-init model would build a meaningless pool)")
+        raise UserError(
+            f"ancestor {ancestor.name} has no weights: pass --pretrained or --checkpoint FILE "
+            "(distilling a random-init model would build a meaningless pool)"
+        )
     check_finite(ancestor.model.state_dict(), f"ancestor {ancestor.name} ({ancestor.source})")
     validate(rec, ancestor.view.depth)
     if isinstance(data, LearngeneDataModule):
         dm = data
         dm.batch_size = rec.distill.batch_size
     else:
-        dm = LearngeneDataModule(data if data is not None else (rec.data or None), batch_size=rec.distill.batch_size,
-                                 num_workers=num_workers)
+        dm = LearngeneDataModule(
+            data if data is not None else (rec.data or None), batch_size=rec.distill.batch_size, num_workers=num_workers
+        )
     if not dm.embedded:
-        from learngene.core.ancestry import ancestor_for
+        from learngene.models.fitted import ancestor_for
 
         dm.for_model(ancestor.data_config)
         ancestor = ancestor_for(ancestor, dm)  # the one fitted to the data's classes, when the head has others
         dm.for_model(ancestor.data_config)
     elif ancestor.view.shape.img_size != dm.img_size:
-        raise UserError(f"the embedded {dm.name} are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
-                        f"{ancestor.view.shape.img_size}x{ancestor.view.shape.img_size} images: pass --data DIR")
+        raise UserError(
+            f"the embedded {dm.name} are {dm.img_size}x{dm.img_size} but {ancestor.name} reads "
+            f"{ancestor.view.shape.img_size}x{ancestor.view.shape.img_size} images: pass --data DIR"
+        )
     else:
         names = list(map(str, (ancestor.pretrained_cfg or {}).get("label_names") or dm.classes))
         if len(names) == dm.num_classes and names != list(dm.classes):  # e.g. the animals' ancestor on the digits
-            raise UserError(f"ancestor {ancestor.name} knows other classes ({', '.join(names[:3])}, ...) than data "
-                            f"{dm.name} ({', '.join(dm.classes[:3])}, ...): pass the --data it was trained on")
+            raise UserError(
+                f"ancestor {ancestor.name} knows other classes ({', '.join(names[:3])}, ...) than data "
+                f"{dm.name} ({', '.join(dm.classes[:3])}, ...): pass the --data it was trained on"
+            )
     n_cls = ancestor.view.shape.num_classes
     if dm.num_classes != n_cls:
         raise UserError(f"data {dm.name} has {dm.num_classes} classes but the ancestor's head has {n_cls}")
@@ -194,17 +203,29 @@ def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> d
         module = DistillModule(student, ancestor.model, spec, rec.distill)
         ckpt_dir = stage / "checkpoints" / spec.name
         # The newest epoch only; last.ckpt links to it (no second copy of a large model).
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                               save_last="link", save_top_k=1)
+        ckpt = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_last="link", save_top_k=1
+        )
         targs.label = f"build-pool {spec.name}"
         extra = {"max_steps": rec.distill.max_steps} if rec.distill.max_steps > 0 else {}
         last = ckpt_dir / "last.ckpt"
         t0 = time.perf_counter()
         # the W maps go with the student: they initialise stitches later
-        record, trainer = fit(module, dm, targs, epochs=spec.epochs, monitor="val/top1", auto=DISTILL_AUTO,
-                              part=lambda m: nn.ModuleDict({"student": m.student, "W": m.W, "V": m.V}),
-                              default_root_dir=stage, enable_checkpointing=True, callbacks=[ckpt, *(callbacks or [])],
-                              ckpt_path=str(last) if last.is_file() else None, weights_only=True, **extra)
+        record, trainer = fit(
+            module,
+            dm,
+            targs,
+            epochs=spec.epochs,
+            monitor="val/top1",
+            auto=DISTILL_AUTO,
+            part=lambda m: nn.ModuleDict({"student": m.student, "W": m.W, "V": m.V}),
+            default_root_dir=stage,
+            enable_checkpointing=True,
+            callbacks=[ckpt, *(callbacks or [])],
+            ckpt_path=str(last) if last.is_file() else None,
+            weights_only=True,
+            **extra,
+        )
         seconds = time.perf_counter() - t0
         if not trainer.is_global_zero:
             continue
@@ -222,9 +243,12 @@ def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> d
             "init": spec.init,
             "pairs": [list(p) for p in distill_pairs(spec, ancestor.view.depth)],
             "metrics": {
-                "test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2),
-                "val_top1": round(val["top1"], 2), "epochs": trainer.current_epoch,
-                "steps": trainer.global_step, "seconds": round(seconds, 1),
+                "test_top1": round(test["top1"], 2),
+                "test_top5": round(test["top5"], 2),
+                "val_top1": round(val["top1"], 2),
+                "epochs": trainer.current_epoch,
+                "steps": trainer.global_step,
+                "seconds": round(seconds, 1),
                 "devices": trainer.world_size,
                 "training": {k: v for k, v in record.items() if k not in ("steps",)},
             },
@@ -243,9 +267,14 @@ def _write(rec, stage: Path, out: Path, ancestor, dm, fragments: dict, force: bo
         "learngene": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ancestor": {
-            "name": ancestor.name, "source": ancestor.source, "sha256": ancestor.checksum,
-            "params": info["params"], "embed_dim": info["embed_dim"], "depth": info["depth"],
-            "heads": info["heads"], "test_top1": info.get("test_top1"),
+            "name": ancestor.name,
+            "source": ancestor.source,
+            "sha256": ancestor.checksum,
+            "params": info["params"],
+            "embed_dim": info["embed_dim"],
+            "depth": info["depth"],
+            "heads": info["heads"],
+            "test_top1": info.get("test_top1"),
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in ancestor.data_config.items()},
         },
         "data": dm.fingerprint(),
@@ -269,17 +298,41 @@ def write_aux(stage: Path, aux: str, model: torch.nn.Module, maps: dict[str, tor
         params = sum(v.numel() for v in tensors.values())
         if is_block_piece(name):
             file = f"instances/{aux}.{name}.safetensors"
-            instances.append({
-                "id": f"{aux}.{name}", "source": aux, "width": shape.embed_dim, "heads": shape.num_heads,
-                "block": int(name[1:]), "file": file, "sha256": save_tensors(stage / file, tensors), "params": params,
-            })
+            instances.append(
+                {
+                    "id": f"{aux}.{name}",
+                    "source": aux,
+                    "width": shape.embed_dim,
+                    "heads": shape.num_heads,
+                    "block": int(name[1:]),
+                    "file": file,
+                    "sha256": save_tensors(stage / file, tensors),
+                    "params": params,
+                }
+            )
         else:
             file = f"components/{aux}.{name}.safetensors"
-            components.append({"id": f"{aux}.{name}", "source": aux, "kind": name, "file": file,
-                               "sha256": save_tensors(stage / file, tensors), "params": params})
+            components.append(
+                {
+                    "id": f"{aux}.{name}",
+                    "source": aux,
+                    "kind": name,
+                    "file": file,
+                    "sha256": save_tensors(stage / file, tensors),
+                    "params": params,
+                }
+            )
     file = f"components/{aux}.maps.safetensors"
-    components.append({"id": f"{aux}.maps", "source": aux, "kind": "maps", "file": file,
-                       "sha256": save_tensors(stage / file, maps), "params": sum(v.numel() for v in maps.values())})
+    components.append(
+        {
+            "id": f"{aux}.maps",
+            "source": aux,
+            "kind": "maps",
+            "file": file,
+            "sha256": save_tensors(stage / file, maps),
+            "params": sum(v.numel() for v in maps.values()),
+        }
+    )
     instances.sort(key=lambda e: e["block"])
     fragment = {"aux": spec_meta, "instances": instances, "components": components}
     write_json_atomic(stage / f"{aux}.done.json", fragment)

@@ -13,7 +13,7 @@ from learngene.core.errors import UserError
 from learngene.core.io import check_name
 
 POSITIONS = ("end", "front,end")
-INITS = ("random", "ancestor")
+AUX_INITS = ("random", "ancestor")  # how an auxiliary model starts
 
 
 @dataclass
@@ -66,7 +66,9 @@ def _typed(cls, values: dict, where: str):
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise UserError(f"unknown recipe field {where}.{unknown[0]} (known: {', '.join(n for n in names if n != 'name')})")
+        raise UserError(
+            f"unknown recipe field {where}.{unknown[0]} (known: {', '.join(n for n in names if n != 'name')})"
+        )
     out = {}
     for k, v in values.items():
         default = names[k].default
@@ -94,14 +96,18 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         raise UserError(f"{source}: a recipe is a YAML mapping")
     unknown = sorted(set(d) - {"name", "ancestor", "data", "auxiliary", "distill"})
     if unknown:
-        raise UserError(f"{source}: unknown recipe field {unknown[0]} (known: name, ancestor, data, auxiliary, distill)")
+        raise UserError(
+            f"{source}: unknown recipe field {unknown[0]} (known: name, ancestor, data, auxiliary, distill)"
+        )
     data = str(d.get("data") or "")
     if data:
         from learngene.core.data import DATA_SOURCES, is_embedded
 
         if not is_embedded(data):
-            raise UserError(f"{source}: data {data!r} is not an embedded source ({', '.join(DATA_SOURCES)}); "
-                            "a folder is given with --data")
+            raise UserError(
+                f"{source}: data {data!r} is not an embedded source ({', '.join(DATA_SOURCES)}); "
+                "a folder is given with --data"
+            )
     aux = d.get("auxiliary") or {}
     if not isinstance(aux, dict) or not aux:
         raise UserError(f"{source}: 'auxiliary' must map names to auxiliary model settings")
@@ -123,8 +129,16 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         distill = DistillSpec(**_typed(DistillSpec, dict(d.get("distill") or {}), "distill"))
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None
-    return validate(Recipe(name=str(d.get("name", Path(source).stem)), ancestor=str(d.get("ancestor", "embedded")), data=data,
-                           auxiliary=specs, distill=distill, source=source))
+    return validate(
+        Recipe(
+            name=str(d.get("name", Path(source).stem)),
+            ancestor=str(d.get("ancestor", "embedded")),
+            data=data,
+            auxiliary=specs,
+            distill=distill,
+            source=source,
+        )
+    )
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -181,7 +195,9 @@ def validate(recipe: Recipe, ancestor_depth: int | None = None) -> Recipe:
             if k == "epochs" and v == "auto":
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"{where}.{k} must be a positive integer{' or auto' if k == 'epochs' else ''}, got {v!r}")
+                raise UserError(
+                    f"{where}.{k} must be a positive integer{' or auto' if k == 'epochs' else ''}, got {v!r}"
+                )
             if v > {"embed_dim": 16384, "num_heads": 1024, "depth": 1024, "epochs": 10000}[k]:
                 raise UserError(f"{where}.{k} = {v} is beyond any model learngene builds")
         if a.embed_dim % a.num_heads:
@@ -190,8 +206,8 @@ def validate(recipe: Recipe, ancestor_depth: int | None = None) -> Recipe:
             raise UserError(f"{where}: depth {a.depth} is deeper than the ancestor's {ancestor_depth} blocks")
         if a.positions not in POSITIONS:
             raise UserError(f"{where}.positions must be one of {', '.join(POSITIONS)}, got {a.positions!r}")
-        if a.init not in INITS:
-            raise UserError(f"{where}.init must be one of {', '.join(INITS)}, got {a.init!r}")
+        if a.init not in AUX_INITS:
+            raise UserError(f"{where}.init must be one of {', '.join(AUX_INITS)}, got {a.init!r}")
         if not (isinstance(a.lr, float) and a.lr > 0):
             raise UserError(f"{where}.lr must be a positive number, got {a.lr!r}")
         if not (isinstance(a.mlp_ratio, float) and 0 < a.mlp_ratio <= 64):

@@ -21,11 +21,29 @@ TIMM_NAME = re.compile(r"[a-z0-9_]{1,80}")
 # the keyword arguments of a timm VisionTransformer (and learngene's stitched one) that a
 # pool's models may set; anything else (pretrained, pretrained_cfg_overlay, checkpoint_path,
 # file or hub names, ...) is refused before it reaches timm.create_model
-VIT_ARGS = {"img_size": int, "patch_size": int, "in_chans": int, "num_classes": int, "embed_dim": int, "depth": int,
-            "num_heads": int, "mlp_ratio": (int, float), "qkv_bias": bool, "class_token": bool, "global_pool": str,
-            "no_embed_class": bool, "reg_tokens": int, "pre_norm": bool, "fc_norm": (bool, type(None)),
-            "init_values": (int, float, type(None)), "back_embed_dim": int, "back_depth": int, "back_num_heads": int,
-            "back_mlp_ratio": (int, float), "stitch_kind": str}
+VIT_ARGS = {
+    "img_size": int,
+    "patch_size": int,
+    "in_chans": int,
+    "num_classes": int,
+    "embed_dim": int,
+    "depth": int,
+    "num_heads": int,
+    "mlp_ratio": (int, float),
+    "qkv_bias": bool,
+    "class_token": bool,
+    "global_pool": str,
+    "no_embed_class": bool,
+    "reg_tokens": int,
+    "pre_norm": bool,
+    "fc_norm": (bool, type(None)),
+    "init_values": (int, float, type(None)),
+    "back_embed_dim": int,
+    "back_depth": int,
+    "back_num_heads": int,
+    "back_mlp_ratio": (int, float),
+    "stitch_kind": str,
+}
 GLOBAL_POOL = ("token", "avg", "max", "avgmax", "map", "")
 
 

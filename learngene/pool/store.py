@@ -25,15 +25,47 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import UserError
-from learngene.core.io import (file_sha256, inside, is_live, is_locked, load_tensors, lock, nonfinite, read_json,
-                               real_folder, save_tensors, staged_folder, write_json_atomic)
+from learngene.core.io import (
+    file_sha256,
+    inside,
+    is_live,
+    is_locked,
+    load_tensors,
+    lock,
+    nonfinite,
+    read_json,
+    real_folder,
+    save_tensors,
+    staged_folder,
+    write_json_atomic,
+)
 from learngene.core.vit import join_pieces
-
 from learngene.pool.schema import FORMAT, FORMAT_VERSION, validate  # noqa: F401  (FORMAT*: the writers' too)
 
 MANIFEST = "pool.json"
 LOCK = ".lock"
 SUBDIRS = ("instances", "components", "revisions", "children", "reports", "adapters")
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A state of the pool's weights: ``r0`` is the distilled originals (no record), every
+    other is a record `assemble` wrote (parent, files, what was trained, its descendant table)."""
+
+    id: str = "r0"
+    record: dict | None = None
+
+    @classmethod
+    def of(cls, record: dict | None) -> Revision:
+        return cls("r0", None) if record is None else cls(record["id"], record)
+
+    @property
+    def parent(self) -> str | None:
+        return None if self.record is None else self.record.get("parent")
+
+    @property
+    def original(self) -> bool:
+        return self.record is None
 
 
 @dataclass
@@ -45,7 +77,7 @@ class Pool:
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Pool":
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> Pool:
         p = Path(path).expanduser()
         mf = p / MANIFEST
         if not p.is_dir():
@@ -115,6 +147,7 @@ class Pool:
     def leftovers(self) -> list[Path]:
         """What interrupted writers left (staging folders, temp files, revision folders the
         manifest does not list): every reader ignores them; `pool verify --clean` removes them."""
+
         def stale(p: Path) -> bool:  # hidden, not a lock (locks belong to live writers), not being written now
             return p.name.startswith(".") and not p.name.endswith(".lock") and not is_live(p)
 
@@ -194,7 +227,9 @@ class Pool:
         """(narrow, wide): the pool's two auxiliary models, by width."""
         aux = self.auxiliary
         if len(aux) != 2:
-            raise UserError(f"pool {self.path} has {len(aux)} auxiliary models; stitching needs exactly two (narrow and wide)")
+            raise UserError(
+                f"pool {self.path} has {len(aux)} auxiliary models; stitching needs exactly two (narrow and wide)"
+            )
         a, b = sorted(aux, key=lambda n: aux[n]["model_args"]["embed_dim"])
         if aux[a]["model_args"]["depth"] != aux[b]["model_args"]["depth"]:
             raise UserError(f"pool {self.path}: {a} and {b} differ in depth; stitching needs equal depths")
@@ -214,7 +249,12 @@ class Pool:
     def distill_maps(self) -> tuple:
         """(narrow W maps, wide W maps, narrow pairs, wide pairs): what `distill` stitch init reads."""
         n, w = self.aux_names
-        return (self.component(n, "maps"), self.component(w, "maps"), self.auxiliary[n]["pairs"], self.auxiliary[w]["pairs"])
+        return (
+            self.component(n, "maps"),
+            self.component(w, "maps"),
+            self.auxiliary[n]["pairs"],
+            self.auxiliary[w]["pairs"],
+        )
 
     # -- folders beside the manifest -------------------------------------------------------------
     @property
@@ -246,6 +286,10 @@ class Pool:
                 return r
         have = ", ".join(["r0", *(r["id"] for r in self.revisions)])
         raise UserError(f"pool {self.path} has no revision {rid} (has: {have})")
+
+    def head(self, rid: str | None = "latest") -> Revision:
+        """The revision ``rid`` names (``latest``: the newest; the originals are ``r0``)."""
+        return Revision.of(self.revision(rid))
 
     def _entry(self, piece: str, rid: str | None) -> dict | None:
         """The file holding `piece` ('narrow.b0', 'wide.head', 'stitches') as of revision
@@ -313,7 +357,7 @@ class Pool:
         """(PoolModel, has_stitches): every descendant on shared weights as of a revision;
         has_stitches is False when no revision holds trained stitches yet (they are then
         fresh, for the caller to initialise)."""
-        from learngene.core.stitching import PoolModel, unflatten_stitches
+        from learngene.stitch.stitched import PoolModel, unflatten_stitches
 
         n, w = self.aux_names
         rev = self.revision(revision)
@@ -324,8 +368,16 @@ class Pool:
         while rev is not None and not kinds:  # the newest record of the stitch kinds
             kinds = rev.get("stitch_kinds", {})
             rev = self.revision(rev.get("parent"))
-        pm = PoolModel(self.aux_model(n, rid), self.aux_model(w, rid), self.aux_args(n), self.aux_args(w),
-                       stitches=stitches, aux_arch=self.auxiliary[n]["architecture"], kinds=kinds, aux_names=(n, w))
+        pm = PoolModel(
+            self.aux_model(n, rid),
+            self.aux_model(w, rid),
+            self.aux_args(n),
+            self.aux_args(w),
+            stitches=stitches,
+            aux_arch=self.auxiliary[n]["architecture"],
+            kinds=kinds,
+            aux_names=(n, w),
+        )
         return pm, has
 
     def add_revision(self, files: dict[str, tuple[dict, dict[str, torch.Tensor]]], record: dict) -> dict:
@@ -352,8 +404,14 @@ class Pool:
                         # revision refers to the parent's file through its chain, nothing is stored twice
                         (stage / name).unlink()
                         continue
-                    entries.append({**fields, "file": f"revisions/{rid}/{name}", "sha256": sha,
-                                    "params": sum(v.numel() for v in tensors.values())})
+                    entries.append(
+                        {
+                            **fields,
+                            "file": f"revisions/{rid}/{name}",
+                            "sha256": sha,
+                            "params": sum(v.numel() for v in tensors.values()),
+                        }
+                    )
             rec = {"id": rid, **record, "files": entries}
             manifest = json.loads(json.dumps(self.manifest))
             manifest.setdefault("revisions", []).append(rec)
@@ -365,7 +423,10 @@ class Pool:
         """{revision: what refers to it}: exported children and reports name the revision they
         were made from."""
         refs: dict[str, list[str]] = {}
-        for sub, name, key in (("children", "config.json", ("learngene", "pool_revision")), ("reports", "frontier.json", ("meta", "revision"))):
+        for sub, name, key in (
+            ("children", "config.json", ("learngene", "pool_revision")),
+            ("reports", "frontier.json", ("meta", "revision")),
+        ):
             d = self.path / sub
             for f in sorted(d.glob(f"*/{name}")) if d.is_dir() else []:
                 if f.parent.name.startswith("."):
@@ -426,10 +487,16 @@ class Pool:
                         shutil.rmtree(folder)
                 for p in leftovers:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        return {"revisions": dropped, "files": gone_files, "leftovers": [str(p.relative_to(self.path)) for p in leftovers],
-                "bytes": freed, "kept": sorted(kept), "referenced": refs}
+        return {
+            "revisions": dropped,
+            "files": gone_files,
+            "leftovers": [str(p.relative_to(self.path)) for p in leftovers],
+            "bytes": freed,
+            "kept": sorted(kept),
+            "referenced": refs,
+        }
 
-    def copy_as_distilled(self, dst: str | os.PathLike) -> "Pool":
+    def copy_as_distilled(self, dst: str | os.PathLike) -> Pool:
         """A copy of the pool as build-pool wrote it: instances, components and the
         manifest without revisions (no children, reports or adapters either)."""
         dst = Path(dst)
@@ -458,6 +525,7 @@ class Pool:
 
     def storage(self) -> dict:
         """Bytes on disk (every file once) and the bytes each revision needs (r0 included)."""
+
         def size(e) -> int:
             f = self.file(e["file"])
             return f.stat().st_size if f.is_file() else 0
@@ -470,6 +538,5 @@ class Pool:
 
     def info_rows(self) -> list[dict]:
         return [
-            {k: e[k] for k in ("id", "source", "width", "heads", "block", "params", "file")}
-            for e in self.instances
+            {k: e[k] for k in ("id", "source", "width", "heads", "block", "params", "file")} for e in self.instances
         ]

@@ -1,0 +1,184 @@
+"""Training that runs until it has converged (`--epochs auto`), the embedded ancestors' caches
+(per recipe, checked on load), and the fitted ancestor reported against the raw-pixel
+baselines."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_image_folder
+from test_cli import cli, learngene
+
+
+def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
+    import timm
+
+    from learngene.core.data import LearngeneDataModule
+    from learngene.core.training import Classifier, Convergence, OptimConfig, TrainerArgs, evaluate, fit
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    )
+    dm = LearngeneDataModule("digits", batch_size=64, train_fraction=0.2, augment=False)
+    rec, trainer = fit(
+        Classifier(model, OptimConfig(lr=3e-3)),
+        dm,
+        TrainerArgs(progress=False, accelerator="cpu"),
+        epochs="auto",
+        auto=Convergence(cap=60, patience=3),
+    )
+    assert rec["epochs"] == "auto" and rec["stopped_early"] and rec["epochs_run"] < 60
+    assert rec["restored_best"] and 1 <= rec["best_epoch"] <= rec["epochs_run"] - 3
+    # the reported validation score is what the weights handed back score
+    assert evaluate(model, dm.val_dataloader())["top1"] == pytest.approx(rec["best_val"], abs=0.01)
+    # a fixed count still trains exactly that many epochs
+    rec2, _ = fit(Classifier(model, OptimConfig(lr=3e-3)), dm, TrainerArgs(progress=False, accelerator="cpu"), epochs=2)
+    assert rec2["epochs_run"] == 2 and not rec2["restored_best"]
+
+
+def test_build_pool_and_assemble_take_epochs_auto(tmp_path):
+    import yaml
+    from test_pool_cli import RECIPE
+
+    d = json.loads(json.dumps(RECIPE))
+    for a in d["auxiliary"].values():
+        a["epochs"] = "auto"
+    d["distill"]["max_steps"] = 40  # two epochs of the digits: what matters is that auto is taken and recorded
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(d))
+    import timm
+
+    from learngene.core.data import digits_data_config
+    from learngene.core.io import save_local_dir
+
+    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
+    torch.manual_seed(0)
+    save_local_dir(
+        timm.create_model("deit_tiny_patch16_224", **args),
+        tmp_path / "anc",
+        "deit_tiny_patch16_224",
+        args,
+        {**cfg, "num_classes": 10},
+    )
+    r = learngene(
+        "build-pool",
+        "--recipe",
+        tmp_path / "r.yaml",
+        "--model",
+        f"local-dir:{tmp_path / 'anc'}",
+        "--out",
+        tmp_path / "p",
+        "-q",
+        "--accelerator",
+        "cpu",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    aux = json.loads((tmp_path / "p" / "pool.json").read_text())["auxiliary"]
+    assert all(
+        a["metrics"]["training"]["epochs"] == "auto" and a["metrics"]["training"]["best_epoch"] for a in aux.values()
+    )
+    r = cli(
+        "assemble",
+        "--pool",
+        tmp_path / "p",
+        "--descendant",
+        "narrow",
+        "--epochs",
+        "auto",
+        "--format",
+        "timm",
+        "-q",
+        "--accelerator",
+        "cpu",
+    )
+    assert r.returncode == 0, r.stderr
+    rev = json.loads((tmp_path / "p" / "pool.json").read_text())["revisions"][-1]
+    assert rev["training"]["epochs"] == "auto" and rev["training"]["epochs_run"] >= 1
+
+
+def test_embedded_caches_are_per_recipe_and_checked_on_load(tmp_path, capsys):
+    from learngene.models import embedded as E
+
+    home = tmp_path / "home"
+    r = learngene("ancestor", "--epochs", "1", "--json", "-q", home=home)
+    assert r.returncode == 0, r.stderr
+    one = json.loads(r.stdout)
+    r = learngene("ancestor", "--epochs", "2", "--json", "-q", home=home)
+    two = json.loads(r.stdout)
+    assert one["sha256"] != two["sha256"]
+    caches = sorted((home / "ancestors").glob("embedded-digits-*"))
+    assert len(caches) == 2  # --epochs 2 did not replace the --epochs 1 ancestor
+    # a corrupted cache is noticed on load and trained again, saying so
+    victim = next(
+        c for c in caches if json.loads((c / "config.json").read_text())["learngene"]["recipe"]["epochs"] == 1
+    )
+    data = bytearray((victim / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (victim / "model.safetensors").write_bytes(bytes(data))
+    r = learngene("ancestor", "--epochs", "1", "--json", "-q", home=home)
+    assert r.returncode == 0 and "fails its checksum" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["sha256"] == one["sha256"]  # the same recipe and seed give the same weights
+    # corrupted shipped weights are refused in one line
+    shipped = E.shipped_dir()
+    if (shipped / "model.safetensors").is_file():
+        import shutil
+
+        fake = tmp_path / "weights" / "embedded-digits"
+        shutil.copytree(shipped, fake)
+        data = bytearray((fake / "model.safetensors").read_bytes())
+        data[-5] ^= 0xFF
+        (fake / "model.safetensors").write_bytes(bytes(data))
+        import learngene.models.embedded as mod
+
+        old = mod.SHIPPED
+        mod.SHIPPED = tmp_path / "weights"
+        try:
+            with pytest.raises(Exception, match="fail their checksum"):
+                mod.embedded_ancestor(progress=False)
+        finally:
+            mod.SHIPPED = old
+
+
+def test_fine_tune_reports_the_pixel_baselines_and_a_test_split_of_its_own(tmp_path):
+    import timm
+
+    from learngene.core.data import digits_data_config
+    from learngene.core.io import save_local_dir
+
+    make_image_folder(tmp_path / "d" / "train", per_class=16, size=20)
+    make_image_folder(tmp_path / "d" / "val", per_class=8, size=20, seed=1)
+    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
+    torch.manual_seed(0)
+    save_local_dir(
+        timm.create_model("deit_tiny_patch16_224", **args),
+        tmp_path / "anc",
+        "deit_tiny_patch16_224",
+        args,
+        {**cfg, "num_classes": 10},
+    )
+    r = cli(
+        "ancestor",
+        "--model",
+        f"local-dir:{tmp_path / 'anc'}",
+        "--data",
+        tmp_path / "d",
+        "--fine-tune",
+        "--epochs",
+        "2",
+        "--json",
+        "-q",
+        "--accelerator",
+        "cpu",
+        home=tmp_path / "home",
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    for k in ("pixels_knn_top1", "pixels_logreg_top1", "test_top1", "val_top1", "lr"):
+        assert k in info, k
+    assert info["test_from"].startswith("half of val") and info["training"]["epochs_run"] == 2
+    # random pixels: the fitted model cannot beat the baselines by much; when it does not, one warning says so
+    if info["test_top1"] < max(info["pixels_knn_top1"], info["pixels_logreg_top1"]):
+        assert "does not beat the best raw-pixel baseline" in r.stderr
