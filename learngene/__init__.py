@@ -37,6 +37,7 @@ _API = {
         "verify_pool",
         "gc_pool",
         "resolve",
+        "serve",
     )
 }
 _API.update(

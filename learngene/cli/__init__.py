@@ -30,6 +30,7 @@ VERBS = {
     "kit": "kit",
     "grow": "grow",
     "adapt": "adapt",
+    "serve": "serve",
 }
 
 

@@ -1,0 +1,251 @@
+"""`learngene serve` under load, on localhost only: a closed-loop sweep of concurrency (each
+client sends its next request when the last one answered; every loop stops by itself after
+--seconds), through tritonclient.http, the standard v2 client.
+
+Three ways to serve, at one SLO: the largest member alone, the smallest alone, and the pool's
+virtual model that picks per request (`learngene.serving.policy`). Per way and concurrency:
+throughput, p50 / p99 latency, SLO attainment (503s count as misses), mean test top1 of the
+members that answered (from the frontier), and what answered. Then memory: the inference
+worker's resident memory while serving every member on shared blocks, and the bytes of the
+members' weights held once (the pool) against one copy per member (separate models).
+
+    python benchmarks/serve.py [--pool pools/embedded] [--slo-ms auto] [--seconds 8]
+        [--concurrency 1,2,4,8,16] [--threads 2]
+
+Writes benchmarks/results/serve.{json,md}. The pool is built and assembled first when missing
+(the README's main job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, cpu_name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(pool: str, port: int, threads: int) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "learngene.cli", "serve", pool, "--port", str(port), "--threads", str(threads)]
+        + ["--max-queue", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    t = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return p
+        except OSError:
+            pass
+        if p.poll() is not None:
+            sys.exit(f"serve exited: {p.stderr.read()[-2000:]}")
+        if time.monotonic() - t > 600:
+            sys.exit("serve: not ready in 600 s")
+        time.sleep(0.5)
+
+
+def load(port: int, model: str, concurrency: int, seconds: float, shape, slo_ms: float, budget: bool) -> dict:
+    import tritonclient.http as httpclient
+
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    lat, members, codes = [], [], {}
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client():
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=30, network_timeout=30)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        while time.monotonic() < stop:  # bounded: every loop ends by itself
+            t0 = time.perf_counter()
+            try:
+                r = c.infer(model, [inp], parameters={"max_latency_ms": slo_ms} if budget else None)
+                ms, code, m = (time.perf_counter() - t0) * 1000, 200, r.get_response()["parameters"]["member"]
+            except Exception as e:  # 503 under overload: a miss, counted
+                ms, code, m = None, int(getattr(e, "status", lambda: 0)() or 0), None
+                time.sleep(0.005)
+            with lock:
+                codes[code] = codes.get(code, 0) + 1
+                if ms is not None:
+                    lat.append(ms)
+                    members.append(m)
+
+    ts = [threading.Thread(target=client) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    total = sum(codes.values())
+    a = np.array(lat) if lat else np.array([np.nan])
+    served: dict[str, int] = {}
+    for m in members:
+        served[m] = served.get(m, 0) + 1
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "ok": len(lat),
+        "codes": {str(k): v for k, v in codes.items()},
+        "throughput": round(len(lat) / wall, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "attainment": round(float((a <= slo_ms).sum()) / max(1, total), 4),
+        "served": served,
+    }
+
+
+def worker_rss_mib(server: subprocess.Popen) -> float:
+    """The inference worker's resident memory (the server's child that holds the models)."""
+    best = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            st = Path(f"/proc/{pid}/status").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in st.splitlines() if line.startswith("PPid:")))
+        if ppid == server.pid and b"spawn_main" in cmd:
+            rss = int(next(line.split()[1] for line in st.splitlines() if line.startswith("VmRSS:")))
+            best = max(best, rss / 1024)
+    return round(best, 1)
+
+
+MEMORY = r"""
+import json, sys, torch
+from learngene.pool.store import Pool
+from learngene.stitch.stitched import count_params
+pool = Pool.open(sys.argv[1]); pm, _ = pool.model("latest")
+shared = sum(t.numel() * t.element_size() for t in pm.state_dict().values())
+separate = 0
+for s in pm.specs:
+    m = pm.descendant(s)
+    separate += sum(t.numel() * t.element_size() for t in m.state_dict().values())
+print(json.dumps({"shared_mib": shared / 2**20, "separate_mib": separate / 2**20, "members": len(pm.specs)}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pool", default="pools/embedded")
+    ap.add_argument("--slo-ms", default="auto", help="auto: 2x the largest member's p90 at batch 1")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--concurrency", default="1,2,4,8,16")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    a = ap.parse_args()
+    if not (Path(a.pool) / "pool.json").exists():
+        for argv in (["build-pool", "--out", a.pool], ["assemble", "--pool", a.pool, "--all"]):
+            subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
+    import learngene as lg
+
+    pool = lg.Pool.open(a.pool)
+    rows = lg.descendants(pool)
+    largest = max(rows, key=lambda r: r["params"])["id"]
+    smallest = min(rows, key=lambda r: r["params"])["id"]
+    port = free_port()
+    server = start(a.pool, port, a.threads)  # its frontier is measured now if this host has no report
+    meta = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{pool.path.name}").read())
+    front = meta["parameters"]["members"]
+    slo = 2 * front[largest]["latency_ms"] if a.slo_ms == "auto" else float(a.slo_ms)
+    shape = tuple(pool.data_config["input_size"])
+    res = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {a.threads} inference threads",
+        "pool": a.pool,
+        "slo_ms": round(slo, 3),
+        "largest": largest,
+        "smallest": smallest,
+        "frontier": front,
+        "ways": {},
+    }
+    try:
+        for way, model in (("largest", largest), ("smallest", smallest), ("adaptive", pool.path.name)):
+            res["ways"][way] = []
+            for c in [int(v) for v in a.concurrency.split(",")]:
+                # the adaptive way carries the SLO as the request's budget (what --slo-ms sets for all)
+                r = load(port, model, c, a.seconds, shape, slo, budget=way == "adaptive")
+                n = sum(r["served"].values()) or 1
+                r["mean_top1"] = round(sum(front[m]["top1"] * k for m, k in r["served"].items()) / n, 2)
+                res["ways"][way].append(r)
+                print(
+                    f"{way} c={c}: {r['throughput']}/s p99 {r['p99_ms']} ms, attainment {r['attainment']:.1%}",
+                    flush=True,
+                )
+        res["worker_rss_mib"] = worker_rss_mib(server)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+    mem = subprocess.run([sys.executable, "-c", MEMORY, a.pool], capture_output=True, text=True, check=True)
+    res["memory"] = json.loads(mem.stdout)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve.json").write_text(json.dumps(res, indent=2))
+    write_md(res)
+    print(f"wrote {RESULTS / 'serve.md'}")
+
+
+def held(rows: list[dict]) -> float:
+    """The highest throughput at which a way still held >= 95% SLO attainment."""
+    return max([r["throughput"] for r in rows if r["attainment"] >= 0.95] or [0.0])
+
+
+def write_md(res: dict) -> None:
+    lines = [
+        "# learngene serve under load",
+        "",
+        f"`python benchmarks/serve.py` on {res['machine']}; pool `{res['pool']}`, SLO {res['slo_ms']:.2f} ms "
+        f"(2x the largest member's p90 at batch 1 on this host); closed loops through tritonclient.http on "
+        "localhost, batch 1 per request (the adaptive way's requests carry the SLO as `max_latency_ms`), "
+        "LitServe's dynamic batching on the server.",
+        "",
+        "| way | concurrency | req/s | p50 ms | p99 ms | SLO attainment | mean top1 served | answered by |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for way, rows in res["ways"].items():
+        for r in rows:
+            by = ", ".join(f"{m} {k}" for m, k in sorted(r["served"].items(), key=lambda kv: -kv[1])[:3])
+            lines.append(
+                f"| {way} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | "
+                f"{r['attainment']:.1%} | {r['mean_top1']} | {by} |"
+            )
+    h = {w: held(rows) for w, rows in res["ways"].items()}
+    big = res["frontier"][res["largest"]]["top1"]
+    ada = [r for r in res["ways"].get("adaptive", []) if r["attainment"] >= 0.95]
+    ada_top1 = max(ada, key=lambda r: r["throughput"])["mean_top1"] if ada else float("nan")
+    m = res["memory"]
+    lines += [
+        "",
+        f"- Load held at >= 95% attainment: largest {h.get('largest', 0)} req/s, smallest {h.get('smallest', 0)}, "
+        f"adaptive {h.get('adaptive', 0)} ({h.get('adaptive', 0) / max(h.get('largest', 0), 1e-9):.2f}x the "
+        f"largest; goal >= 2x), mean top1 served there {ada_top1} vs the largest's {big} (goal: within 2 points).",
+        f"- Memory: the {m['members']} members' weights held once (the pool) {m['shared_mib']:.2f} MiB against "
+        f"{m['separate_mib']:.2f} MiB as separate models ({m['shared_mib'] / m['separate_mib']:.2f}x; goal <= 0.6x); "
+        f"the inference worker's resident memory while serving all of them {res.get('worker_rss_mib')} MiB "
+        "(mostly torch itself).",
+        "",
+    ]
+    (RESULTS / "serve.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

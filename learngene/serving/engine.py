@@ -1,0 +1,455 @@
+"""`learngene serve` on LitServe: the whole zoo behind one Open Inference Protocol endpoint.
+
+Why LitServe: it is the Lightning team's serving engine (this project trains with Lightning),
+it runs the model in its own worker process with dynamic batching (``max_batch_size``,
+``batch_timeout``), and a `LitSpec` adds the endpoints of a protocol, which is how the
+KServe v2 routes are added here. Ray Serve would be the choice where replicas span machines;
+one process per host is what this serves.
+
+Processes: the main one (waits, and drains on SIGTERM), one uvicorn API server (forked: the
+v2 routes, the member choice, the metrics) and one inference worker (spawned: it holds the
+pool's blocks once, as a `PoolModel`, and runs every member as a path through them; a batch
+that mixes members is split by member). Resident memory is the pool's, not the sum of the
+members'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+import uuid
+
+import litserve as ls
+import numpy as np
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+from learngene.core.errors import UserError
+from learngene.core.io import die_with_parent
+from learngene.serving.policy import NoMember, Overloaded, Scheduler
+from learngene.serving.protocol import BadRequest, infer_response, parse_infer
+
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    # the v2 protocol's error body, which v2 clients (tritonclient) read
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class ZooAPI(ls.LitAPI):
+    """The inference worker: the pool's members on shared blocks."""
+
+    def __init__(self, pool: str, revision: str | None, members: list[str], threads: int, token: str | None, **kw):
+        super().__init__(**kw)
+        self.pool_path, self.revision, self.members, self.threads = pool, revision, members, threads
+        self._token = token
+
+    def setup(self, device):
+        import torch
+
+        from learngene.pool.store import Pool
+
+        die_with_parent(os.getppid())  # a server killed by SIGKILL leaves no worker behind
+        torch.set_num_threads(self.threads)
+        pool = Pool.open(self.pool_path)
+        pm, has = pool.model(self.revision)
+        if not has:  # never assembled: the stitches at their least-squares init, as bench measured them
+            from learngene.stitch.init import init_stitches
+            from learngene.zoo import pool_data
+
+            init_stitches(pm, "lstsq", pool_data(pool, None, augment=False))
+        self.pm = pm.eval()
+        self.specs = {s.id: s for s in pm.specs if s.id in self.members}
+        self.torch = torch
+
+    def decode_request(self, request, **kw):
+        member, arr = request
+        return member, self.torch.from_numpy(arr)
+
+    def batch(self, inputs):
+        return list(inputs)  # members may differ: predict groups them
+
+    def predict(self, x, **kw):
+        items = x if isinstance(x, list) else [x]
+        out: list = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, (member, _) in enumerate(items):
+            groups.setdefault(member, []).append(i)
+        with self.torch.inference_mode():
+            for member, idx in groups.items():
+                xs = self.torch.cat([items[i][1] for i in idx])
+                logits = self.pm(xs, self.specs[member]).float().numpy()
+                start = 0
+                for i in idx:
+                    n = items[i][1].shape[0]
+                    out[i] = logits[start : start + n]
+                    start += n
+        return out if isinstance(x, list) else out[0]
+
+    def unbatch(self, output):
+        return output
+
+    def encode_response(self, output, **kw):
+        return output
+
+    def authorize(self, request: Request):
+        """The bearer token, when one is set (health probes go without)."""
+        from fastapi import HTTPException
+
+        if self._token is None or request.url.path.startswith("/v2/health"):
+            return
+        got = request.headers.get("authorization", "")
+        import hmac
+
+        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), self._token)):
+            raise HTTPException(status_code=401, detail="a bearer token is required (Authorization: Bearer ...)")
+
+
+class KServeV2(LitSpec):
+    """The Open Inference Protocol's routes over the zoo, the member choice and /metrics."""
+
+    def __init__(
+        self,
+        pool_name: str,
+        frontier: dict[str, dict],
+        input_shape: tuple,
+        num_classes: int,
+        *,
+        slo_ms: float | None,
+        max_queue: int,
+        max_body: int,
+        shared,
+    ):
+        super().__init__()
+        self.api_path = "/v2/infer"  # LitServe's queue key; the routes are below
+        self.pool_name, self.frontier = pool_name, frontier
+        self.input_shape, self.num_classes, self.max_body = tuple(input_shape), num_classes, max_body
+        self.scheduler = Scheduler(
+            {m: f["latency_ms"] for m, f in frontier.items()},
+            {m: f["top1"] for m, f in frontier.items()},
+            slo_ms=slo_ms,
+            max_queue=max_queue,
+        )
+        self.shared = shared  # (draining, in flight): shared with the main process, which drains on SIGTERM
+        self.served: dict[tuple[str, str, int], int] = {}
+        self.hist = {m: [0] * (len(BUCKETS_MS) + 1) for m in frontier}
+        self.sums = {m: [0.0, 0] for m in frontier}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["shared"] = None  # the worker process needs none of the API server's state
+        return state
+
+    def pre_setup(self, lit_api):
+        for path, fn, methods in (
+            ("/v2", self.server_meta, ["GET"]),
+            ("/v2/health/live", self.live, ["GET"]),
+            ("/v2/health/ready", self.ready, ["GET"]),
+            ("/v2/models", self.models, ["GET"]),
+            ("/v2/models/{name}", self.model_meta, ["GET"]),
+            ("/v2/models/{name}/ready", self.model_ready, ["GET"]),
+            ("/v2/models/{name}/infer", self.infer, ["POST"]),
+            ("/metrics", self.metrics, ["GET"]),
+        ):
+            self.add_endpoint(path, fn, methods)
+
+    def decode_request(self, request, context_kwargs=None):
+        return request
+
+    def encode_response(self, output, context_kwargs=None):
+        return output
+
+    # ------------------------------------------------------------------ metadata and health
+
+    def _workers_ready(self) -> bool:
+        st = self._server.workers_setup_status if self._server else {}
+        return bool(st) and all(v == "ready" for v in st.values())
+
+    async def server_meta(self):
+        from learngene.core import __version__
+
+        return {"name": "learngene", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    async def live(self):
+        return Response(status_code=200)
+
+    async def ready(self):
+        ok = self._workers_ready() and not self.shared[0].value
+        return Response(status_code=200 if ok else 503)
+
+    def _names(self) -> list[str]:
+        return [self.pool_name, *self.frontier]
+
+    async def models(self):
+        return {"models": [{"name": n, "versions": ["1"], "state": "READY"} for n in self._names()]}
+
+    async def model_meta(self, name: str):
+        if name not in self._names():
+            return error(404, f"unknown model {name!r} (serving {', '.join(self._names()[:4])}, ...)")
+        meta = {
+            "name": name,
+            "versions": ["1"],
+            "platform": "pytorch_learngene",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, self.num_classes]}],
+        }
+        if name == self.pool_name:
+            meta["parameters"] = {
+                "members": self.frontier,
+                "request_parameters": ["max_latency_ms", "min_top1"],
+                "slo_ms": self.scheduler.slo_ms,
+            }
+        else:
+            meta["parameters"] = self.frontier[name]
+        return meta
+
+    async def model_ready(self, name: str):
+        if name not in self._names():
+            return error(404, f"unknown model {name!r}")
+        return Response(status_code=200 if self._workers_ready() else 503)
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, name: str, request: Request):
+        t0 = time.perf_counter()
+        if self.shared[0].value:
+            return self._count(name, None, error(503, "shutting down", {"Retry-After": "5"}))
+        if name not in self._names():
+            return self._count(
+                name, None, error(400, f"unknown model {name!r}: a member id or the pool's name {self.pool_name!r}")
+            )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return self._count(name, None, error(413, f"request body over {self.max_body} bytes"))
+        body = await request.body()
+        if len(body) > self.max_body:
+            return self._count(name, None, error(413, f"request body over {self.max_body} bytes"))
+        try:
+            arr, req = parse_infer(body, request.headers.get("inference-header-content-length"), self.input_shape)
+        except BadRequest as e:
+            return self._count(name, None, error(400, str(e)))
+        params = req.get("parameters") or {}
+        try:
+            ticket, choice = self.scheduler.choose(
+                None if name == self.pool_name else name, params.get("max_latency_ms"), params.get("min_top1")
+            )
+        except NoMember as e:
+            return self._count(name, None, error(400, str(e)))
+        except Overloaded as e:
+            return self._count(name, None, error(503, str(e), {"Retry-After": str(e.retry_after)}))
+        with self.shared[1].get_lock():
+            self.shared[1].value += 1
+        try:
+            response, status = await self._run(choice.member, arr)
+        finally:
+            with self.shared[1].get_lock():
+                self.shared[1].value -= 1
+        ms = (time.perf_counter() - t0) * 1000
+        if status != LitAPIStatus.OK:
+            self.scheduler.done(ticket, None)
+            return self._count(name, choice.member, error(500, f"inference failed on {choice.member}"))
+        self.scheduler.done(ticket, ms)
+        extra = {
+            "member": choice.member,
+            "member_top1": self.frontier[choice.member]["top1"],
+            "predicted_ms": round(choice.predicted_ms, 3),
+        }
+        data, headers = infer_response(name, response, req, extra)
+        self._observe(choice.member, ms)
+        return self._count(name, choice.member, Response(content=data, headers=headers, status_code=200))
+
+    async def _run(self, member: str, arr: np.ndarray):
+        uid = uuid.uuid4()
+        event = asyncio.Event()
+        self.response_buffer[uid] = ResponseBufferItem(event=event)
+        self.request_queue.put_nowait((self.response_queue_id, uid, time.monotonic(), (member, arr)))
+        await event.wait()
+        return self.response_buffer.pop(uid).response
+
+    # ------------------------------------------------------------------ metrics
+
+    def _count(self, model: str, member: str | None, resp: Response) -> Response:
+        key = (model if model in self._names() else "unknown", member or "", resp.status_code)
+        self.served[key] = self.served.get(key, 0) + 1
+        return resp
+
+    def _observe(self, member: str, ms: float) -> None:
+        h = self.hist[member]
+        for i, b in enumerate(BUCKETS_MS):
+            if ms <= b:
+                h[i] += 1
+                break
+        else:
+            h[-1] += 1
+        self.sums[member][0] += ms / 1000
+        self.sums[member][1] += 1
+
+    async def metrics(self):
+        """Prometheus' text format: requests by model, member and code; latency per member."""
+        lines = ["# TYPE learngene_requests_total counter"]
+        for (model, member, code), n in sorted(self.served.items()):
+            lines.append(f'learngene_requests_total{{model="{model}",member="{member}",code="{code}"}} {n}')
+        lines += ["# TYPE learngene_request_duration_seconds histogram"]
+        for member, h in self.hist.items():
+            if not self.sums[member][1]:
+                continue
+            acc = 0
+            for b, c in zip(BUCKETS_MS, h):
+                acc += c
+                lines.append(f'learngene_request_duration_seconds_bucket{{member="{member}",le="{b / 1000:g}"}} {acc}')
+            lines.append(
+                f'learngene_request_duration_seconds_bucket{{member="{member}",le="+Inf"}} {self.sums[member][1]}'
+            )
+            lines.append(f'learngene_request_duration_seconds_sum{{member="{member}"}} {self.sums[member][0]:.6f}')
+            lines.append(f'learngene_request_duration_seconds_count{{member="{member}"}} {self.sums[member][1]}')
+        lines += [
+            "# TYPE learngene_in_flight gauge",
+            f"learngene_in_flight {len(self.scheduler.in_flight)}",
+            "# TYPE learngene_calibration gauge",
+            f"learngene_calibration {self.scheduler.calibration:.4f}",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def frontier_from_rows(rows: list[dict], members: list[str]) -> dict[str, dict]:
+    """member -> {top1, latency_ms (p90, batch 1), params} from a bench report's torch rows."""
+    out = {}
+    for r in rows:
+        if r["model"] in members and r.get("infer_batch_size") == 1:
+            out[r["model"]] = {
+                "top1": float(r["top1"]),
+                "latency_ms": float(r.get("infer_step_time_p90") or r["infer_step_time"]),
+                "params": float(r["param_count"]),
+                "trained": bool(r.get("trained", True)),
+            }
+    return out
+
+
+def serve(
+    pool_path: str,
+    pool_name: str,
+    revision: str | None,
+    frontier: dict[str, dict],
+    input_shape: tuple,
+    num_classes: int,
+    *,
+    host: str,
+    port: int,
+    slo_ms: float | None,
+    token: str | None,
+    threads: int,
+    max_batch_size: int,
+    batch_timeout_ms: float,
+    max_queue: int,
+    max_body: int,
+    log_level: str = "warning",
+    on_ready=None,
+) -> None:
+    """Run the server until SIGINT / SIGTERM (the caller's handlers raise; this drains first)."""
+    import multiprocessing as mp
+    import signal
+
+    shared = (mp.Value("i", 0), mp.Value("i", 0))  # draining, requests in flight
+    spec = KServeV2(
+        pool_name,
+        frontier,
+        input_shape,
+        num_classes,
+        slo_ms=slo_ms,
+        max_queue=max_queue,
+        max_body=max_body,
+        shared=shared,
+    )
+    api = ZooAPI(
+        pool_path,
+        revision,
+        list(frontier),
+        threads,
+        token,
+        max_batch_size=max_batch_size,
+        batch_timeout=batch_timeout_ms / 1000,
+        spec=spec,
+    )
+    server = ls.LitServer(
+        api,
+        accelerator="cpu",
+        devices=1,
+        workers_per_device=1,
+        timeout=60,
+        max_payload_size=max_body,
+        disable_openapi_url=True,
+    )
+    from fastapi import HTTPException
+
+    @server.app.exception_handler(HTTPException)
+    async def _v2_errors(request, exc):  # the protocol's {"error": ...} body for auth and size refusals
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    # LitServer.run blocks in a call that a signal does not interrupt when the kernel hands the
+    # signal to another thread, so it runs in a thread of its own and this (main) thread
+    # watches for SIGINT / SIGTERM: then new requests get 503, those in flight finish (at most
+    # 30 s), and only then does LitServe stop its API server and worker.
+    got: dict = {}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: got.setdefault("signal", signum))
+    # the API server and LitServe's manager are forked from here: they too die with this process
+    os.register_at_fork(after_in_child=functools.partial(die_with_parent, os.getpid()))
+
+    def run():
+        try:
+            server.run(
+                host=host,
+                port=port,
+                num_api_servers=1,
+                log_level=log_level,
+                generate_client_file=False,
+                api_server_worker_type="process",
+            )
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+            got["error"] = e
+
+    import threading
+
+    if on_ready is not None:
+        on_ready()
+    t = threading.Thread(target=run, name="litserve", daemon=True)
+    try:
+        t.start()
+        while t.is_alive() and "signal" not in got:
+            t.join(0.1)
+        if "signal" in got:
+            import logging
+
+            # LitServe's worker monitor reads the manager that the shutdown below closes: that
+            # one traceback is the shutdown itself, not an error
+            logging.getLogger("litserve.server").addFilter(lambda r: "Monitoring worker crashed" not in r.getMessage())
+            shared[0].value = 1
+            deadline = time.monotonic() + 30
+            while shared[1].value > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if server._shutdown_event is not None:
+                server._shutdown_event.set()
+            t.join(60)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for child in mp.active_children():  # whatever LitServe left running
+            child.terminate()
+    if "signal" in got:
+        h = previous.get(got["signal"])
+        if callable(h):
+            h(got["signal"], None)
+        raise KeyboardInterrupt
+    e = got.get("error")
+    if isinstance(e, OSError) and e.errno == 98:
+        raise UserError(f"--port {port}: address {host}:{port} is already in use") from None
+    if isinstance(e, SystemExit):
+        raise UserError(f"the server on {host}:{port} could not start (is the port in use?)") from None
+    if e is not None:
+        raise e

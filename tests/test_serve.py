@@ -1,0 +1,187 @@
+"""`learngene serve` through the Open Inference Protocol with a standard client (tritonclient):
+a real LitServe server on a free localhost port, every member's logits against the member
+exported alone, the virtual model's budget, 400 / 401 / 503 refusals, /metrics, SIGTERM."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture)
+from test_cli import learngene
+
+from learngene.serving.policy import NoMember, Overloaded, Scheduler
+
+pytest.importorskip("litserve")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+
+def test_the_policy_downgrades_under_load_and_refuses_beyond_the_smallest():
+    s = Scheduler({"big": 4.0, "mid": 2.0, "small": 1.0}, {"big": 90, "mid": 85, "small": 80}, slo_ms=5, max_queue=8)
+    t1, c = s.choose()
+    assert c.member == "big"  # idle: the most accurate within 5 ms
+    t2, c = s.choose()
+    assert c.member == "small"  # 4 ms ahead: only the 1 ms member still lands within 5
+    with pytest.raises(Overloaded) as e:
+        s.choose()  # 5 ms ahead: nothing fits
+    assert e.value.retry_after >= 1
+    assert s.choose("big")[1].member == "big"  # a named member answers itself
+    with pytest.raises(NoMember):
+        s.choose(min_top1=95)
+    with pytest.raises(NoMember, match="even when idle"):
+        s.choose(budget_ms=0.5)
+    for t in (t1, t2):
+        s.done(t, 1.0)  # faster than predicted: calibration drops below 1
+    assert s.calibration < 1
+    s.in_flight.clear()
+    for _ in range(8):
+        s.choose("small")
+    with pytest.raises(Overloaded, match="queue holds 8"):
+        s.choose("small")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, token=None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None, b""
+
+
+def post(url, body: bytes, token=None):
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def served(setup_dir, tmp_path_factory):  # noqa: F811
+    d = tmp_path_factory.mktemp("serve")
+    pool = fresh_pool(setup_dir, d)
+    r = learngene("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (d / "token").write_text("s3cret-token\n")
+    port = free_port()
+    log = open(d / "serve.log", "w")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "learngene.cli", "serve", str(pool), "--port", str(port)]
+        + ["--token-file", str(d / "token"), "--threads", "1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "LEARNGENE_NO_LOAD_WARNING": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    t = time.monotonic()
+    while get(f"{base}/v2/health/ready")[0] != 200:
+        assert p.poll() is None, (d / "serve.log").read_text()[-3000:]
+        assert time.monotonic() - t < 240, "not ready in 240 s: " + (d / "serve.log").read_text()[-3000:]
+        time.sleep(0.2)
+    yield {"pool": pool, "port": port, "base": base, "proc": p, "token": "s3cret-token", "log": d / "serve.log"}
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def test_every_member_answers_as_it_does_exported_alone(served):
+    import learngene as lg
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{served['port']}")
+    auth = {"Authorization": f"Bearer {served['token']}"}
+    assert client.is_server_live() and client.is_server_ready()
+    names = [m["name"] for m in json.loads(get(f"{served['base']}/v2/models", served["token"])[1])["models"]]
+    pool_name = served["pool"].name
+    assert names[0] == pool_name and len(names) == 1 + 9
+    x = torch.randn(3, 3, 16, 16)
+    for i, member in enumerate(names[1:]):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        binary = i % 2 == 0  # both encodings: the binary extension and plain JSON
+        inp.set_data_from_numpy(x.numpy(), binary_data=binary)
+        outs = [httpclient.InferRequestedOutput("logits", binary_data=binary)]
+        res = client.infer(member, [inp], outputs=outs, headers=dict(auth))
+        assert res.get_response()["parameters"]["member"] == member
+        ref = lg.resolve(f"{served['pool']}:{member}").load().model.eval()
+        with torch.inference_mode():
+            want = ref(x).numpy()
+        assert np.abs(res.as_numpy("logits") - want).max() <= 1e-4, member
+
+
+def test_the_virtual_model_honours_a_budget_and_a_floor(served):
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{served['port']}")
+    auth = {"Authorization": f"Bearer {served['token']}"}
+    pool_name = served["pool"].name
+    meta = client.get_model_metadata(pool_name, headers=dict(auth))
+    front = meta["parameters"]["members"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    best = max(front, key=lambda m: (front[m]["top1"], -front[m]["latency_ms"]))
+    res = client.infer(pool_name, [inp], headers=dict(auth), parameters={"max_latency_ms": 60_000})
+    assert res.get_response()["parameters"]["member"] == best
+    fastest = min(front, key=lambda m: front[m]["latency_ms"])
+    budget = front[fastest]["latency_ms"] * 1.5
+    res = client.infer(pool_name, [inp], headers=dict(auth), parameters={"max_latency_ms": budget})
+    # the frontier's latency, calibrated by what this server has measured since: within the budget
+    assert res.get_response()["parameters"]["predicted_ms"] <= budget
+    with pytest.raises(InferenceServerException, match="400.*even when idle"):
+        client.infer(pool_name, [inp], headers=dict(auth), parameters={"max_latency_ms": budget / 1000})
+    floor = sorted(v["top1"] for v in front.values())[-2]
+    res = client.infer(pool_name, [inp], headers=dict(auth), parameters={"min_top1": floor})
+    assert front[res.get_response()["parameters"]["member"]]["top1"] >= floor
+
+
+def test_bad_requests_are_400_naming_the_field_and_no_token_is_401(served):
+    base, tok = served["base"], served["token"]
+    url = f"{base}/v2/models/narrow/infer"
+    good = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
+    assert post(url, json.dumps(good).encode(), tok)[0] == 200
+    assert post(url, json.dumps(good).encode(), "wrong")[0] == 401
+    req = urllib.request.Request(url, data=json.dumps(good).encode(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401 and "bearer" in json.loads(e.value.read())["error"]
+    for change, field in (
+        ({"shape": [1, 3, 8, 8], "data": [0.0] * 192}, "shape"),
+        ({"datatype": "INT8"}, "datatype"),
+        ({"data": [0.0] * 5}, "data"),
+        ({"data": ["x"] * 768}, "data"),
+    ):
+        bad = {"inputs": [{**good["inputs"][0], **change}]}
+        code, body = post(url, json.dumps(bad).encode(), tok)
+        msg = json.loads(body)["error"]
+        assert code == 400 and field in msg and "\n" not in msg, (change, msg)
+    code, body = post(f"{base}/v2/models/no-such-member/infer", json.dumps(good).encode(), tok)
+    assert code == 400 and "no-such-member" in json.loads(body)["error"]
+    assert post(url, b"{not json", tok)[0] == 400
+    code, body = get(f"{base}/metrics", tok)
+    assert code == 200 and b'learngene_requests_total{model="narrow",member="narrow",code="200"}' in body
+    assert b"learngene_request_duration_seconds_bucket" in body
+
+
+def test_sigterm_drains_and_exits_143(served):
+    p = served["proc"]
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    assert p.returncode == 143, served["log"].read_text()[-2000:]
+    assert served["log"].read_text().strip().splitlines()[-1] == "learngene: interrupted"
+    assert get(f"{served['base']}/v2/health/live")[0] is None  # nothing listens any more
