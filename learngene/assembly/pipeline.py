@@ -225,7 +225,15 @@ def _assemble(
             else:
                 r.update(val_top1=None, test_top1=None, test_top5=None, init_val_top1=None)
 
-    chosen = select(rows, sel, anc_params, depth) if sel.given else None
+    chosen = None
+    if sel.given:
+        # a target run exports what it trained (the others were not evaluated now); else the
+        # pick among the rows as evaluated
+        chosen = (
+            next(r for r in rows if r["id"] == target["id"])
+            if mode == "target"
+            else select(rows, sel, anc_params, depth)
+        )
     child_dir = None
     if chosen is not None:
         child_dir = check_output(
