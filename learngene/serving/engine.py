@@ -310,8 +310,8 @@ class KServeV2(LitSpec):
         lines += [
             "# TYPE learngene_in_flight gauge",
             f"learngene_in_flight {len(self.scheduler.in_flight)}",
-            "# TYPE learngene_calibration gauge",
-            f"learngene_calibration {self.scheduler.calibration:.4f}",
+            "# TYPE learngene_overhead_ms gauge",
+            f"learngene_overhead_ms {self.scheduler.overhead_ms:.4f}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

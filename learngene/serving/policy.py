@@ -9,11 +9,11 @@ The policy, for the virtual model:
 
 1. the work ahead of a new request is the sum of the frontier latencies of the requests in
    flight (the worker serves one batch at a time, so this is what it must finish first);
-2. a calibration factor ``c`` (an exponential average of measured / predicted completion times
-   of finished requests, within 0.25-4) turns the frontier's numbers into this moment's: it
-   falls below 1 when dynamic batching serves several requests at once, and rises when the
-   host is busier than when it was benched;
-3. the most accurate member whose predicted completion ``c * (ahead + latency)`` fits the
+2. what the frontier does not hold (HTTP, the engine's queues, decoding: milliseconds that do
+   not shrink with the member) is learnt as an additive overhead, an exponential average of
+   measured minus predicted work of finished requests (never below 0); under load it also
+   absorbs whatever the sum in (1) misses;
+3. the most accurate member whose predicted completion ``overhead + ahead + latency`` fits the
    budget (and whose top1 meets the floor) answers; none fits: 503 with ``Retry-After`` (the
    seconds the work ahead needs), since a request that would miss its budget anyway is
    better retried than queued;
@@ -52,7 +52,7 @@ class Scheduler:
     slo_ms: float | None = None
     max_queue: int = 64
     smoothing: float = 0.2
-    calibration: float = 1.0
+    overhead_ms: float = 0.0
     in_flight: dict[int, tuple[str, float]] = field(default_factory=dict)  # ticket -> (member, predicted)
     _next: int = 0
 
@@ -69,7 +69,7 @@ class Scheduler:
         if len(self.in_flight) >= self.max_queue:
             raise Overloaded(
                 f"{len(self.in_flight)} requests in flight (the queue holds {self.max_queue})",
-                math.ceil(self.calibration * self.ahead_ms / 1000),
+                math.ceil((self.overhead_ms + self.ahead_ms) / 1000),
             )
         ahead = self.ahead_ms
         if member is not None:
@@ -82,7 +82,7 @@ class Scheduler:
             if budget is None:
                 pick = floor[0]
             else:
-                fits = [m for m in floor if self.calibration * (ahead + self.latency_ms[m]) <= budget]
+                fits = [m for m in floor if self.overhead_ms + ahead + self.latency_ms[m] <= budget]
                 if not fits:
                     fastest = min(floor, key=self.latency_ms.get)
                     if self.latency_ms[fastest] > budget:
@@ -92,18 +92,18 @@ class Scheduler:
                         )
                     raise Overloaded(
                         f"no member can answer within {budget:g} ms behind {len(self.in_flight)} requests",
-                        math.ceil(self.calibration * ahead / 1000),
+                        math.ceil((self.overhead_ms + ahead) / 1000),
                     )
                 pick = fits[0]
         ticket = self._next
         self._next += 1
         predicted = ahead + self.latency_ms[pick]
         self.in_flight[ticket] = (pick, predicted)
-        return ticket, Choice(pick, self.calibration * predicted)
+        return ticket, Choice(pick, self.overhead_ms + predicted)
 
     def done(self, ticket: int, measured_ms: float | None) -> None:
-        """A request finished (``measured_ms`` None: failed): learn the calibration factor."""
+        """A request finished (``measured_ms`` None: failed): learn the overhead."""
         _, predicted = self.in_flight.pop(ticket, (None, None))
-        if predicted and measured_ms is not None and predicted > 0:
-            ratio = min(4.0, max(0.25, measured_ms / predicted))
-            self.calibration = (1 - self.smoothing) * self.calibration + self.smoothing * ratio
+        if predicted is not None and measured_ms is not None:
+            extra = max(0.0, measured_ms - predicted)
+            self.overhead_ms = (1 - self.smoothing) * self.overhead_ms + self.smoothing * extra
