@@ -652,6 +652,57 @@ def _child_out(pool: Pool, out, name: str, force: bool, member: str, revision: s
     return check_output(folder, force, "child"), False
 
 
+def _frontier(
+    pool: Pool,
+    rev: str,
+    runtime: str,
+    precision: str,
+    batch_size: int,
+    device: str,
+    *,
+    data=None,
+    threads: int | None = None,
+    remeasure: bool = False,
+    progress: bool = False,
+):
+    """(report, its rows of this runtime, precision and batch size, measured now): the newest
+    report of revision ``rev`` measured on this device with this thread count and runtime
+    version, else a bench now, written at once (a measurement is kept even when what asked for
+    it refuses afterwards, so the next call reads it instead of measuring again)."""
+    from learngene.measure.budget import latest_report
+    from learngene.measure.members import resolve_device
+    from learngene.measure.metrics import device_name
+    from learngene.measure.runtimes import plan
+
+    def rows_of(report: Path) -> list[dict]:
+        return [
+            r
+            for r in json.loads((report / "frontier.json").read_text())["rows"]
+            if r["infer_batch_size"] == batch_size
+            and (r.get("runtime", "torch"), r.get("precision", "fp32")) == (runtime, precision)
+        ]
+
+    dev = resolve_device(device)
+    versions = {runtime: plan([runtime], [precision])[0][0].version}
+    if not remeasure:
+        report = latest_report(pool.reports_dir, rev, str(dev), device_name(dev), torch.get_num_threads(), versions)
+        rows = rows_of(report) if report is not None else []
+        if rows:
+            return report, rows, False
+    report = bench(
+        pool,
+        runtimes=[runtime],
+        precisions=[precision],
+        device=device,
+        threads=threads,
+        batch_sizes=[batch_size],
+        revision=rev,
+        data=data,
+        progress=progress,
+    ).report
+    return report, rows_of(report), True
+
+
 def target(
     pool="pools/embedded",
     budget: Budget | None = None,
@@ -687,9 +738,8 @@ def target(
             revision and weights it measured, with the host's own accuracy.
     """
     from learngene.core.registries import FORMATS
-    from learngene.measure.budget import latest_report, pick
+    from learngene.measure.budget import pick
     from learngene.measure.members import resolve_device, set_threads
-    from learngene.measure.metrics import device_name
     from learngene.measure.runtimes import plan
 
     if not isinstance(budget, Budget):
@@ -710,8 +760,8 @@ def target(
             fmt=fmt or "onnx",
         )
     precision = precision or "fp32"
-    pairs = plan([runtime], [precision])
-    dev = resolve_device(device)
+    plan([runtime], [precision])  # a bad runtime, precision or device: refused before any work
+    resolve_device(device)
     set_threads(threads)
     fmt = fmt or ("onnx" if runtime == "onnxruntime" else "pt2")
     rev = pool.head("latest").id
@@ -720,34 +770,9 @@ def target(
 
         if learngene_output(out) != "model folder":  # taken by something else: refused before anything is measured
             check_output(out, force, "child")
-    versions = {runtime: pairs[0][0].version}
-    report = (
-        None
-        if remeasure
-        else latest_report(pool.reports_dir, rev, str(dev), device_name(dev), torch.get_num_threads(), versions)
+    report, rows, measured = _frontier(
+        pool, rev, runtime, precision, budget.batch_size, device, data=data, remeasure=remeasure, progress=progress
     )
-    rows = None
-    if report is not None:
-        rows = [
-            r
-            for r in json.loads((report / "frontier.json").read_text())["rows"]
-            if r["infer_batch_size"] == budget.batch_size
-            and (r.get("runtime", "torch"), r.get("precision", "fp32")) == (runtime, precision)
-        ]
-    measured = not rows  # no report here, or none at this batch size, runtime and precision: measure now
-    if measured:
-        # written at once: a measurement is kept even when the pick is refused below, so the
-        # next call reads it instead of measuring again
-        report = bench(
-            pool,
-            runtimes=[runtime],
-            precisions=[precision],
-            device=device,
-            batch_sizes=[budget.batch_size],
-            data=data,
-            progress=progress,
-        ).report
-        rows = [r for r in json.loads((report / "frontier.json").read_text())["rows"]]
     rows = [r for r in rows if r["kind"] in DESCENDANT_KINDS]
     from learngene.measure.budget import WIDE_SPREAD
 
@@ -1025,8 +1050,6 @@ def serve(
             host has no bench report of that revision yet (one is made then).
     """
     from learngene.core import limits
-    from learngene.measure.budget import latest_report
-    from learngene.measure.metrics import device_name
 
     try:
         from learngene.serving.engine import frontier_from_rows
@@ -1063,19 +1086,12 @@ def serve(
     unknown = [m for m in wanted if m not in ids]
     if unknown:
         raise UserError(f"--members: {unknown[0]!r} is not a descendant of {pool.path} (e.g. {', '.join(ids[:3])})")
-    from learngene.measure.runtimes import plan
-
     torch.set_num_threads(threads)
-    versions = {"torch": plan(["torch"], ["fp32"])[0][0].version}
-    report = latest_report(pool.reports_dir, rev, "cpu", device_name(torch.device("cpu")), threads, versions)
-    rows = None
-    if report is not None:
-        rows = json.loads((report / "frontier.json").read_text())["rows"]
-        rows = [r for r in rows if (r.get("runtime", "torch"), r.get("precision", "fp32")) == ("torch", "fp32")]
-    front = frontier_from_rows(rows or [], wanted)
-    if len(front) < len(wanted):  # no report of this revision here, or it lacks batch 1: measure now
-        report = bench(pool, batch_sizes=(1,), threads=threads, revision=rev, data=data).report
-        front = frontier_from_rows(json.loads((report / "frontier.json").read_text())["rows"], wanted)
+    _, rows, measured = _frontier(pool, rev, "torch", "fp32", 1, "cpu", data=data, threads=threads)
+    front = frontier_from_rows(rows, wanted)
+    if len(front) < len(wanted) and not measured:  # a report that lacks a member: measure now
+        _, rows, _ = _frontier(pool, rev, "torch", "fp32", 1, "cpu", data=data, threads=threads, remeasure=True)
+        front = frontier_from_rows(rows, wanted)
     cfg = pool.data_config
     run(
         str(pool.path),
