@@ -39,13 +39,24 @@ def test_the_policy_downgrades_under_load_and_refuses_beyond_the_smallest():
         s.choose(min_top1=95)
     with pytest.raises(NoMember, match="even when idle"):
         s.choose(budget_ms=0.5)
-    s.done(t1, 4.0 + 3.0)  # 3 ms more than the frontier predicted: learnt as overhead
-    s.done(t2, 5.0 + 3.0)
+    s.done(t1, 4.0 + 6.0)  # alone, 6 ms more than the frontier predicted: learnt as overhead
+    assert s.overhead_ms > 1 and s.per_ahead_ms == 0
+    s.done(t2, 5.0 + 3.0 + 10.0)  # 1 ahead and 10 ms later still: learnt per request ahead
+    assert s.per_ahead_ms > 1
     s.in_flight.clear()
-    assert s.overhead_ms > 1
     t, c = s.choose()
     assert c.member != "big" and c.predicted_ms <= 5  # idle, but 4 ms + the overhead no longer fits
+    with pytest.raises(Overloaded):
+        s.choose()  # behind one request its cost per request ahead leaves nothing within 5 ms
     s.done(t, None)
+    # load that pushed every estimate past the budget refuses only while requests are in flight:
+    # an idle server admits again (it once refused for ever, nothing finishing to unlearn it)
+    for _ in range(20):
+        tk, _ = s.choose(budget_ms=1000)
+        s.in_flight[tk] = (s.in_flight[tk][0], s.in_flight[tk][1], 3)
+        s.done(tk, 500.0)
+    assert s.per_ahead_ms > 100 and s.choose()[1].predicted_ms <= 5
+    s.in_flight.clear()
     for _ in range(8):
         s.choose("small")
     with pytest.raises(Overloaded, match="queue holds 8"):

@@ -312,6 +312,8 @@ class KServeV2(LitSpec):
             f"learngene_in_flight {len(self.scheduler.in_flight)}",
             "# TYPE learngene_overhead_ms gauge",
             f"learngene_overhead_ms {self.scheduler.overhead_ms:.4f}",
+            "# TYPE learngene_per_request_ahead_ms gauge",
+            f"learngene_per_request_ahead_ms {self.scheduler.per_ahead_ms:.4f}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

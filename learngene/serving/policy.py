@@ -7,16 +7,21 @@ optional floor (``parameters.min_top1``).
 
 The policy, for the virtual model:
 
-1. the work ahead of a new request is the sum of the frontier latencies of the requests in
-   flight (the worker serves one batch at a time, so this is what it must finish first);
-2. what the frontier does not hold (HTTP, the engine's queues, decoding: milliseconds that do
-   not shrink with the member) is learnt as an additive overhead, an exponential average of
-   measured minus predicted work of finished requests (never below 0); under load it also
-   absorbs whatever the sum in (1) misses;
-3. the most accurate member whose predicted completion ``overhead + ahead + latency`` fits the
-   budget (and whose top1 meets the floor) answers; none fits: 503 with ``Retry-After`` (the
-   seconds the work ahead needs), since a request that would miss its budget anyway is
-   better retried than queued;
+1. the work ahead of a new request is the sum of the frontier latencies of the ``k`` requests
+   in flight (the worker serves one batch at a time, so this is what it must finish first);
+2. what the frontier does not hold is learnt from finished requests, in two parts: a fixed
+   overhead (HTTP, the engine's queues, decoding: milliseconds that do not shrink with the
+   member), an exponential average of measured minus predicted time over requests that found
+   the server idle, and a cost per request ahead (their HTTP and queue work, which shares the
+   cores), the same average of what is left per request ahead over requests that were not
+   alone. Both never below 0;
+3. the most accurate member whose predicted completion
+   ``overhead + k * per_ahead + ahead + latency`` fits the budget (and whose top1 meets the
+   floor) answers; none fits: 503 with ``Retry-After`` (the seconds the work ahead needs),
+   since a request that would miss its budget anyway is better retried than queued. An idle
+   server predicts from the idle overhead alone, so a refusal can never become permanent
+   (a single overhead learnt under load once refused everything, and nothing finished to
+   unlearn it);
 4. in flight beyond ``max_queue`` requests (any model, named members too): 503.
 
 Without a budget the most accurate member (above the floor) answers. A named member always
@@ -52,8 +57,9 @@ class Scheduler:
     slo_ms: float | None = None
     max_queue: int = 64
     smoothing: float = 0.2
-    overhead_ms: float = 0.0
-    in_flight: dict[int, tuple[str, float]] = field(default_factory=dict)  # ticket -> (member, predicted)
+    overhead_ms: float = 0.0  # learnt on an idle server
+    per_ahead_ms: float = 0.0  # learnt per request in flight ahead
+    in_flight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # ticket -> (member, work, k ahead)
     _next: int = 0
 
     def __post_init__(self):
@@ -62,16 +68,20 @@ class Scheduler:
 
     @property
     def ahead_ms(self) -> float:
-        return sum(self.latency_ms[m] for m, _ in self.in_flight.values())
+        return sum(self.latency_ms[m] for m, _, _ in self.in_flight.values())
+
+    def _waiting_ms(self) -> float:
+        """What a request admitted now waits for besides its own member's latency."""
+        return self.overhead_ms + len(self.in_flight) * self.per_ahead_ms + self.ahead_ms
 
     def choose(self, member: str | None = None, budget_ms: float | None = None, min_top1: float | None = None):
         """(ticket, Choice) for a request; `Overloaded` or `NoMember` when it cannot be served."""
         if len(self.in_flight) >= self.max_queue:
             raise Overloaded(
                 f"{len(self.in_flight)} requests in flight (the queue holds {self.max_queue})",
-                math.ceil((self.overhead_ms + self.ahead_ms) / 1000),
+                math.ceil(self._waiting_ms() / 1000),
             )
-        ahead = self.ahead_ms
+        ahead, waiting, k = self.ahead_ms, self._waiting_ms(), len(self.in_flight)
         if member is not None:
             pick = member
         else:
@@ -82,7 +92,7 @@ class Scheduler:
             if budget is None:
                 pick = floor[0]
             else:
-                fits = [m for m in floor if self.overhead_ms + ahead + self.latency_ms[m] <= budget]
+                fits = [m for m in floor if waiting + self.latency_ms[m] <= budget]
                 if not fits:
                     fastest = min(floor, key=self.latency_ms.get)
                     if self.latency_ms[fastest] > budget:
@@ -92,18 +102,23 @@ class Scheduler:
                         )
                     raise Overloaded(
                         f"no member can answer within {budget:g} ms behind {len(self.in_flight)} requests",
-                        math.ceil((self.overhead_ms + ahead) / 1000),
+                        math.ceil(waiting / 1000),
                     )
                 pick = fits[0]
         ticket = self._next
         self._next += 1
-        predicted = ahead + self.latency_ms[pick]
-        self.in_flight[ticket] = (pick, predicted)
-        return ticket, Choice(pick, self.overhead_ms + predicted)
+        self.in_flight[ticket] = (pick, ahead + self.latency_ms[pick], k)
+        return ticket, Choice(pick, waiting + self.latency_ms[pick])
 
     def done(self, ticket: int, measured_ms: float | None) -> None:
-        """A request finished (``measured_ms`` None: failed): learn the overhead."""
-        _, predicted = self.in_flight.pop(ticket, (None, None))
-        if predicted is not None and measured_ms is not None:
-            extra = max(0.0, measured_ms - predicted)
-            self.overhead_ms = (1 - self.smoothing) * self.overhead_ms + self.smoothing * extra
+        """A request finished (``measured_ms`` None: failed): learn the overhead, or the cost
+        per request ahead when it was not alone."""
+        _, work, k = self.in_flight.pop(ticket, (None, None, 0))
+        if work is None or measured_ms is None:
+            return
+        a = self.smoothing
+        if k == 0:
+            self.overhead_ms = (1 - a) * self.overhead_ms + a * max(0.0, measured_ms - work)
+        else:
+            each = max(0.0, measured_ms - work - self.overhead_ms) / k
+            self.per_ahead_ms = (1 - a) * self.per_ahead_ms + a * each
