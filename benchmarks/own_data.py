@@ -11,8 +11,8 @@ Per folder, each step timed on a fresh LEARNGENE_HOME (only the shipped embedded
 and beside them the baselines a sceptic runs first, on the same split at the ancestor's
 input size: nearest neighbours and logistic regression on the raw pixels (`ancestor
 --fine-tune` records both), and the ancestor's architecture trained from scratch on the folder
-with the same recipe (at the fit's step budget: equal compute; and with 30 fixed epochs, the
-embedded ancestor's first recipe). Resumable per folder (benchmarks/results/own_data.json).
+with the embedded recipe (until validation stops improving, at most as many training images as
+the fit saw: equal training compute). Resumable per folder (benchmarks/results/own_data.json).
 
     python benchmarks/own_data.py [--kinds animals,photos,digits] [--redo KIND]
 """
@@ -48,39 +48,38 @@ def cli(*args, env) -> tuple[float, dict | str]:
         return secs, r.stdout
 
 
-def scratch(folder: Path, epochs, home: Path) -> dict:
-    """The embedded ancestor's architecture from random init on the folder, the fit's recipe
-    (its augmentation, lr 1e-3, warm-up + cosine, label smoothing) for ``epochs`` (``"budget"``:
-    the fit's step budget with its early stopping; an int: that many epochs)."""
+def scratch(folder: Path, images_seen: int, home: Path) -> dict:
+    """The embedded ancestor's architecture from random init on the folder, trained with the
+    embedded recipe (`EMBEDDED_RECIPE`: lr 1e-3, batch 64, AdamW wd 0.05, warm-up + cosine,
+    label smoothing 0.1, until validation stops improving, best state kept) on the fit's
+    augmentation, at equal training compute: at most as many training images as the fit saw
+    (same architecture, so the same training FLOPs)."""
     import lightning as L
     import timm
 
     from learngene.core.data import LearngeneDataModule
     from learngene.core.training import Convergence, TrainerArgs, evaluate
-    from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS
-    from learngene.models.fitted import FIT_RECIPE, _train
+    from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
+    from learngene.models.fitted import _train
     from learngene.models.refs import load_model
 
     os.environ["LEARNGENE_HOME"] = str(home)
     base = load_model("embedded", progress=False)
-    r = dict(FIT_RECIPE)
+    r = dict(EMBEDDED_RECIPE)
     dm = LearngeneDataModule(str(folder), batch_size=r["batch_size"], seed=r["seed"]).for_model(base.data_config)
     ev = LearngeneDataModule(str(folder), augment=False).for_model(base.data_config)
     L.seed_everything(r["seed"], verbose=False)
     model = timm.create_model(EMBEDDED_ARCH, **{**EMBEDDED_MODEL_ARGS, "num_classes": dm.num_classes})
     t0 = time.perf_counter()
     targs = TrainerArgs(progress=False, accelerator="cpu")
-    if epochs == "budget":
-        steps_per_epoch = -(-dm.source.count("train") // r["batch_size"])
-        cap = int(min(r["max_epochs"], max(r["min_epochs"], r["step_budget"] // steps_per_epoch)))
-        rec = _train(model, dm, 1e-3, r, "auto", targs, "scratch", auto=Convergence(cap=cap, patience=r["patience"]))
-    else:
-        rec = _train(model, dm, 1e-3, r, int(epochs), targs, "scratch")
+    cap = max(1, images_seen // dm.source.count("train"))
+    rec = _train(model, dm, r["lr"], r, "auto", targs, "scratch", auto=Convergence(cap=cap, patience=r["patience"]))
     model.eval()
     return {
         "test_top1": round(evaluate(model, ev.test_dataloader())["top1"], 2),
         "epochs_run": rec["epochs_run"],
         "steps": rec["steps"],
+        "images_seen": rec["steps"] * r["batch_size"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -101,10 +100,8 @@ def run_folder(kind: str, folder: Path, work: Path) -> dict:
     s, rows = cli("bench", "--pool", pool, "--data", folder, "--json", "-q", "--batch-sizes", "1", env=env)
     res["seconds"]["bench"] = round(s, 1)
     res["bench"] = [{k: r[k] for k in ("model", "top1", "param_count", "infer_step_time")} for r in rows]
-    res["scratch_budget"] = scratch(folder, "budget", home)
-    print(f"{kind}: scratch at the fit's budget {res['scratch_budget']['test_top1']}%", flush=True)
-    res["scratch_30"] = scratch(folder, 30, home)
-    print(f"{kind}: scratch, 30 epochs {res['scratch_30']['test_top1']}%", flush=True)
+    res["scratch"] = scratch(folder, res["fitted"]["images_seen"], home)
+    print(f"{kind}: scratch at the fit's compute {res['scratch']['test_top1']}%", flush=True)
     return res
 
 
@@ -146,10 +143,9 @@ def write_md(res: dict) -> None:
         "registry packages bundle (train/ and val/ only: learngene halves val/ into val and test), through the CLI "
         "with the default recipe. Test top1 on the same test split; wall seconds of each command.",
         "",
-        "| folder | images (train / val+test) | kNN on pixels | logreg on pixels | scratch, equal steps | "
-        "scratch, 30 epochs | "
+        "| folder | images (train / val+test) | kNN on pixels | logreg on pixels | scratch, equal compute | "
         "**fitted ancestor** | narrow / wide auxiliaries | tiny child | fit s | build-pool s | assemble s | bench s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for kind, r in res["folders"].items():
@@ -158,9 +154,8 @@ def write_md(res: dict) -> None:
         s = r["seconds"]
         lines.append(
             f"| {kind} | {r['counts']['train']} / {r['counts']['val']} | {f['pixels_knn_top1']:.2f} | "
-            f"{f['pixels_logreg_top1']:.2f} | {r['scratch_budget']['test_top1']:.2f} "
-            f"({r['scratch_budget']['epochs_run']} ep) | "
-            f"{r['scratch_30']['test_top1']:.2f} | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
+            f"{f['pixels_logreg_top1']:.2f} | {r['scratch']['test_top1']:.2f} "
+            f"({r['scratch']['epochs_run']} ep) | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
             f"lr {f['lr']:g}) | "
             f"{aux} | {c['id']} {c['test_top1']:.2f} | {s['fit the ancestor']:.0f} | {s['build-pool']:.0f} | "
             f"{s['assemble --size tiny']:.0f} | {s['bench']:.0f} |"
@@ -168,9 +163,9 @@ def write_md(res: dict) -> None:
         best = max(f["pixels_knn_top1"], f["pixels_logreg_top1"])
         verdicts.append(
             f"- {kind}: fitted {f['test_top1']:.2f}% vs best pixel baseline {best:.2f}% "
-            f"({'beats it' if f['test_top1'] >= best else 'BELOW it'}), vs scratch at equal steps "
-            f"{r['scratch_budget']['test_top1']:.2f}% "
-            f"({'at least' if f['test_top1'] >= r['scratch_budget']['test_top1'] else 'BELOW'}); "
+            f"({'beats it' if f['test_top1'] >= best else 'BELOW it'}), vs scratch at equal compute "
+            f"{r['scratch']['test_top1']:.2f}% "
+            f"({'at least' if f['test_top1'] >= r['scratch']['test_top1'] else 'BELOW'}); "
             f"tiny child {c['test_top1']:.2f}%, {f['test_top1'] - c['test_top1']:+.2f} points from the fitted ancestor "
             f"({'within' if f['test_top1'] - c['test_top1'] <= 5 else 'MORE than'} 5)."
         )

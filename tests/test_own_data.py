@@ -82,10 +82,19 @@ def test_every_image_mode_becomes_the_same_rgb(tmp_path):
         > 250
         > np.asarray(read_rgb(tmp_path / "I16.png")).mean()
     )
-    # transparent pixels are composited on white
+    # transparent pixels are composited on white when nothing is opaque ...
     clear = Image.merge("RGBA", [Image.fromarray(a, "L")] * 3 + [Image.new("L", a.shape[::-1], 0)])
     clear.save(tmp_path / "clear.png")
     assert np.asarray(read_rgb(tmp_path / "clear.png")).min() == 255
+    # ... and on the shade that contrasts with the subject: a light cut-out stays visible on
+    # black, a dark one on white
+    for subject, background in ((230, 0), (25, 255)):
+        cut = np.zeros(a.shape, np.uint8)
+        cut[2:-2, 2:-2] = 255
+        fill = Image.new("L", a.shape[::-1], subject)
+        Image.merge("RGBA", [fill] * 3 + [Image.fromarray(cut, "L")]).save(tmp_path / "cut.png")
+        got = np.asarray(read_rgb(tmp_path / "cut.png"))[..., 0]
+        assert got[0, 0] == background and got[a.shape[0] // 2, a.shape[1] // 2] == subject
     # EXIF orientation 6 (rotate 90 clockwise to view) is applied
     im = Image.fromarray(a, "L").convert("RGB")
     exif = Image.Exif()
