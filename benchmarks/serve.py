@@ -10,10 +10,14 @@ worker's resident memory while serving every member on shared blocks, and the by
 members' weights held once (the pool) against one copy per member (separate models).
 
     python benchmarks/serve.py [--pool pools/embedded] [--slo-ms auto] [--seconds 8]
-        [--concurrency 1,2,4,8,16] [--threads 2]
+        [--concurrency 1,2,4,8,16] [--threads 2] [--images 1]
 
-Writes benchmarks/results/serve.{json,md}. The pool is built and assembled first when missing
-(the README's main job).
+Writes benchmarks/results/serve.{json,md} (``--images N`` > 1: serve_images<N>.{json,md}).
+``--images``: images per request. At the embedded scale one 16 px image costs a member 1-5
+ms against ~12 ms of HTTP and queues, so with one image per request no choice of member can
+change the load a server holds; a request of 16 images (a client sending a batch, or as
+much compute as one image of a DeiT-scale member) makes the model the cost. The pool is built
+and assembled first when missing (the README's main job).
 """
 
 from __future__ import annotations
@@ -64,10 +68,12 @@ def start(pool: str, port: int, threads: int) -> subprocess.Popen:
         time.sleep(0.5)
 
 
-def load(port: int, model: str, concurrency: int, seconds: float, shape, slo_ms: float, budget: bool) -> dict:
+def load(
+    port: int, model: str, concurrency: int, seconds: float, shape, slo_ms: float, budget: bool, images: int = 1
+) -> dict:
     import tritonclient.http as httpclient
 
-    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((images, *shape)).astype(np.float32)
     lat, members, codes = [], [], {}
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -154,7 +160,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--images", type=int, default=1, help="images per request (1..64)")
     a = ap.parse_args()
+    if not 1 <= a.images <= 64:
+        sys.exit("--images: 1..64")
+    stem = "serve" if a.images == 1 else f"serve_images{a.images}"
     if not (Path(a.pool) / "pool.json").exists():
         for argv in (["build-pool", "--out", a.pool], ["assemble", "--pool", a.pool, "--all"]):
             subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
@@ -170,7 +180,7 @@ def main() -> None:
     front = meta["parameters"]["members"]
     shape = tuple(pool.data_config["input_size"])
     if a.slo_ms == "auto":  # twice what the largest member takes end to end (HTTP included) when idle
-        warm = load(port, largest, 1, min(3.0, a.seconds), shape, 1e9, budget=False)
+        warm = load(port, largest, 1, min(3.0, a.seconds), shape, 1e9, budget=False, images=a.images)
         slo = 2 * warm["p50_ms"]
     else:
         slo = float(a.slo_ms)
@@ -178,6 +188,7 @@ def main() -> None:
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {a.threads} inference threads",
         "pool": a.pool,
         "slo_ms": round(slo, 3),
+        "images": a.images,
         "largest": largest,
         "smallest": smallest,
         "frontier": front,
@@ -188,7 +199,7 @@ def main() -> None:
             res["ways"][way] = []
             for c in [int(v) for v in a.concurrency.split(",")]:
                 # the adaptive way carries the SLO as the request's budget (what --slo-ms sets for all)
-                r = load(port, model, c, a.seconds, shape, slo, budget=way == "adaptive")
+                r = load(port, model, c, a.seconds, shape, slo, budget=way == "adaptive", images=a.images)
                 n = sum(r["served"].values()) or 1
                 r["mean_top1"] = round(sum(front[m]["top1"] * k for m, k in r["served"].items()) / n, 2)
                 res["ways"][way].append(r)
@@ -203,9 +214,9 @@ def main() -> None:
     mem = subprocess.run([sys.executable, "-c", MEMORY, a.pool], capture_output=True, text=True, check=True)
     res["memory"] = json.loads(mem.stdout)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(res, indent=2))
-    write_md(res)
-    print(f"wrote {RESULTS / 'serve.md'}")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    write_md(res, stem)
+    print(f"wrote {RESULTS / f'{stem}.md'}")
 
 
 def held(rows: list[dict]) -> float:
@@ -213,13 +224,14 @@ def held(rows: list[dict]) -> float:
     return max([r["throughput"] for r in rows if r["attainment"] >= 0.95] or [0.0])
 
 
-def write_md(res: dict) -> None:
+def write_md(res: dict, stem: str = "serve") -> None:
     lines = [
         "# learngene serve under load",
         "",
         f"`python benchmarks/serve.py` on {res['machine']}; pool `{res['pool']}`, SLO {res['slo_ms']:.2f} ms "
         f"(2x the largest member's idle end-to-end p50 through the server); closed loops through tritonclient.http on "
-        "localhost, batch 1 per request (the adaptive way's requests carry the SLO as `max_latency_ms`), "
+        f"localhost, {res.get('images', 1)} image(s) per request (the adaptive way's requests carry the SLO as "
+        "`max_latency_ms`), "
         "LitServe's dynamic batching on the server.",
         "",
         "| way | concurrency | req/s | p50 ms | p99 ms | SLO attainment | mean top1 served | answered by |",
@@ -248,7 +260,7 @@ def write_md(res: dict) -> None:
         "(mostly torch itself).",
         "",
     ]
-    (RESULTS / "serve.md").write_text("\n".join(lines))
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def test_the_policy_downgrades_under_load_and_refuses_beyond_the_smallest():
     # an idle server admits again (it once refused for ever, nothing finishing to unlearn it)
     for _ in range(20):
         tk, _ = s.choose(budget_ms=1000)
-        s.in_flight[tk] = (s.in_flight[tk][0], s.in_flight[tk][1], 3)
+        m, cost, _, work = s.in_flight[tk]
+        s.in_flight[tk] = (m, cost, 3, work)  # as if 3 requests had been ahead of it
         s.done(tk, 500.0)
     assert s.per_ahead_ms > 100 and s.choose()[1].predicted_ms <= 5
     s.in_flight.clear()
@@ -61,6 +62,27 @@ def test_the_policy_downgrades_under_load_and_refuses_beyond_the_smallest():
         s.choose("small")
     with pytest.raises(Overloaded, match="queue holds 8"):
         s.choose("small")
+
+
+def test_a_request_of_many_images_costs_what_the_frontier_says_for_them():
+    s = Scheduler(
+        {"big": 4.0, "small": 1.0}, {"big": 90, "small": 80}, per_image_ms={"big": 1.0, "small": 0.2}, slo_ms=10
+    )
+    assert s.cost_ms("big", 16) == 19.0 and s.cost_ms("small", 16) == 4.0
+    t, c = s.choose(n=16)
+    assert c.member == "small"  # 16 images on the big member take 19 ms: over the budget of 10
+    assert s.ahead_ms == 4.0  # what follows waits for the 16 images, not for one
+    t2, c = s.choose(n=16)
+    assert c.member == "small" and c.predicted_ms == 8.0  # behind the first 16 images: 4 + 4 ms
+    with pytest.raises(Overloaded):
+        s.choose(n=16)  # behind 32 images: 12 ms
+    s.done(t2, None)
+    s.done(t, 4.0)
+    assert s.choose()[1].member == "big"  # one image: 4 ms fits
+    with pytest.raises(NoMember, match="16 image"):
+        Scheduler({"big": 4.0}, {"big": 90}, per_image_ms={"big": 1.0}).choose(budget_ms=10, n=16)
+    # without a slope from the frontier, every further image costs the batch-1 latency again
+    assert Scheduler({"m": 2.0}, {"m": 1}).cost_ms("m", 3) == 6.0
 
 
 def free_port() -> int:

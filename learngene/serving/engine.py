@@ -132,6 +132,7 @@ class KServeV2(LitSpec):
         self.scheduler = Scheduler(
             {m: f["latency_ms"] for m, f in frontier.items()},
             {m: f["top1"] for m, f in frontier.items()},
+            per_image_ms={m: f["per_image_ms"] for m, f in frontier.items() if "per_image_ms" in f},
             slo_ms=slo_ms,
             max_queue=max_queue,
         )
@@ -236,7 +237,10 @@ class KServeV2(LitSpec):
         params = req.get("parameters") or {}
         try:
             ticket, choice = self.scheduler.choose(
-                None if name == self.pool_name else name, params.get("max_latency_ms"), params.get("min_top1")
+                None if name == self.pool_name else name,
+                params.get("max_latency_ms"),
+                params.get("min_top1"),
+                n=int(arr.shape[0]),
             )
         except NoMember as e:
             return self._count(name, None, error(400, str(e)))
@@ -319,16 +323,27 @@ class KServeV2(LitSpec):
 
 
 def frontier_from_rows(rows: list[dict], members: list[str]) -> dict[str, dict]:
-    """member -> {top1, latency_ms (p90, batch 1), params} from a bench report's torch rows."""
-    out = {}
+    """member -> {top1, latency_ms (p90, batch 1), per_image_ms, params} from a bench report's
+    torch rows: per_image_ms is the slope from the batch-1 p90 to the largest batch measured
+    (bench measures 1 and 32), absent when only batch 1 was."""
+    out, big = {}, {}
+    p90 = lambda r: float(r.get("infer_step_time_p90") or r["infer_step_time"])  # noqa: E731
     for r in rows:
-        if r["model"] in members and r.get("infer_batch_size") == 1:
+        if r["model"] not in members:
+            continue
+        n = int(r.get("infer_batch_size") or 1)
+        if n == 1:
             out[r["model"]] = {
                 "top1": float(r["top1"]),
-                "latency_ms": float(r.get("infer_step_time_p90") or r["infer_step_time"]),
+                "latency_ms": p90(r),
                 "params": float(r["param_count"]),
                 "trained": bool(r.get("trained", True)),
             }
+        elif n > big.get(r["model"], (0, 0.0))[0]:
+            big[r["model"]] = (n, p90(r))
+    for m, (n, ms) in big.items():
+        if m in out:
+            out[m]["per_image_ms"] = max(0.0, (ms - out[m]["latency_ms"]) / (n - 1))
     return out
 
 

@@ -7,8 +7,10 @@ optional floor (``parameters.min_top1``).
 
 The policy, for the virtual model:
 
-1. the work ahead of a new request is the sum of the frontier latencies of the ``k`` requests
-   in flight (the worker serves one batch at a time, so this is what it must finish first);
+1. a request of ``n`` images costs its member ``latency + (n - 1) * per_image`` (the frontier's
+   batch-1 p90 and the slope to its batch-32 p90: a request of 16 images is not one image's
+   work); the work ahead of a new request is the sum of the costs of the ``k`` requests in
+   flight (the worker serves one batch at a time, so this is what it must finish first);
 2. what the frontier does not hold is learnt from finished requests, in two parts: a fixed
    overhead (HTTP, the engine's queues, decoding: milliseconds that do not shrink with the
    member), an exponential average of measured minus predicted time over requests that found
@@ -16,7 +18,7 @@ The policy, for the virtual model:
    cores), the same average of what is left per request ahead over requests that were not
    alone. Both never below 0;
 3. the most accurate member whose predicted completion
-   ``overhead + k * per_ahead + ahead + latency`` fits the budget (and whose top1 meets the
+   ``overhead + k * per_ahead + ahead + cost`` fits the budget (and whose top1 meets the
    floor) answers; none fits: 503 with ``Retry-After`` (the seconds the work ahead needs),
    since a request that would miss its budget anyway is better retried than queued. An idle
    server predicts from the idle overhead alone, so a refusal can never become permanent
@@ -54,12 +56,14 @@ class Choice:
 class Scheduler:
     latency_ms: dict[str, float]  # member -> p90 at batch 1 on this host
     top1: dict[str, float]  # member -> test top1
+    per_image_ms: dict[str, float] | None = None  # member -> p90 per further image (None: latency_ms)
     slo_ms: float | None = None
     max_queue: int = 64
     smoothing: float = 0.2
     overhead_ms: float = 0.0  # learnt on an idle server
     per_ahead_ms: float = 0.0  # learnt per request in flight ahead
-    in_flight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # ticket -> (member, work, k ahead)
+    # ticket -> (member, its cost, k ahead, the work predicted to finish with it)
+    in_flight: dict[int, tuple[str, float, int, float]] = field(default_factory=dict)
     _next: int = 0
 
     def __post_init__(self):
@@ -68,14 +72,22 @@ class Scheduler:
 
     @property
     def ahead_ms(self) -> float:
-        return sum(self.latency_ms[m] for m, _, _ in self.in_flight.values())
+        return sum(cost for _, cost, _, _ in self.in_flight.values())
+
+    def cost_ms(self, member: str, n: int = 1) -> float:
+        """The frontier's time for ``member`` to answer a request of ``n`` images."""
+        per = (self.per_image_ms or {}).get(member, self.latency_ms[member])
+        return self.latency_ms[member] + max(0, n - 1) * per
 
     def _waiting_ms(self) -> float:
         """What a request admitted now waits for besides its own member's latency."""
         return self.overhead_ms + len(self.in_flight) * self.per_ahead_ms + self.ahead_ms
 
-    def choose(self, member: str | None = None, budget_ms: float | None = None, min_top1: float | None = None):
-        """(ticket, Choice) for a request; `Overloaded` or `NoMember` when it cannot be served."""
+    def choose(
+        self, member: str | None = None, budget_ms: float | None = None, min_top1: float | None = None, n: int = 1
+    ):
+        """(ticket, Choice) for a request of ``n`` images; `Overloaded` or `NoMember` when it
+        cannot be served."""
         if len(self.in_flight) >= self.max_queue:
             raise Overloaded(
                 f"{len(self.in_flight)} requests in flight (the queue holds {self.max_queue})",
@@ -92,13 +104,13 @@ class Scheduler:
             if budget is None:
                 pick = floor[0]
             else:
-                fits = [m for m in floor if waiting + self.latency_ms[m] <= budget]
+                fits = [m for m in floor if waiting + self.cost_ms(m, n) <= budget]
                 if not fits:
-                    fastest = min(floor, key=self.latency_ms.get)
-                    if self.latency_ms[fastest] > budget:
+                    fastest = min(floor, key=lambda m: self.cost_ms(m, n))
+                    if self.cost_ms(fastest, n) > budget:
                         raise NoMember(
                             f"no member fits max_latency_ms {budget:g} on this host even when idle "
-                            f"(fastest {fastest}: {self.latency_ms[fastest]:.2f} ms)"
+                            f"(fastest {fastest}: {self.cost_ms(fastest, n):.2f} ms for {n} image(s))"
                         )
                     raise Overloaded(
                         f"no member can answer within {budget:g} ms behind {len(self.in_flight)} requests",
@@ -107,13 +119,14 @@ class Scheduler:
                 pick = fits[0]
         ticket = self._next
         self._next += 1
-        self.in_flight[ticket] = (pick, ahead + self.latency_ms[pick], k)
-        return ticket, Choice(pick, waiting + self.latency_ms[pick])
+        cost = self.cost_ms(pick, n)
+        self.in_flight[ticket] = (pick, cost, k, ahead + cost)
+        return ticket, Choice(pick, waiting + cost)
 
     def done(self, ticket: int, measured_ms: float | None) -> None:
         """A request finished (``measured_ms`` None: failed): learn the overhead, or the cost
         per request ahead when it was not alone."""
-        _, work, k = self.in_flight.pop(ticket, (None, None, 0))
+        _, _, k, work = self.in_flight.pop(ticket, (None, None, 0, None))
         if work is None or measured_ms is None:
             return
         a = self.smoothing
