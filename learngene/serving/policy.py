@@ -20,10 +20,11 @@ The policy, for the virtual model:
 3. the most accurate member whose predicted completion
    ``overhead + k * per_ahead + ahead + cost`` fits the budget (and whose top1 meets the
    floor) answers; none fits: 503 with ``Retry-After`` (the seconds the work ahead needs),
-   since a request that would miss its budget anyway is better retried than queued. An idle
-   server predicts from the idle overhead alone, so a refusal can never become permanent
-   (a single overhead learnt under load once refused everything, and nothing finished to
-   unlearn it);
+   since a request that would miss its budget anyway is better retried than queued. Each
+   such refusal also shrinks both learnt terms by 5%, so a run of refusals soon admits a
+   request again, whose measurement sets them anew: estimates learnt while the cores were
+   busiest can never shut the server for good (one learnt overhead once refused every
+   request at concurrency 8, and with nothing finishing nothing unlearnt it);
 4. in flight beyond ``max_queue`` requests (any model, named members too): 503.
 
 Without a budget the most accurate member (above the floor) answers. A named member always
@@ -60,6 +61,7 @@ class Scheduler:
     slo_ms: float | None = None
     max_queue: int = 64
     smoothing: float = 0.2
+    recovery: float = 0.05  # what each refusal takes off the learnt overhead terms
     overhead_ms: float = 0.0  # learnt on an idle server
     per_ahead_ms: float = 0.0  # learnt per request in flight ahead
     # ticket -> (member, its cost, k ahead, the work predicted to finish with it)
@@ -112,6 +114,8 @@ class Scheduler:
                             f"no member fits max_latency_ms {budget:g} on this host even when idle "
                             f"(fastest {fastest}: {self.cost_ms(fastest, n):.2f} ms for {n} image(s))"
                         )
+                    self.overhead_ms *= 1 - self.recovery
+                    self.per_ahead_ms *= 1 - self.recovery
                     raise Overloaded(
                         f"no member can answer within {budget:g} ms behind {len(self.in_flight)} requests",
                         math.ceil(waiting / 1000),
