@@ -163,7 +163,15 @@ def test_kit_probe_in_a_fresh_env_and_target_from_its_latency_file(assembled, tm
     r = cli("target", "--pool", pool, "--latency-file", lat, "--max-latency-ms", budget, "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["chosen"]["top1"] == max(m["host_top1"] for m in meta["members"])  # every row fits this budget
+    # every row fits this budget; rows the device timed with a wide spread are passed over while a
+    # steady one fits (a loaded CI box makes some), and the notes say so
+    from learngene.measure.probe import WIDE_SPREAD
+
+    host = {(m["id"], m["precision"]): m["host_top1"] for m in meta["members"]}
+    steady = [host[r["id"], r["precision"]] for r in got["rows"] if (r.get("spread") or 0) <= WIDE_SPREAD]
+    assert res["chosen"]["top1"] == max(steady or host.values())
+    if len(steady) < len(host) and steady:
+        assert any("passed over" in n for n in res["notes"])
     child = res["child"]
     assert f"box-1t-{res['chosen']['precision']}_lat@" in child and "ms_top1@" in child
     cfg = json.loads((tmp_path / "pool" / "children" / os.path.basename(child) / "config.json").read_text())[
