@@ -10,9 +10,11 @@ worker's resident memory while serving every member on shared blocks, and the by
 members' weights held once (the pool) against one copy per member (separate models).
 
     python benchmarks/serve.py [--pool pools/embedded] [--slo-ms auto] [--seconds 8]
-        [--concurrency 1,2,4,8,16] [--threads 2] [--images 1]
+        [--concurrency 1,2,4,8,16] [--threads 2] [--images 1] [--runtime torch|onnxruntime]
 
-Writes benchmarks/results/serve.{json,md} (``--images N`` > 1: serve_images<N>.{json,md}).
+Writes benchmarks/results/serve.{json,md} (``--images N`` > 1: serve_images<N>.{json,md};
+``--runtime onnxruntime``: ..._onnxruntime.{json,md}, with the sessions' memory shared against
+one session per member).
 ``--images``: images per request. At the embedded scale one 16 px image costs a member 1-5
 ms against ~12 ms of HTTP and queues, so with one image per request no choice of member can
 change the load a server holds; a request of 16 images (a client sending a batch, or as
@@ -44,10 +46,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(pool: str, port: int, threads: int) -> subprocess.Popen:
+def start(pool: str, port: int, threads: int, runtime: str = "torch") -> subprocess.Popen:
     p = subprocess.Popen(
         [sys.executable, "-m", "learngene.cli", "serve", pool, "--port", str(port), "--threads", str(threads)]
-        + ["--max-queue", "256"],
+        + ["--max-queue", "256", "--runtime", runtime],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -153,6 +155,37 @@ print(json.dumps({"shared_mib": shared / 2**20, "separate_mib": separate / 2**20
 """
 
 
+# ONNX Runtime: each member's file in a session of its own (default options: what a user
+# serving them as separate models gets) against the serving worker's sessions on shared
+# initializers; resident memory added by the sessions after one request of IMAGES each
+MEMORY_ORT = r"""
+import json, sys
+import numpy as np
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+def main():
+    from learngene.formats import onnx_file, prefetch_onnx, shared_ort_sessions, ort_session
+    from learngene.pool.store import Pool
+    from learngene.zoo import DESCENDANT_KINDS, pool_data, pool_zoo
+    pool = Pool.open(sys.argv[1]); mode = sys.argv[2]; n = int(sys.argv[3]); threads = int(sys.argv[4])
+    zoo = pool_zoo(pool, pool.head("latest").id, dm=pool_data(pool, None, 64, augment=False))
+    ms = [m for m in zoo if m.kind in DESCENDANT_KINDS]
+    prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in ms])
+    paths = {m.id: str(onnx_file(m.model().cpu(), m.img_size, "fp32", name=m.id)[0]) for m in ms}
+    base, stats = rss(), {}
+    if mode == "shared":
+        sessions, stats = shared_ort_sessions(paths, threads)
+    else:
+        sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    x = np.zeros((n, *pool.data_config["input_size"]), np.float32)
+    for s in sessions.values():
+        s.run(None, {"images": x})
+    print(json.dumps({"rss_mib": rss() - base, "members": len(sessions), **stats}))
+if __name__ == "__main__":
+    main()
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", default="pools/embedded")
@@ -161,10 +194,11 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--images", type=int, default=1, help="images per request (1..64)")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
     a = ap.parse_args()
     if not 1 <= a.images <= 64:
         sys.exit("--images: 1..64")
-    stem = "serve" if a.images == 1 else f"serve_images{a.images}"
+    stem = ("serve" if a.images == 1 else f"serve_images{a.images}") + ("" if a.runtime == "torch" else f"_{a.runtime}")
     if not (Path(a.pool) / "pool.json").exists():
         for argv in (["build-pool", "--out", a.pool], ["assemble", "--pool", a.pool, "--all"]):
             subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
@@ -175,7 +209,7 @@ def main() -> None:
     largest = max(rows, key=lambda r: r["params"])["id"]
     smallest = min(rows, key=lambda r: r["params"])["id"]
     port = free_port()
-    server = start(a.pool, port, a.threads)  # its frontier is measured now if this host has no report
+    server = start(a.pool, port, a.threads, a.runtime)  # its frontier is measured now if this host has no report
     meta = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{pool.path.name}").read())
     front = meta["parameters"]["members"]
     shape = tuple(pool.data_config["input_size"])
@@ -189,6 +223,7 @@ def main() -> None:
         "pool": a.pool,
         "slo_ms": round(slo, 3),
         "images": a.images,
+        "runtime": a.runtime,
         "largest": largest,
         "smallest": smallest,
         "frontier": front,
@@ -213,6 +248,15 @@ def main() -> None:
         server.wait(60)
     mem = subprocess.run([sys.executable, "-c", MEMORY, a.pool], capture_output=True, text=True, check=True)
     res["memory"] = json.loads(mem.stdout)
+    if a.runtime == "onnxruntime":
+        for mode in ("separate", "shared"):
+            out = subprocess.run(
+                [sys.executable, "-c", MEMORY_ORT, a.pool, mode, str(a.images), str(a.threads)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            res["memory"][f"ort_{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
     write_md(res, stem)
@@ -228,7 +272,8 @@ def write_md(res: dict, stem: str = "serve") -> None:
     lines = [
         "# learngene serve under load",
         "",
-        f"`python benchmarks/serve.py` on {res['machine']}; pool `{res['pool']}`, SLO {res['slo_ms']:.2f} ms "
+        f"`python benchmarks/serve.py` on {res['machine']}, runtime {res.get('runtime', 'torch')}; pool "
+        f"`{res['pool']}`, SLO {res['slo_ms']:.2f} ms "
         f"(2x the largest member's idle end-to-end p50 through the server); closed loops through tritonclient.http on "
         f"localhost, {res.get('images', 1)} image(s) per request (the adaptive way's requests carry the SLO as "
         "`max_latency_ms`), "
@@ -258,8 +303,18 @@ def write_md(res: dict, stem: str = "serve") -> None:
         f"{m['separate_mib']:.2f} MiB as separate models ({m['shared_mib'] / m['separate_mib']:.2f}x; goal <= 0.6x); "
         f"the inference worker's resident memory while serving all of them {res.get('worker_rss_mib')} MiB "
         "(mostly torch itself).",
-        "",
     ]
+    if "ort_shared" in m:
+        sh, sep = m["ort_shared"], m["ort_separate"]
+        lines.append(
+            f"- ONNX Runtime: the serving sessions hold {sh['bytes_held'] / 2**20:.2f} MiB of weights where the "
+            f"{sh['members']} files hold {sh['bytes_files'] / 2**20:.2f} MiB "
+            f"({sh['bytes_held'] / sh['bytes_files']:.2f}x);"
+            f" resident memory the sessions add after a request each: shared {sh['rss_mib']:.1f} MiB, separate "
+            f"sessions (one per member, default options) {sep['rss_mib']:.1f} MiB "
+            f"({sh['rss_mib'] / sep['rss_mib']:.2f}x: the rest is each session's own graph and kernels)."
+        )
+    lines.append("")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
 

@@ -1040,7 +1040,8 @@ def serve(
         members: the member ids served (default: every descendant); each is a v2 model, and the
             pool's name is a virtual model that picks one per request from its ``parameters``
             ``max_latency_ms`` / ``min_top1`` (see `learngene.serving.policy`).
-        runtime: ``torch`` (the members on the pool's shared blocks).
+        runtime: ``torch`` (the members as paths through the pool's blocks, held once) or
+            ``onnxruntime`` (a session per member, initializers with the same bytes held once).
         host, port: where to listen (127.0.0.1 unless told otherwise).
         slo_ms: the latency budget of a virtual-model request that names none: under load a
             smaller member answers, beyond what the smallest holds the answer is 503 + Retry-After.
@@ -1060,11 +1061,8 @@ def serve(
         need = f"learngene serve needs LitServe ({e.name} is missing)"
         raise UserError(f"{need}: pip install 'learngene[serve]'") from None
 
-    if runtime != "torch":
-        raise UserError(
-            f"--runtime {runtime}: serving runs the members on the pool's shared blocks in torch; "
-            "ONNX Runtime sessions sharing initializers are not built yet"
-        )
+    if runtime not in ("torch", "onnxruntime"):
+        raise UserError(f"--runtime {runtime!r}: serve runs the members in torch or onnxruntime")
     port = limits.int_in(port, "--port", 1, 65535)
     threads = limits.threads(threads) or limits.cores()
     max_batch_size = limits.int_in(max_batch_size, "--max-batch-size", 1, 256)
@@ -1091,11 +1089,26 @@ def serve(
     torch.set_num_threads(threads)
     # batch 1 for each member's latency, batch 32 (bench's default second size, when the report
     # has it) for what each further image of a request adds
-    _, rows, measured = _frontier(pool, rev, "torch", "fp32", (1, 32), "cpu", data=data, threads=threads)
+    # in the runtime that will serve them
+    _, rows, measured = _frontier(pool, rev, runtime, "fp32", (1, 32), "cpu", data=data, threads=threads)
     front = frontier_from_rows(rows, wanted)
     if len(front) < len(wanted) and not measured:  # a report that lacks a member: measure now
-        _, rows, _ = _frontier(pool, rev, "torch", "fp32", (1, 32), "cpu", data=data, threads=threads, remeasure=True)
+        _, rows, _ = _frontier(pool, rev, runtime, "fp32", (1, 32), "cpu", data=data, threads=threads, remeasure=True)
         front = frontier_from_rows(rows, wanted)
+    onnx = None
+    if runtime == "onnxruntime":  # the very files bench timed (cached by graph and weights)
+        from learngene.formats import onnx_file, prefetch_onnx
+
+        zoo = pool_zoo(pool, rev, dm=pool_data(pool, data, 64, augment=False))
+        members_ = [zoo.get(m) for m in front]
+        prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members_])
+        onnx = {m.id: str(onnx_file(m.model().cpu(), m.img_size, "fp32", name=m.id)[0]) for m in members_}
+        from learngene.formats import shared_ort_sessions
+        from learngene.serving.engine import time_sessions
+
+        sessions, _ = shared_ort_sessions(onnx, threads)  # the worker's sessions, timed as it will run them
+        time_sessions(sessions, tuple(pool.data_config["input_size"]), front)
+        del sessions
     cfg = pool.data_config
     run(
         str(pool.path),
@@ -1113,6 +1126,7 @@ def serve(
         batch_timeout_ms=batch_timeout_ms,
         max_queue=max_queue,
         max_body=max_body,
+        onnx=onnx,
         log_level=log_level,
         on_ready=on_ready,
     )

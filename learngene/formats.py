@@ -100,6 +100,51 @@ def ort_session(path, threads: int | None = None, providers=("CPUExecutionProvid
     return ort.InferenceSession(str(path), so, providers=list(providers))
 
 
+def shared_ort_sessions(paths: dict, threads: int | None = None) -> tuple[dict, dict]:
+    """({name: session}, stats): an ONNX Runtime session per file whose initializers with the
+    same bytes (a block two members share exports the same weights under any name) are held
+    once, handed to every session by `SessionOptions.add_initializer`, so that the sessions of
+    a pool's members together hold about the pool's weights, not their sum. Prepacking is off:
+    ORT would otherwise keep a packed copy of every MatMul weight per session.
+    stats: the floating-point initializers (weights) and their bytes as the files hold them
+    (``bytes_files``) and as held here; shapes and other small constants stay in each graph."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    held: dict[str, tuple] = {}  # content key -> (array, OrtValue): both alive as long as the sessions
+    sessions, count, total = {}, 0, 0
+    for name, path in paths.items():
+        model = onnx.load(str(path))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.enable_cpu_mem_arena = False  # an arena per session grows to its largest batch and stays
+        for init in model.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.dtype.kind != "f" or arr.size < 64:
+                continue  # shapes and axes stay in the graph: ORT's optimiser folds them as constants
+            key = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes()).hexdigest()
+            if key not in held:
+                arr = np.ascontiguousarray(arr)
+                held[key] = (arr, ort.OrtValue.ortvalue_from_numpy(arr))
+            so.add_initializer(init.name, held[key][1])
+            count, total = count + 1, total + arr.nbytes
+        del model  # the file itself is what ORT reads: a session made from bytes keeps them for good
+        sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sessions[name]._learngene_held = held  # the shared values outlive every session that reads them
+    stats = {
+        "initializers": count,
+        "initializers_held": len(held),
+        "bytes_files": total,
+        "bytes_held": sum(a.nbytes for a, _ in held.values()),
+    }
+    return sessions, stats
+
+
 def max_ort_diff(model: nn.Module, path: Path, img_size: int, seed: int = 0) -> float:
     """max |logit difference| between ONNX Runtime on ``path`` and the eager model (batches of 1 and 3)."""
     sess = ort_session(path, threads=1)

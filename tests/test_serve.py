@@ -228,6 +228,68 @@ def test_bad_requests_are_400_naming_the_field_and_no_token_is_401(served):
     assert b"learngene_request_duration_seconds_bucket" in body
 
 
+def test_onnxruntime_sessions_hold_the_blocks_members_share_once(served):
+    from learngene.formats import onnx_file, ort_session, shared_ort_sessions
+    from learngene.pool.store import Pool
+    from learngene.zoo import DESCENDANT_KINDS, pool_data, pool_zoo
+
+    pool = Pool.open(served["pool"])
+    zoo = pool_zoo(pool, pool.head("latest").id, dm=pool_data(pool, None, 64, augment=False))
+    members = [m for m in zoo if m.kind in DESCENDANT_KINDS]
+    paths = {m.id: onnx_file(m.model().cpu(), m.img_size, "fp32", name=m.id)[0] for m in members}
+    sessions, stats = shared_ort_sessions(paths, threads=1)
+    # every member reads the narrow and wide blocks it shares with the others from one copy
+    assert stats["bytes_held"] < 0.5 * stats["bytes_files"] and stats["initializers_held"] < stats["initializers"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    for m in members:
+        alone = ort_session(paths[m.id], threads=1).run(None, {"images": x})[0]
+        assert np.abs(sessions[m.id].run(None, {"images": x})[0] - alone).max() <= 1e-5, m.id
+
+
+@pytest.mark.slow
+def test_the_onnxruntime_server_answers_as_the_exported_children(served, tmp_path):
+    import learngene as lg
+
+    names = [m["name"] for m in json.loads(get(f"{served['base']}/v2/models", served["token"])[1])["models"]][1:]
+    members = [names[0], names[len(names) // 2], names[-1]]
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "learngene.cli", "serve", str(served["pool"]), "--port", str(port)]
+        + ["--runtime", "onnxruntime", "--members", ",".join(members), "--threads", "1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "LEARNGENE_NO_LOAD_WARNING": "1"},
+    )
+    try:
+        t = time.monotonic()
+        while get(f"http://127.0.0.1:{port}/v2/health/ready")[0] != 200:
+            assert p.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() - t < 400, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        meta = client.get_model_metadata(served["pool"].name)
+        assert meta["platform"] == "onnxruntime_learngene" and sorted(meta["parameters"]["members"]) == sorted(members)
+        x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        for member in members:
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            res = client.infer(member, [inp])
+            ref = lg.resolve(f"{served['pool']}:{member}").load().model.eval()
+            with torch.inference_mode():
+                want = ref(torch.from_numpy(x)).numpy()
+            assert np.abs(res.as_numpy("logits") - want).max() <= 1e-4, member
+        res = client.infer(served["pool"].name, [inp], parameters={"max_latency_ms": 60_000})
+        assert res.get_response()["parameters"]["member"] in members
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        assert p.returncode == 143
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_sigterm_drains_and_exits_143(served):
     p = served["proc"]
     p.send_signal(signal.SIGTERM)

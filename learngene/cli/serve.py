@@ -14,7 +14,12 @@ def add_arguments(sp) -> None:
     sp.add_argument("pool", nargs="?", default="pools/embedded", help="the pool (default: pools/embedded)")
     sp.add_argument("--pool", dest="pool_flag", metavar="DIR", help=argparse.SUPPRESS)
     sp.add_argument("--members", default=None, help="member ids served, comma separated (default: every descendant)")
-    sp.add_argument("--runtime", default="torch", choices=["torch"], help="what runs the members (default torch)")
+    sp.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="what runs the members (default torch); onnxruntime: a session per member on shared initializers",
+    )
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     sp.add_argument(

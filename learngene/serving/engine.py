@@ -10,7 +10,9 @@ Processes: the main one (waits, and drains on SIGTERM), one uvicorn API server (
 v2 routes, the member choice, the metrics) and one inference worker (spawned: it holds the
 pool's blocks once, as a `PoolModel`, and runs every member as a path through them; a batch
 that mixes members is split by member). Resident memory is the pool's, not the sum of the
-members'.
+members'. With ``--runtime onnxruntime`` the worker holds a session per member instead, every
+initializer with the same bytes held once and given to each session that has it
+(`learngene.formats.shared_ort_sessions`): the same sharing, in the runtime a device runs.
 """
 
 from __future__ import annotations
@@ -44,10 +46,20 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 class ZooAPI(ls.LitAPI):
     """The inference worker: the pool's members on shared blocks."""
 
-    def __init__(self, pool: str, revision: str | None, members: list[str], threads: int, token: str | None, **kw):
+    def __init__(
+        self,
+        pool: str,
+        revision: str | None,
+        members: list[str],
+        threads: int,
+        token: str | None,
+        onnx: dict[str, str] | None = None,
+        **kw,
+    ):
         super().__init__(**kw)
         self.pool_path, self.revision, self.members, self.threads = pool, revision, members, threads
         self._token = token
+        self.onnx = onnx  # member -> ONNX file: ONNX Runtime runs them, on shared initializers
 
     def setup(self, device):
         import torch
@@ -56,6 +68,12 @@ class ZooAPI(ls.LitAPI):
 
         die_with_parent(os.getppid())  # a server killed by SIGKILL leaves no worker behind
         torch.set_num_threads(self.threads)
+        self.torch = torch
+        if self.onnx is not None:
+            from learngene.formats import shared_ort_sessions
+
+            self.sessions, self.held = shared_ort_sessions(self.onnx, self.threads)
+            return
         pool = Pool.open(self.pool_path)
         pm, has = pool.model(self.revision)
         if not has:  # never assembled: the stitches at their least-squares init, as bench measured them
@@ -65,11 +83,10 @@ class ZooAPI(ls.LitAPI):
             init_stitches(pm, "lstsq", pool_data(pool, None, augment=False))
         self.pm = pm.eval()
         self.specs = {s.id: s for s in pm.specs if s.id in self.members}
-        self.torch = torch
 
     def decode_request(self, request, **kw):
         member, arr = request
-        return member, self.torch.from_numpy(arr)
+        return member, (arr if self.onnx is not None else self.torch.from_numpy(arr))
 
     def batch(self, inputs):
         return list(inputs)  # members may differ: predict groups them
@@ -82,8 +99,12 @@ class ZooAPI(ls.LitAPI):
             groups.setdefault(member, []).append(i)
         with self.torch.inference_mode():
             for member, idx in groups.items():
-                xs = self.torch.cat([items[i][1] for i in idx])
-                logits = self.pm(xs, self.specs[member]).float().numpy()
+                if self.onnx is not None:
+                    xs = np.concatenate([items[i][1] for i in idx])
+                    logits = self.sessions[member].run(None, {"images": xs})[0]
+                else:
+                    xs = self.torch.cat([items[i][1] for i in idx])
+                    logits = self.pm(xs, self.specs[member]).float().numpy()
                 start = 0
                 for i in idx:
                     n = items[i][1].shape[0]
@@ -124,8 +145,10 @@ class KServeV2(LitSpec):
         max_queue: int,
         max_body: int,
         shared,
+        runtime: str = "torch",
     ):
         super().__init__()
+        self.platform = {"torch": "pytorch_learngene", "onnxruntime": "onnxruntime_learngene"}[runtime]
         self.api_path = "/v2/infer"  # LitServe's queue key; the routes are below
         self.pool_name, self.frontier = pool_name, frontier
         self.input_shape, self.num_classes, self.max_body = tuple(input_shape), num_classes, max_body
@@ -195,7 +218,7 @@ class KServeV2(LitSpec):
         meta = {
             "name": name,
             "versions": ["1"],
-            "platform": "pytorch_learngene",
+            "platform": self.platform,
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, self.num_classes]}],
         }
@@ -324,7 +347,7 @@ class KServeV2(LitSpec):
 
 def frontier_from_rows(rows: list[dict], members: list[str]) -> dict[str, dict]:
     """member -> {top1, latency_ms (p90, batch 1), per_image_ms, params} from a bench report's
-    torch rows: per_image_ms is the slope from the batch-1 p90 to the largest batch measured
+    rows (of the runtime that serves): per_image_ms is the slope from the batch-1 p90 to the largest batch measured
     (bench measures 1 and 32), absent when only batch 1 was."""
     out, big = {}, {}
     p90 = lambda r: float(r.get("infer_step_time_p90") or r["infer_step_time"])  # noqa: E731
@@ -347,6 +370,26 @@ def frontier_from_rows(rows: list[dict], members: list[str]) -> dict[str, dict]:
     return out
 
 
+def time_sessions(sessions: dict, input_shape: tuple, front: dict[str, dict], big: int = 32) -> None:
+    """Put into ``front`` each ONNX Runtime session's own p90 at batch 1 and its per-image slope
+    to batch ``big``: the serving sessions run with other options than bench's (no prepacking,
+    no arena: that is what lets them share weights), so bench's timings would mislead the policy."""
+    rng = np.random.default_rng(0)
+    for member, sess in sessions.items():
+        p90 = {}
+        for n, runs in ((1, 30), (big, 8)):
+            x = rng.standard_normal((n, *input_shape)).astype(np.float32)
+            sess.run(None, {"images": x})  # warm-up
+            ts = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                sess.run(None, {"images": x})
+                ts.append((time.perf_counter() - t) * 1000)
+            p90[n] = float(np.percentile(ts, 90))
+        front[member]["latency_ms"] = p90[1]
+        front[member]["per_image_ms"] = max(0.0, (p90[big] - p90[1]) / (big - 1))
+
+
 def serve(
     pool_path: str,
     pool_name: str,
@@ -364,10 +407,12 @@ def serve(
     batch_timeout_ms: float,
     max_queue: int,
     max_body: int,
+    onnx: dict[str, str] | None = None,
     log_level: str = "warning",
     on_ready=None,
 ) -> None:
-    """Run the server until SIGINT / SIGTERM (the caller's handlers raise; this drains first)."""
+    """Run the server until SIGINT / SIGTERM (the caller's handlers raise; this drains first).
+    ``onnx`` (member -> ONNX file): ONNX Runtime runs the members instead of torch."""
     import multiprocessing as mp
     import signal
 
@@ -381,6 +426,7 @@ def serve(
         max_queue=max_queue,
         max_body=max_body,
         shared=shared,
+        runtime="torch" if onnx is None else "onnxruntime",
     )
     api = ZooAPI(
         pool_path,
@@ -388,6 +434,7 @@ def serve(
         list(frontier),
         threads,
         token,
+        onnx,
         max_batch_size=max_batch_size,
         batch_timeout=batch_timeout_ms / 1000,
         spec=spec,
