@@ -141,9 +141,7 @@ def write_md(res: dict) -> None:
         f"`python benchmarks/own_data.py` on {res['machine']}: ImageFolders written by `benchmarks/folders.py` "
         f"from images "
         "registry packages bundle (train/ and val/ only: learngene halves val/ into val and test), through the CLI "
-        "with the default recipe. Test top1 on the same test split; wall seconds of each command. Start: the fit "
-        "from the embedded ancestor's weights (base) or a fresh init of its architecture (fresh; folders measured "
-        "before the recipe chose its start all started from the base).",
+        "with the default recipe. Test top1 on the same test split; wall seconds of each command.",
         "",
         "| folder | images (train / val+test) | kNN on pixels | logreg on pixels | scratch, equal compute | "
         "**fitted ancestor** | narrow / wide auxiliaries | tiny child | fit s | build-pool s | assemble s | bench s |",
@@ -158,7 +156,7 @@ def write_md(res: dict) -> None:
             f"| {kind} | {r['counts']['train']} / {r['counts']['val']} | {f['pixels_knn_top1']:.2f} | "
             f"{f['pixels_logreg_top1']:.2f} | {r['scratch']['test_top1']:.2f} "
             f"({r['scratch']['epochs_run']} ep) | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
-            f"lr {f['lr']:g}, {f.get('init', 'base')} start) | "
+            f"lr {f['lr']:g}) | "
             f"{aux} | {c['id']} {c['test_top1']:.2f} | {s['fit the ancestor']:.0f} | {s['build-pool']:.0f} | "
             f"{s['assemble --size tiny']:.0f} | {s['bench']:.0f} |"
         )

@@ -9,12 +9,6 @@ one line when the fitted ancestor does not beat them.
 
 The recipe, and why (benchmarks/own_data.py measures it on folders of three kinds):
 
-- **From the ancestor's weights, when they know more of the images than their pixels.** The
-  same kNN probe of the ancestor's features and of the raw pixels, on validation: features
-  ahead, the fit starts from the ancestor; else from a fresh init of its architecture. The
-  embedded digits ancestor is a worse start than none on crops of natural photos (77.25% vs
-  73.25% test, benchmarks/fit_variants.py) and no better on animal silhouettes after the
-  fit's steps (88.2% vs 87.6%; it leads over the first epochs).
 - **Everything trains, at one learning rate chosen on validation.** The embedded ancestor (2.4M
   parameters, digits) knows little of a user's images; DeiT's fine-tuning recipe (backbone
   1e-4, head 1e-3, 10 epochs) left it at 64% where raw-pixel nearest neighbours reach 95%. The
@@ -65,7 +59,6 @@ FIT_RECIPE = dict(
     min_epochs=10,
     max_epochs=100,
     patience=10,
-    init="auto",  # the base's weights, or a fresh init of its architecture: `choose_init`
     lrs=(1e-3, 5e-4, 1.5e-4),
     probe_epochs=2,
     probe_images=2000,
@@ -88,28 +81,13 @@ def _fit_key(base: LoadedModel, fingerprint: dict, recipe: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def probe_top1(model, dm, split: str = "test") -> float:
-    """DINO's kNN probe (k=20) of the model's features: what a head-less comparison can say.
-    ``model`` None: the same probe of the raw pixels."""
+def probe_top1(model, dm) -> float:
+    """DINO's kNN probe (k=20) of the model's features: what a head-less comparison can say."""
     from learngene.core.training import features_and_logits, knn_top1
 
-    if model is None:
-        (tr_f, tr_y), (te_f, te_y) = (map(torch.from_numpy, _pixels(dm, s)) for s in ("train", split))
-        return knn_top1(tr_f, tr_y.long(), te_f, te_y.long())
     tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), torch.device("cpu"))
-    te_f, _, te_y = features_and_logits(model, dm.eval_loader(split), torch.device("cpu"))
+    te_f, _, te_y = features_and_logits(model, dm.eval_loader("test"), torch.device("cpu"))
     return knn_top1(tr_f, tr_y, te_f, te_y)
-
-
-def choose_init(base: LoadedModel, evald) -> tuple[str, dict]:
-    """("base" or "fresh", the evidence): start from the base's weights only when its features
-    tell these classes apart better than the raw pixels do (the same kNN probe of both, on
-    validation); else the base knows less of these images than their pixels, and a fresh
-    init of its architecture is as good a start or better (benchmarks/fit_variants.py: on the
-    photos 77.25% vs 73.25% test from the digits weights; on the animals, where the digits
-    weights lead by 10-20 points over the first epochs, 88.2% vs 87.6% after 4,000 steps)."""
-    feats, pixels = probe_top1(base.model, evald, "val"), probe_top1(None, evald, "val")
-    return ("base" if feats > pixels else "fresh"), {"features_val_knn": feats, "pixels_val_knn": pixels}
 
 
 def _pixels(dm, split: str):
@@ -210,22 +188,9 @@ def fit_ancestor(
         f"kNN {baselines['pixels_knn_top1']:.2f}%, logistic regression {baselines['pixels_logreg_top1']:.2f}%"
     )
     targs = trainer_args or TrainerArgs(progress=False)
-    init, init_probe = choose_init(base, evald) if r["init"] == "auto" else (r["init"], {})
-    if init == "fresh":
-        say(
-            f"starting from a fresh init of {base.architecture}: the ancestor's features tell these classes apart "
-            f"no better than the raw pixels (kNN on validation: {init_probe.get('features_val_knn')}% vs "
-            f"{init_probe.get('pixels_val_knn')}%)"
-        )
 
     def fresh():
-        import timm
-
         L.seed_everything(r["seed"], verbose=False)
-        if init == "fresh":
-            return timm.create_model(
-                base.architecture, pretrained=False, **{**base.model_args, "num_classes": dm.num_classes}
-            )
         m = copy.deepcopy(base.model)
         m.reset_classifier(dm.num_classes)
         return m
@@ -266,8 +231,6 @@ def fit_ancestor(
         "val_top1": round(val["top1"], 2),
         "knn_top1": probe_top1(model, evald),
         **baselines,
-        "init": init,
-        "init_probe": init_probe,
         "lr": lr,
         "lr_probe": {f"{k:g}": v for k, v in probe.items()},
         "flip": bool(getattr(dm.source, "flip_invariant", lambda c: None)(dm.data_config)),
