@@ -219,7 +219,9 @@ def main() -> None:
     else:
         slo = float(a.slo_ms)
     res = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {a.threads} inference threads",
+        # the cores this run may use (taskset pins it to fewer than the machine has)
+        "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, "
+        f"{a.threads} inference thread(s)",
         "pool": a.pool,
         "slo_ms": round(slo, 3),
         "images": a.images,
