@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ import timm
 import torch
 
 from learngene.core.data import data_for
-from learngene.core.training import evaluate, lr_groups
+from learngene.core.training import evaluate, lr_groups, warmup_cosine
 from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, embedded_ancestor
 
 OUT = Path(__file__).parent / "results" / "fit_variants.jsonl"
@@ -64,12 +63,7 @@ def main() -> None:
         m = timm.create_model(EMBEDDED_ARCH, pretrained=False, **EMBEDDED_MODEL_ARGS)
     m.reset_classifier(dm.num_classes)
     opt = torch.optim.AdamW(lr_groups(m, wd, lambda n: lr), lr=lr, weight_decay=wd)
-    warm = int(0.1 * steps)
-
-    def schedule(s):
-        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * min(1, (s - warm) / (steps - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = warmup_cosine(opt, steps, 0.1)  # the fit's own schedule
     dm.setup("fit")
     ema = None
     if "ema" in extra:

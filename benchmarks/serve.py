@@ -164,14 +164,12 @@ import numpy as np
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 def main():
-    from learngene.formats import onnx_file, prefetch_onnx, shared_ort_sessions, ort_session
+    from learngene.formats import member_onnx_files, shared_ort_sessions, ort_session
     from learngene.pool.store import Pool
     from learngene.zoo import DESCENDANT_KINDS, pool_data, pool_zoo
     pool = Pool.open(sys.argv[1]); mode = sys.argv[2]; n = int(sys.argv[3]); threads = int(sys.argv[4])
     zoo = pool_zoo(pool, pool.head("latest").id, dm=pool_data(pool, None, 64, augment=False))
-    ms = [m for m in zoo if m.kind in DESCENDANT_KINDS]
-    prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in ms])
-    paths = {m.id: str(onnx_file(m.model().cpu(), m.img_size, "fp32", name=m.id)[0]) for m in ms}
+    paths = member_onnx_files([m for m in zoo if m.kind in DESCENDANT_KINDS])
     base, stats = rss(), {}
     if mode == "shared":
         sessions, stats = shared_ort_sessions(paths, threads)

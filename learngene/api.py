@@ -1097,14 +1097,11 @@ def serve(
         front = frontier_from_rows(rows, wanted)
     onnx = None
     if runtime == "onnxruntime":  # the very files bench timed (cached by graph and weights)
-        from learngene.formats import onnx_file, prefetch_onnx
+        from learngene.formats import member_onnx_files, shared_ort_sessions
+        from learngene.serving.engine import time_sessions
 
         zoo = pool_zoo(pool, rev, dm=pool_data(pool, data, 64, augment=False))
-        members_ = [zoo.get(m) for m in front]
-        prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members_])
-        onnx = {m.id: str(onnx_file(m.model().cpu(), m.img_size, "fp32", name=m.id)[0]) for m in members_}
-        from learngene.formats import shared_ort_sessions
-        from learngene.serving.engine import time_sessions
+        onnx = member_onnx_files([zoo.get(m) for m in front])
 
         sessions, _ = shared_ort_sessions(onnx, threads)  # the worker's sessions, timed as it will run them
         time_sessions(sessions, tuple(pool.data_config["input_size"]), front)

@@ -90,14 +90,27 @@ def export_program(model: nn.Module, folder: Path, img_size: int, in_chans: int 
 # --------------------------------------------------------------------------- ONNX
 
 
-def ort_session(path, threads: int | None = None, providers=("CPUExecutionProvider",)):
+def _session_options(threads: int | None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), so, providers=list(providers))
+    return so
+
+
+def ort_session(path, threads: int | None = None, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), _session_options(threads), providers=list(providers))
+
+
+def member_onnx_files(members) -> dict[str, str]:
+    """{member id: its fp32 ONNX file} for zoo members, exported (a worker per core) where the
+    cache lacks them: the very files bench and the kit time."""
+    prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members])
+    return {m.id: str(onnx_file(m.model().cpu(), m.img_size, "fp32", name=m.id)[0]) for m in members}
 
 
 def shared_ort_sessions(paths: dict, threads: int | None = None) -> tuple[dict, dict]:
@@ -117,10 +130,7 @@ def shared_ort_sessions(paths: dict, threads: int | None = None) -> tuple[dict, 
     sessions, count, total = {}, 0, 0
     for name, path in paths.items():
         model = onnx.load(str(path))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so = _session_options(threads)
         so.add_session_config_entry("session.disable_prepacking", "1")
         so.enable_cpu_mem_arena = False  # an arena per session grows to its largest batch and stays
         for init in model.graph.initializer:

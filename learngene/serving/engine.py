@@ -72,7 +72,7 @@ class ZooAPI(ls.LitAPI):
         if self.onnx is not None:
             from learngene.formats import shared_ort_sessions
 
-            self.sessions, self.held = shared_ort_sessions(self.onnx, self.threads)
+            self.sessions, _ = shared_ort_sessions(self.onnx, self.threads)
             return
         pool = Pool.open(self.pool_path)
         pm, has = pool.model(self.revision)
