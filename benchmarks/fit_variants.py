@@ -7,7 +7,7 @@ Per run: validation top1 per epoch, then test and (clean) training top1 at the e
 line appended to benchmarks/results/fit_variants.jsonl. Folders: benchmarks/folders.py.
 
     python benchmarks/folders.py /tmp/od --kinds animals,photos
-    python benchmarks/fit_variants.py NAME FOLDER {digits|random} LR LABEL_SMOOTHING WD BATCH STEPS \
+    python benchmarks/fit_variants.py NAME FOLDER {digits|random|mix:LAMBDA} LR LABEL_SMOOTHING WD BATCH STEPS \
         [noflip=1] [noshift=1] [ema=0.998]
 
 Threads: $THREADS (default 2). Several runs side by side: one core each (taskset -c N, THREADS=1).
@@ -59,6 +59,14 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     if init == "digits":
         m = copy.deepcopy(base.model)
+    elif init.startswith("mix:"):  # shrink toward a fresh init: lam * ancestor + (1 - lam) * fresh
+        lam = float(init[4:])
+        m = timm.create_model(EMBEDDED_ARCH, pretrained=False, **EMBEDDED_MODEL_ARGS)
+        pre = base.model.state_dict()
+        with torch.no_grad():
+            for k, t in m.state_dict().items():
+                if t.is_floating_point() and k in pre and pre[k].shape == t.shape:
+                    t.mul_(1 - lam).add_(pre[k], alpha=lam)
     else:
         m = timm.create_model(EMBEDDED_ARCH, pretrained=False, **EMBEDDED_MODEL_ARGS)
     m.reset_classifier(dm.num_classes)

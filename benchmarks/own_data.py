@@ -134,6 +134,12 @@ def main() -> None:
     print(f"wrote {RESULTS / 'own_data.md'}")
 
 
+def start(fitted: dict) -> str:
+    """The start the fit chose: the base's weights, or shrunk toward a fresh init (FIT_RECIPE)."""
+    keep = fitted.get("keep", 1.0)
+    return f"{'base' if keep == 1 else f'{keep:g} base + {1 - keep:g} fresh'}, lr {fitted['lr']:g}"
+
+
 def write_md(res: dict) -> None:
     lines = [
         "# Your own data, end to end",
@@ -156,7 +162,7 @@ def write_md(res: dict) -> None:
             f"| {kind} | {r['counts']['train']} / {r['counts']['val']} | {f['pixels_knn_top1']:.2f} | "
             f"{f['pixels_logreg_top1']:.2f} | {r['scratch']['test_top1']:.2f} "
             f"({r['scratch']['epochs_run']} ep) | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
-            f"lr {f['lr']:g}) | "
+            f"{start(f)}) | "
             f"{aux} | {c['id']} {c['test_top1']:.2f} | {s['fit the ancestor']:.0f} | {s['build-pool']:.0f} | "
             f"{s['assemble --size tiny']:.0f} | {s['bench']:.0f} |"
         )

@@ -200,6 +200,30 @@ def test_folder_shapes(tmp_path, tiny_dir, make, needles):
     assert dm.fingerprint()["counts"]["train"] == 3 * 10
 
 
+def test_a_shrunk_start_lies_between_the_base_and_a_fresh_init_of_its_architecture(tiny_dir):
+    import lightning as L
+    import timm
+
+    from learngene.models.fitted import start_model
+    from learngene.models.refs import load_model
+
+    base = load_model(f"local-dir:{tiny_dir}", progress=False)
+    mine = base.model.state_dict()
+    body = [k for k in mine if not k.startswith("head")]
+    same = start_model(base, 3, 1.0)
+    assert same.num_classes == 3 and all(torch.equal(same.state_dict()[k], mine[k]) for k in body)
+    L.seed_everything(1, verbose=False)  # tiny_dir was drawn from seed 0
+    half = start_model(base, 3, 0.5).state_dict()
+    L.seed_everything(1, verbose=False)  # tiny_dir was drawn from seed 0
+    fresh = timm.create_model(base.architecture, pretrained=False, **base.model_args).state_dict()
+    for k in body:
+        assert torch.allclose(half[k], 0.5 * mine[k] + 0.5 * fresh[k], atol=1e-6), k
+    assert not torch.allclose(half["blocks.0.attn.qkv.weight"], mine["blocks.0.attn.qkv.weight"])
+    L.seed_everything(1, verbose=False)  # tiny_dir was drawn from seed 0
+    again = start_model(base, 3, 0.5).state_dict()
+    assert all(torch.equal(again[k], half[k]) for k in half)  # a seed gives one start
+
+
 def test_one_class_is_refused(tmp_path, tiny_dir):
     root = folder(tmp_path / "data", classes=("only",))
     assert_one_line_error(cli("ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", root), "at least 2 classes")
@@ -223,6 +247,8 @@ def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
     first = json.loads(r.stdout)
     assert first["num_classes"] == 3 and 0 <= first["test_top1"] <= 100 and "before_knn_top1" in first
     assert "before_top1" not in first  # a 10-class head says nothing about 3 classes: the kNN probe does
+    # every start was tried on validation, and the one that trained the run is recorded
+    assert len(first["start_probe"]) == 3 and first["keep"] in (1.0, 0.5) and first["lr"] in (1.5e-4, 5e-4)
     again = json.loads(
         cli(
             "ancestor",
