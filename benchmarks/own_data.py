@@ -14,7 +14,7 @@ input size: nearest neighbours and logistic regression on the raw pixels (`ances
 with the embedded recipe (until validation stops improving, at most as many training images as
 the fit saw: equal training compute). Resumable per folder (benchmarks/results/own_data.json).
 
-    python benchmarks/own_data.py [--kinds animals,photos,digits] [--redo KIND]
+    python benchmarks/own_data.py [--kinds animals,photos,digits] [--redo KIND] [--fit-only KIND]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def scratch(folder: Path, images_seen: int, home: Path) -> dict:
     }
 
 
-def run_folder(kind: str, folder: Path, work: Path) -> dict:
+def run_folder(kind: str, folder: Path, work: Path, fit_only: bool = False) -> dict:
     home = work / f"home-{kind}"
     env = {**os.environ, "LEARNGENE_HOME": str(home), "LEARNGENE_NO_LOAD_WARNING": "1"}
     pool = work / f"pool-{kind}"
@@ -92,6 +92,10 @@ def run_folder(kind: str, folder: Path, work: Path) -> dict:
     s, res["fitted"] = cli("ancestor", "--data", folder, "--fine-tune", "--json", "-q", env=env)
     res["seconds"]["fit the ancestor"] = round(s, 1)
     print(f"{kind}: fitted {res['fitted']['test_top1']}% in {s:.0f} s", flush=True)
+    if fit_only:  # the fit and its baselines only: no pool, child or bench this time
+        res["fit_only"] = True
+        res["scratch"] = scratch(folder, res["fitted"]["images_seen"], home)
+        return res
     s, _ = cli("build-pool", "--data", folder, "--out", pool, "-q", env=env)
     res["seconds"]["build-pool"] = round(s, 1)
     res["pool"] = json.loads((pool / "pool.json").read_text())["auxiliary"]
@@ -109,6 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kinds", default="animals,photos,digits")
     ap.add_argument("--redo", default="", help="run these kinds again even if the JSON has them")
+    ap.add_argument("--fit-only", default="", help="for these kinds, the fit and its baselines only (no pool)")
     a = ap.parse_args()
     import folders
 
@@ -124,7 +129,7 @@ def main() -> None:
                 print(f"{kind}: kept from an earlier run")
                 continue
             counts = folders.write(work / "folders", [kind])[kind]
-            r = run_folder(kind, work / "folders" / kind, work)
+            r = run_folder(kind, work / "folders" / kind, work, fit_only=kind in a.fit_only.split(","))
             r["counts"] = counts
             res["folders"][kind] = r
             RESULTS.mkdir(exist_ok=True)
@@ -155,16 +160,17 @@ def write_md(res: dict) -> None:
     ]
     verdicts = []
     for kind, r in res["folders"].items():
-        f, c = r["fitted"], r["assemble"]["chosen"]
-        aux = " / ".join(f"{m['metrics']['test_top1']:.2f}" for m in r["pool"].values())
-        s = r["seconds"]
+        f, s = r["fitted"], r["seconds"]
+        full = not r.get("fit_only")
+        c = r["assemble"]["chosen"] if full else None
+        aux = " / ".join(f"{m['metrics']['test_top1']:.2f}" for m in r["pool"].values()) if full else "not run"
+        child = f"{c['id']} {c['test_top1']:.2f}" if full else "not run"
+        later = f"{s['build-pool']:.0f} | {s['assemble --size tiny']:.0f} | {s['bench']:.0f}" if full else "- | - | -"
         lines.append(
             f"| {kind} | {r['counts']['train']} / {r['counts']['val']} | {f['pixels_knn_top1']:.2f} | "
             f"{f['pixels_logreg_top1']:.2f} | {r['scratch']['test_top1']:.2f} "
             f"({r['scratch']['epochs_run']} ep) | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
-            f"{start(f)}) | "
-            f"{aux} | {c['id']} {c['test_top1']:.2f} | {s['fit the ancestor']:.0f} | {s['build-pool']:.0f} | "
-            f"{s['assemble --size tiny']:.0f} | {s['bench']:.0f} |"
+            f"{start(f)}) | {aux} | {child} | {s['fit the ancestor']:.0f} | {later} |"
         )
         best = max(f["pixels_knn_top1"], f["pixels_logreg_top1"])
         verdicts.append(
@@ -172,8 +178,12 @@ def write_md(res: dict) -> None:
             f"({'beats it' if f['test_top1'] >= best else 'BELOW it'}), vs scratch at equal compute "
             f"{r['scratch']['test_top1']:.2f}% "
             f"({'at least' if f['test_top1'] >= r['scratch']['test_top1'] else 'BELOW'}); "
-            f"tiny child {c['test_top1']:.2f}%, {f['test_top1'] - c['test_top1']:+.2f} points from the fitted ancestor "
-            f"({'within' if f['test_top1'] - c['test_top1'] <= 5 else 'MORE than'} 5)."
+            + (
+                f"tiny child {c['test_top1']:.2f}%, {f['test_top1'] - c['test_top1']:+.2f} points from the fitted "
+                f"ancestor ({'within' if f['test_top1'] - c['test_top1'] <= 5 else 'MORE than'} 5)."
+                if full
+                else "pool, child and bench not run this time (`--fit-only`)."
+            )
         )
     lines += ["", *verdicts, ""]
     (RESULTS / "own_data.md").write_text("\n".join(lines))

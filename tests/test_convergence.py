@@ -32,6 +32,20 @@ def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
     assert rec["restored_best"] and 1 <= rec["best_epoch"] <= rec["epochs_run"] - 3
     # the reported validation score is what the weights handed back score
     assert evaluate(model, dm.val_dataloader())["top1"] == pytest.approx(rec["best_val"], abs=0.01)
+    # no stop before min_epochs: the same run trains on past the plateau until then
+    torch.manual_seed(0)
+    again = timm.create_model(
+        "deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    )
+    floor = rec["epochs_run"] + 2
+    rec3, _ = fit(
+        Classifier(again, OptimConfig(lr=3e-3)),
+        dm,
+        TrainerArgs(progress=False, accelerator="cpu"),
+        epochs="auto",
+        auto=Convergence(cap=60, patience=3, min_epochs=floor),
+    )
+    assert rec3["epochs_run"] >= floor and rec3["min_epochs"] == floor and rec3["restored_best"]
     # a fixed count still trains exactly that many epochs
     rec2, _ = fit(Classifier(model, OptimConfig(lr=3e-3)), dm, TrainerArgs(progress=False, accelerator="cpu"), epochs=2)
     assert rec2["epochs_run"] == 2 and not rec2["restored_best"]

@@ -214,11 +214,14 @@ class EpochLines(L.Callback):
 class Convergence:
     """``--epochs auto``: train at most ``cap`` epochs, stop ``patience`` epochs after the
     best validation score (Lightning's EarlyStopping), and hand back the best state, not the
-    last. The learning-rate schedule runs over the cap."""
+    last. The learning-rate schedule runs over the cap. ``min_epochs``: no stop before them
+    (under a cosine schedule, validation at the peak learning rate says little of where the
+    decay will take it: a fit of the digits stopped at epoch 12 of 44, its best the 2nd)."""
 
     cap: int = 200
     patience: int = 20
     min_delta: float = 0.0
+    min_epochs: int = 0
 
 
 class KeepBest(L.Callback):
@@ -294,6 +297,8 @@ def fit(
                 monitor, patience=auto.patience, mode=mode, min_delta=auto.min_delta, check_on_train_epoch_end=False
             )
         )
+        if auto.min_epochs:
+            trainer_kw["min_epochs"] = min(auto.min_epochs, auto.cap)
     fit_kw = {k: trainer_kw.pop(k) for k in ("ckpt_path", "weights_only") if k in trainer_kw}
     trainer = make_trainer(targs, callbacks=callbacks, **trainer_kw)
     trainer.fit(module, datamodule=dm, **fit_kw)
@@ -308,6 +313,8 @@ def fit(
     }
     if is_auto:
         rec.update(cap=auto.cap, patience=auto.patience, stopped_early=trainer.current_epoch < auto.cap)
+        if auto.min_epochs:
+            rec["min_epochs"] = min(auto.min_epochs, auto.cap)
     return rec, trainer
 
 

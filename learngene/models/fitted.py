@@ -66,6 +66,7 @@ FIT_RECIPE = dict(
     min_epochs=10,
     max_epochs=100,
     patience=10,
+    no_stop_before=0.5,  # of the cap: early stopping waits until the schedule has decayed halfway
     # the starts tried, (keep, lr): the weights begin at keep * the base's + (1 - keep) * a
     # fresh init of the same architecture, and train at lr
     starts=((1.0, 1.5e-4), (1.0, 5e-4), (0.5, 5e-4)),
@@ -253,9 +254,8 @@ def fit_ancestor(
             + f"); training up to {cap} epochs"
         )
     model = start(keep)
-    record = _train(
-        model, dm, lr, r, r["epochs"], targs, "ancestor (fitting)", auto=Convergence(cap=cap, patience=r["patience"])
-    )
+    auto = Convergence(cap=cap, patience=r["patience"], min_epochs=int(cap * r["no_stop_before"]))
+    record = _train(model, dm, lr, r, r["epochs"], targs, "ancestor (fitting)", auto=auto)
     model = model.cpu().eval()
     test, val = evaluate(model, evald.test_dataloader()), evaluate(model, evald.val_dataloader())
     metrics = {
