@@ -51,6 +51,45 @@ def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
     assert rec2["epochs_run"] == 2 and not rec2["restored_best"]
 
 
+def test_no_stop_before_min_epochs_and_patience_counts_from_the_best_after_it():
+    """A plateau early in the schedule does not end the run, and a best found after it restarts
+    the patience (Lightning's Trainer(min_epochs) would keep the stop the plateau signalled and
+    end the run at min_epochs all the same)."""
+    import lightning as L
+
+    from learngene.core.training import Convergence, TrainerArgs, fit
+
+    scores = [5, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # the validation score of each epoch
+
+    class Scripted(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            return (self.w * batch[0]).sum()
+
+        def validation_step(self, batch, i):
+            self.log("val/top1", float(scores[self.current_epoch]), batch_size=1)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
+
+        val_dataloader = train_dataloader
+
+    targs = TrainerArgs(progress=False, accelerator="cpu")
+    rec, _ = fit(
+        Scripted(), Data(), targs, epochs="auto", auto=Convergence(cap=15, patience=3, min_epochs=8), part=lambda m: m
+    )
+    assert rec["best_epoch"] == 6 and rec["epochs_run"] == 9  # 3 epochs after the best at 6, not at 8
+    rec, _ = fit(Scripted(), Data(), targs, epochs="auto", auto=Convergence(cap=15, patience=3), part=lambda m: m)
+    assert rec["epochs_run"] == 4  # without the floor the plateau after epoch 1 ends it
+
+
 def test_build_pool_and_assemble_take_epochs_auto(tmp_path):
     import yaml
     from test_pool_cli import RECIPE

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 
 
 @dataclass
@@ -197,7 +198,7 @@ class EpochLines(L.Callback):
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             vals = ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
             total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-            if any(type(c).__name__ == "EarlyStopping" for c in trainer.callbacks):
+            if any(isinstance(c, EarlyStopping) for c in trainer.callbacks):
                 total = f"<={total} (auto)"
             print(
                 f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
@@ -259,6 +260,23 @@ class KeepBest(L.Callback):
         self.best, self.epoch, self.state = state.get("best"), state.get("epoch"), state.get("state")
 
 
+class PatientStopping(EarlyStopping):
+    """Lightning's EarlyStopping that signals no stop before ``min_epochs``: the best is
+    tracked from the start and patience counts from it, but a plateau early in the schedule
+    does not end the run. (The Trainer's own ``min_epochs`` keeps a stop signalled earlier and
+    ends the run at ``min_epochs`` even when the score has improved since.)"""
+
+    def __init__(self, *args, min_epochs: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_epochs = min_epochs
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        stop = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        if trainer.current_epoch + 1 < self.min_epochs:
+            trainer.should_stop = stop  # what it was before this check: another callback's stop stands
+
+
 def resolve_epochs(epochs, default: int, flag: str = "--epochs"):
     """``epochs`` as given (an int, ``"auto"``), or ``default``."""
     from learngene.core.limits import epochs as bounded
@@ -282,8 +300,6 @@ def fit(
     ``auto``'s cap and patience on ``monitor``, the best state restored); returns the record
     every artifact keeps (epochs asked and run, the best epoch and its validation score,
     steps) and the Trainer."""
-    from lightning.pytorch.callbacks import EarlyStopping
-
     targs = dataclasses.replace(targs)
     is_auto = epochs == "auto"
     targs.max_epochs = auto.cap if is_auto else int(epochs)
@@ -293,12 +309,15 @@ def fit(
         if trainer_kw.get("limit_val_batches") == 0:
             raise ValueError("--epochs auto needs validation")
         callbacks.append(
-            EarlyStopping(
-                monitor, patience=auto.patience, mode=mode, min_delta=auto.min_delta, check_on_train_epoch_end=False
+            PatientStopping(
+                monitor,
+                patience=auto.patience,
+                mode=mode,
+                min_delta=auto.min_delta,
+                check_on_train_epoch_end=False,
+                min_epochs=auto.min_epochs,
             )
         )
-        if auto.min_epochs:
-            trainer_kw["min_epochs"] = min(auto.min_epochs, auto.cap)
     fit_kw = {k: trainer_kw.pop(k) for k in ("ckpt_path", "weights_only") if k in trainer_kw}
     trainer = make_trainer(targs, callbacks=callbacks, **trainer_kw)
     trainer.fit(module, datamodule=dm, **fit_kw)
