@@ -173,9 +173,10 @@ def write_md(res: dict) -> None:
             f"{start(f)}) | {aux} | {child} | {s['fit the ancestor']:.0f} | {later} |"
         )
         best = max(f["pixels_knn_top1"], f["pixels_logreg_top1"])
+        beats = "beats it" if f["test_top1"] > best else "ties it" if f["test_top1"] == best else "BELOW it"
         verdicts.append(
             f"- {kind}: fitted {f['test_top1']:.2f}% vs best pixel baseline {best:.2f}% "
-            f"({'beats it' if f['test_top1'] >= best else 'BELOW it'}), vs scratch at equal compute "
+            f"({beats}), vs scratch at equal compute "
             f"{r['scratch']['test_top1']:.2f}% "
             f"({'at least' if f['test_top1'] >= r['scratch']['test_top1'] else 'BELOW'}); "
             + (
@@ -185,7 +186,7 @@ def write_md(res: dict) -> None:
                 else "pool, child and bench not run this time (`--fit-only`)."
             )
         )
-    lines += ["", *verdicts, ""]
+    lines += ["", *verdicts, *(f"- {n}" for n in res.get("notes", [])), ""]
     (RESULTS / "own_data.md").write_text("\n".join(lines))
 
 

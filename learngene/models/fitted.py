@@ -35,9 +35,10 @@ The recipe, and why (benchmarks/own_data.py measures it on folders of three kind
   the best validation top1, whose state is kept, but not before half the cap has run (at the
   peak learning rate a fit of the digits stopped at epoch 12 of 44, its best the 2nd).
   Steps, not seconds, so a seed gives the same model on any machine; 4,000 steps of 16
-  images are ~7 minutes on 2 cores, and the whole fit
-  (three 2-epoch lr probes, the baselines, the evaluations) took 604 s on 1,437 images and
-  691 s on 4,000 (benchmarks/own_data.py): about the 10 minutes it should take, not under.
+  images are ~8 minutes on 2 cores, and the whole fit (three 2-epoch probes, the baselines,
+  the evaluations) took 592 s on 1,797 images and 676 s on 3,800 (benchmarks/own_data.py, on a
+  VM running ~1.3x slower than its own figures of 11-22): about the 10 minutes it should
+  take, not under.
 - **Augmentation for the input size.** Below 64 px the folder is held in memory and shifted
   by up to 1/16 of its size, flipped only when its classes survive a flip (raw-pixel
   neighbours of flipped validation images, `ImageFolderSource.flip_invariant`); from 64 px,
