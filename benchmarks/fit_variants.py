@@ -29,6 +29,7 @@ import torch
 from learngene.core.data import data_for
 from learngene.core.training import evaluate, lr_groups, warmup_cosine
 from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, embedded_ancestor
+from learngene.models.fitted import start_model
 
 OUT = Path(__file__).parent / "results" / "fit_variants.jsonl"
 
@@ -59,14 +60,8 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     if init == "digits":
         m = copy.deepcopy(base.model)
-    elif init.startswith("mix:"):  # shrink toward a fresh init: lam * ancestor + (1 - lam) * fresh
-        lam = float(init[4:])
-        m = timm.create_model(EMBEDDED_ARCH, pretrained=False, **EMBEDDED_MODEL_ARGS)
-        pre = base.model.state_dict()
-        with torch.no_grad():
-            for k, t in m.state_dict().items():
-                if t.is_floating_point() and k in pre and pre[k].shape == t.shape:
-                    t.mul_(1 - lam).add_(pre[k], alpha=lam)
+    elif init.startswith("mix:"):  # the fit's own shrunk start: lam * ancestor + (1 - lam) * fresh
+        m = start_model(base, base.model.num_classes, float(init[4:]))
     else:
         m = timm.create_model(EMBEDDED_ARCH, pretrained=False, **EMBEDDED_MODEL_ARGS)
     m.reset_classifier(dm.num_classes)
