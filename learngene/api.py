@@ -601,10 +601,21 @@ class TargetResult:
 
 
 def _finish(
-    pool: Pool, row: dict, *, revision: str, data, out: Path, force: bool, train: bool, fmt: str, precision: str
+    pool: Pool,
+    row: dict,
+    *,
+    revision: str,
+    data,
+    out: Path,
+    force: bool,
+    train: bool,
+    fmt: str,
+    precision: str,
+    progress: bool,
 ) -> tuple[Path, bool, str]:
     """Export a picked descendant of ``revision``, training it first when it is not trained
-    yet; (child folder, trained, the revision exported)."""
+    yet; (child folder, trained, the revision exported). Its training shows the verb's
+    progress (never a bar in ``--json`` output, whose stdout must stay JSON)."""
     from learngene.assembly.pipeline import assemble
     from learngene.assembly.select import Selection
 
@@ -620,6 +631,7 @@ def _finish(
         fmt=fmt,
         precision=precision,
         progress=lambda m: None,
+        trainer_args=_targs(None, "target (training the pick)", progress),
     )
     return res.child, train and untrained, Revision.of(res.revision).id
 
@@ -760,6 +772,7 @@ def target(
             force=force,
             train=train,
             fmt=fmt or "onnx",
+            progress=progress,
         )
     precision = precision or "fp32"
     plan([runtime], [precision])  # a bad runtime, precision or device: refused before any work
@@ -788,7 +801,16 @@ def target(
     if reused:
         return TargetResult(best, alts, folder, report, measured, notes=notes, reused=True)
     child, trained, _ = _finish(
-        pool, best, revision=rev, data=data, out=folder, force=force, train=train, fmt=fmt, precision=precision
+        pool,
+        best,
+        revision=rev,
+        data=data,
+        out=folder,
+        force=force,
+        train=train,
+        fmt=fmt,
+        precision=precision,
+        progress=progress,
     )
     return TargetResult(best, alts, child, report, measured, trained, notes)
 
@@ -818,7 +840,7 @@ def read_latency_file(path, pool: Pool) -> dict:
 
 
 def _target_on_device(
-    pool: Pool, latency_file, budget: Budget, *, precision, data, out, force, train, fmt
+    pool: Pool, latency_file, budget: Budget, *, precision, data, out, force, train, fmt, progress
 ) -> TargetResult:
     """Pick from a device's own timings. What is exported is exactly what the device timed:
     the revision its kit was made from, each member's weights checked against the kit's
@@ -888,7 +910,16 @@ def _target_on_device(
     if reused:
         return TargetResult(best, alts, folder, Path(latency_file), False, notes=notes, reused=True)
     child, trained, exported = _finish(
-        pool, best, revision=rid, data=data, out=folder, force=force, train=train, fmt=fmt, precision=best["precision"]
+        pool,
+        best,
+        revision=rid,
+        data=data,
+        out=folder,
+        force=force,
+        train=train,
+        fmt=fmt,
+        precision=best["precision"],
+        progress=progress,
     )
     if trained:
         notes.append(
