@@ -2,13 +2,13 @@
 plain PyTorch loop over the fit's own data module and augmentation, to ask what would make the
 fitted ancestor win where it loses (benchmarks/results/own_data.md): the start (the embedded
 digits ancestor's weights or timm's fresh init), batch size, learning rate, label smoothing,
-augmentation (no flips, none at all), an EMA of the weights. Warm-up 10% then cosine, AdamW.
+augmentation (no flips, none at all), an EMA of the weights, patch dropout. Warm-up 10% then cosine, AdamW.
 Per run: validation top1 per epoch, then test and (clean) training top1 at the end; one JSON
 line appended to benchmarks/results/fit_variants.jsonl. Folders: benchmarks/folders.py.
 
     python benchmarks/folders.py /tmp/od --kinds animals,photos
     python benchmarks/fit_variants.py NAME FOLDER {digits|random|mix:LAMBDA} LR LABEL_SMOOTHING WD BATCH STEPS \
-        [noflip=1] [noshift=1] [ema=0.998]
+        [noflip=1] [noshift=1] [ema=0.998] [patchdrop=0.25] [pool=avg]
 
 Threads: $THREADS (default 2). Several runs side by side: one core each (taskset -c N, THREADS=1).
 """
@@ -64,7 +64,11 @@ def main() -> None:
         m = start_model(base, base.model.num_classes, float(init[4:]))
     else:
         m = timm.create_model(EMBEDDED_ARCH, pretrained=False, **EMBEDDED_MODEL_ARGS)
-    m.reset_classifier(dm.num_classes)
+    m.reset_classifier(dm.num_classes, global_pool=extra.get("pool", "token"))  # pool=avg: mean of patch tokens
+    if "patchdrop" in extra:  # PatchDropout (Liu et al. 2022): training steps drop a share of the patch tokens
+        from timm.layers import PatchDropout
+
+        m.patch_drop = PatchDropout(float(extra["patchdrop"]), num_prefix_tokens=m.num_prefix_tokens)
     opt = torch.optim.AdamW(lr_groups(m, wd, lambda n: lr), lr=lr, weight_decay=wd)
     sched = warmup_cosine(opt, steps, 0.1)  # the fit's own schedule
     dm.setup("fit")
