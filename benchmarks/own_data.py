@@ -180,8 +180,9 @@ def write_md(res: dict) -> None:
             f"{r['scratch']['test_top1']:.2f}% "
             f"({'at least' if f['test_top1'] >= r['scratch']['test_top1'] else 'BELOW'}); "
             + (
-                f"tiny child {c['test_top1']:.2f}%, {f['test_top1'] - c['test_top1']:+.2f} points from the fitted "
-                f"ancestor ({'within' if f['test_top1'] - c['test_top1'] <= 5 else 'MORE than'} 5)."
+                f"tiny child {c['test_top1']:.2f}%, {abs(c['test_top1'] - f['test_top1']):.2f} points "
+                f"{'above' if c['test_top1'] > f['test_top1'] else 'below'} the fitted ancestor "
+                f"({'within' if f['test_top1'] - c['test_top1'] <= 5 else 'MORE than'} 5)."
                 if full
                 else "pool, child and bench not run this time (`--fit-only`)."
             )
