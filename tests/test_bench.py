@@ -148,7 +148,7 @@ def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path
     assert not (tmp_path / "c2").exists()
 
 
-def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp_path):  # noqa: F811
+def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp_path, capfd):  # noqa: F811
     pool = fresh_pool(setup_dir, tmp_path)
     assert cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q").returncode == 0  # stitches stored: r1
     r = cli("target", "--pool", pool, "--max-latency-ms", "0.000001")
@@ -165,6 +165,28 @@ def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp
     r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
     again = json.loads(r.stdout)
     assert r.returncode == 0 and again["reused"] and again["chosen"]["model"] == out["chosen"]["model"]
+    # a pick still at its stitch initialisation is trained before export, as quietly as the verb
+    # runs: no Lightning bar on stdout, which `--json` keeps for the JSON (a bar had reached it)
+    from learngene.api import _finish
+    from learngene.pool.store import Pool
+
+    rows = json.loads(next((pool / "reports").glob("*/frontier.json")).read_text())["rows"]
+    row = next(r for r in rows if r.get("trained") is False)
+    capfd.readouterr()
+    child, trained, _ = _finish(
+        Pool.open(pool),
+        row,
+        revision="r1",
+        data=None,
+        out=tmp_path / "picked",
+        force=False,
+        train=True,
+        fmt="onnx",
+        precision="fp32",
+        progress=False,
+    )
+    printed = capfd.readouterr()
+    assert trained and (child / "model.onnx").is_file() and "Epoch" not in printed.out + printed.err
     # a folder that is something else is refused before anything is measured
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")

@@ -34,11 +34,13 @@ The recipe, and why (benchmarks/own_data.py measures it on folders of three kind
   `FIT_STEP_BUDGET` optimizer steps' worth of epochs (10 to 100), stopped 10 epochs after
   the best validation top1, whose state is kept, but not before half the cap has run (at the
   peak learning rate a fit of the digits stopped at epoch 12 of 44, its best the 2nd).
-  Steps, not seconds, so a seed gives the same model on any machine; 4,000 steps of 16
-  images are ~8 minutes on 2 cores, and the whole fit (three 2-epoch probes, the baselines,
-  the evaluations) took 592 s on 1,797 images and 676 s on 3,800 (benchmarks/own_data.py, on a
-  VM running ~1.3x slower than its own figures of 11-22): about the 10 minutes it should
-  take, not under.
+  Steps, not seconds, so a seed gives the same model on any machine; a step of 16 costs ~130 ms
+  on 2 cores (forward and backward ~100, clipping, AdamW, the loop and each epoch's validation
+  the rest), so 4,000 steps are ~9 minutes, and the whole fit (three 2-epoch probes, the
+  baselines, the evaluations) took 592 s on 1,797 images, 676 s on 3,800 and 668 s on 5,000
+  (benchmarks/own_data.py): over the 10 minutes it should take for 5,000 images. On the
+  animals the fit is compute-bound: 1.5x the images (6,000 steps) reached 91.6% test where
+  4,000 reach 88.6% (benchmarks/fit_variants.py).
 - **Augmentation for the input size.** Below 64 px the folder is held in memory and shifted
   by up to 1/16 of its size, flipped only when its classes survive a flip (raw-pixel
   neighbours of flipped validation images, `ImageFolderSource.flip_invariant`); from 64 px,
