@@ -37,7 +37,7 @@ The recipe, and why (benchmarks/own_data.py measures it on folders of three kind
   Steps, not seconds, so a seed gives the same model on any machine; a step of 16 costs ~130 ms
   on 2 cores (forward and backward ~100, clipping, AdamW, the loop and each epoch's validation
   the rest), so 4,000 steps are ~9 minutes, and the whole fit (three 2-epoch probes, the
-  baselines, the evaluations) took 592 s on 1,797 images, 676 s on 3,800 and 668 s on 5,000
+  baselines, the evaluations) took 592 s on 1,797 images, 676 s on 3,800 and 680 s on 5,000
   (benchmarks/own_data.py): over the 10 minutes it should take for 5,000 images. On the
   animals the fit is compute-bound: 1.5x the images (6,000 steps) reached 91.6% test where
   4,000 reach 88.6% (benchmarks/fit_variants.py).
