@@ -235,3 +235,28 @@ def test_fine_tune_reports_the_pixel_baselines_and_a_test_split_of_its_own(tmp_p
     # random pixels: the fitted model cannot beat the baselines by much; when it does not, one warning says so
     if info["test_top1"] < max(info["pixels_knn_top1"], info["pixels_logreg_top1"]):
         assert "does not beat the best raw-pixel baseline" in r.stderr
+
+
+def test_training_on_the_cpu_computes_attention_as_written_and_puts_the_kernel_back():
+    """`plain_attention`: the same function as timm's fused path (what it trains is what it
+    evaluates), on only while training, each module's own setting restored after."""
+    import timm
+
+    from learngene.core.training import plain_attention
+
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    m.eval()
+    x = torch.randn(3, 3, 16, 16)
+    attn = [a for a in m.modules() if hasattr(a, "fused_attn")]
+    attn[0].fused_attn = True
+    attn[1].fused_attn = False  # a module that asked for the plain path keeps it
+    with torch.no_grad():
+        fused = m(x)
+        with plain_attention(m):
+            assert not any(a.fused_attn for a in attn)
+            plain = m(x)
+        with plain_attention(m, on=False):
+            assert attn[0].fused_attn
+    assert [a.fused_attn for a in attn] == [True, False]
+    torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
