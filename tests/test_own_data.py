@@ -366,3 +366,24 @@ def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
     )
     assert_one_line_error(r, "other classes", "--fine-tune")
     assert not (tmp_path / "p").exists()
+
+
+def test_sigterm_while_fitting_the_ancestor_exits_143_and_caches_nothing(tmp_path, tiny_dir):
+    import signal
+
+    from test_faults import start, wait_for
+
+    root, home = folder(tmp_path / "data"), tmp_path / "home"
+    p = start(
+        "ancestor", "--ancestor", f"local-dir:{tiny_dir}", "--data", root, "--fine-tune", "--epochs", "500",
+        env={"LEARNGENE_HOME": str(home)},
+    )  # fmt: skip
+    lines = []
+    wait_for(lambda: lines.append(p.stderr.readline()) or "ancestor (fitting): epoch 1/" in lines[-1], proc=p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "learngene: interrupted"
+    fitted = home / "ancestors" / "fitted"
+    # no entry under a real name: the next run fits again rather than loading half a model
+    assert not fitted.is_dir() or not [d for d in fitted.iterdir() if not d.name.startswith(".")]
