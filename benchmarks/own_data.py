@@ -88,7 +88,7 @@ def run_folder(kind: str, folder: Path, work: Path, fit_only: bool = False) -> d
     home = work / f"home-{kind}"
     env = {**os.environ, "LEARNGENE_HOME": str(home), "LEARNGENE_NO_LOAD_WARNING": "1"}
     pool = work / f"pool-{kind}"
-    res = {"kind": kind, "seconds": {}}
+    res = {"kind": kind, "seconds": {}, "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
     s, res["fitted"] = cli("ancestor", "--data", folder, "--fine-tune", "--json", "-q", env=env)
     res["seconds"]["fit the ancestor"] = round(s, 1)
     print(f"{kind}: fitted {res['fitted']['test_top1']}% in {s:.0f} s", flush=True)
@@ -145,11 +145,19 @@ def start(fitted: dict) -> str:
     return f"{'base' if keep == 1 else f'{keep:g} base + {1 - keep:g} fresh'}, lr {fitted['lr']:g}"
 
 
+def machines(res: dict) -> str:
+    """Where the rows ran: one machine, or each folder's (rows run at other times keep theirs)."""
+    per = {k: r.get("machine", res["machine"]) for k, r in res["folders"].items()}
+    if len(set(per.values())) <= 1:
+        return next(iter(per.values()), res["machine"])
+    return "; ".join(f"{k} on {m}" for k, m in per.items())
+
+
 def write_md(res: dict) -> None:
     lines = [
         "# Your own data, end to end",
         "",
-        f"`python benchmarks/own_data.py` on {res['machine']}: ImageFolders written by `benchmarks/folders.py` "
+        f"`python benchmarks/own_data.py` on {machines(res)}: ImageFolders written by `benchmarks/folders.py` "
         f"from images "
         "registry packages bundle (train/ and val/ only: learngene halves val/ into val and test), through the CLI "
         "with the default recipe. Test top1 on the same test split; wall seconds of each command.",
