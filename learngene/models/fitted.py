@@ -34,7 +34,7 @@ The recipe, and why (benchmarks/own_data.py measures it on folders of three kind
 - **Until it converges, within a step budget.** ``epochs: auto``: at most
   `FIT_STEP_BUDGET` optimizer steps' worth of epochs (10 to 100), stopped 10 epochs after
   the best validation top1, whose state is kept, but not before 80% of the cap has run: by
-  then the cosine has taken the learning rate under a tenth of its peak, and validation at
+  then the cosine (after 10% warm-up) has the learning rate at 12% of its peak; validation at
   higher rates says little of where the decay takes the fit (at half the cap, a fit of the
   digits stopped at epoch 41 of 66, its best the 31st: 93.33% test, six images below
   1-nearest neighbour on the pixels; run on, its best was the 50th: 97.78%, above it).
@@ -78,7 +78,7 @@ FIT_RECIPE = dict(
     min_epochs=10,
     max_epochs=100,
     patience=10,
-    no_stop_before=0.8,  # of the cap: early stopping waits until the cosine has the lr under 1/10 of its peak
+    no_stop_before=0.8,  # of the cap: early stopping waits until the cosine has the lr at 12% of its peak
     # the starts tried, (keep, lr): the weights begin at keep * the base's + (1 - keep) * a
     # fresh init of the same architecture, and train at lr
     starts=((1.0, 5e-4), (0.5, 5e-4)),
