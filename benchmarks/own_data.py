@@ -88,7 +88,7 @@ def run_folder(kind: str, folder: Path, work: Path, fit_only: bool = False) -> d
     home = work / f"home-{kind}"
     env = {**os.environ, "LEARNGENE_HOME": str(home), "LEARNGENE_NO_LOAD_WARNING": "1"}
     pool = work / f"pool-{kind}"
-    res = {"kind": kind, "seconds": {}, "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+    res = {"kind": kind, "seconds": {}}
     s, res["fitted"] = cli("ancestor", "--data", folder, "--fine-tune", "--json", "-q", env=env)
     res["seconds"]["fit the ancestor"] = round(s, 1)
     print(f"{kind}: fitted {res['fitted']['test_top1']}% in {s:.0f} s", flush=True)
@@ -131,6 +131,7 @@ def main() -> None:
             counts = folders.write(work / "folders", [kind])[kind]
             r = run_folder(kind, work / "folders" / kind, work, fit_only=kind in a.fit_only.split(","))
             r["counts"] = counts
+            r["machine"] = res["machine"]  # this run's: rows kept from earlier runs keep theirs
             res["folders"][kind] = r
             RESULTS.mkdir(exist_ok=True)
             OUT.write_text(json.dumps(res, indent=2))  # kept after every folder: resumable
