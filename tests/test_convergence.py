@@ -90,6 +90,50 @@ def test_no_stop_before_min_epochs_and_patience_counts_from_the_best_after_it():
     assert rec["epochs_run"] == 4  # without the floor the plateau after epoch 1 ends it
 
 
+def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak():
+    """With ``one_se_of`` (validation images), the state handed back is the latest whose score
+    is within one standard error of the peak's (at 90% on 100 images, 3 points), not the peak."""
+    import lightning as L
+
+    from learngene.core.training import Convergence, TrainerArgs, fit
+
+    scores = [50, 80, 90, 89.5, 85, 88, 80, 70, 70, 70, 70, 70]
+
+    class Scripted(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.register_buffer("epoch", torch.zeros(1))  # the state says which epoch it is from
+
+        def on_train_epoch_start(self):
+            self.epoch.fill_(self.current_epoch + 1)
+
+        def training_step(self, batch, i):
+            return (self.w * batch[0]).sum()
+
+        def validation_step(self, batch, i):
+            self.log("val/top1", float(scores[self.current_epoch]), batch_size=1)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
+
+        val_dataloader = train_dataloader
+
+    targs = TrainerArgs(progress=False, accelerator="cpu")
+    m = Scripted()
+    rec, _ = fit(m, Data(), targs, epochs="auto", auto=Convergence(cap=12, patience=4, one_se_of=100), part=lambda x: x)
+    assert rec["epochs_run"] == 7  # patience counts from the peak at 3
+    assert (rec["peak_epoch"], rec["peak_val"]) == (3, 90) and (rec["best_epoch"], rec["best_val"]) == (6, 88)
+    assert int(m.epoch) == 6  # the state handed back is the one recorded
+    m = Scripted()
+    rec, _ = fit(m, Data(), targs, epochs="auto", auto=Convergence(cap=12, patience=4), part=lambda x: x)
+    assert (rec["best_epoch"], int(m.epoch)) == (3, 3) and "peak_epoch" not in rec  # without it: the peak
+
+
 def test_build_pool_and_assemble_take_epochs_auto(tmp_path):
     import yaml
     from test_pool_cli import RECIPE

@@ -71,7 +71,7 @@ from learngene.core.errors import UserError, warn
 from learngene.core.io import check_output, home, save_local_dir
 from learngene.models.loading import LoadedModel, load_timm
 
-FIT_STEP_BUDGET = 6000
+FIT_STEP_BUDGET = 8000
 FIT_RECIPE = dict(
     epochs="auto",
     step_budget=FIT_STEP_BUDGET,
@@ -79,6 +79,7 @@ FIT_RECIPE = dict(
     max_epochs=100,
     patience=10,
     no_stop_before=0.8,  # of the cap: early stopping waits until the cosine has the lr at 12% of its peak
+    one_se=True,  # the state kept: the latest within one standard error of the best on validation
     # the starts tried, (keep, lr): the weights begin at keep * the base's + (1 - keep) * a
     # fresh init of the same architecture, and train at lr
     starts=((1.0, 5e-4), (0.5, 5e-4)),
@@ -271,7 +272,12 @@ def fit_ancestor(
             + f"); training up to {cap} epochs"
         )
     model = start(keep)
-    auto = Convergence(cap=cap, patience=r["patience"], min_epochs=int(cap * r["no_stop_before"]))
+    auto = Convergence(
+        cap=cap,
+        patience=r["patience"],
+        min_epochs=int(cap * r["no_stop_before"]),
+        one_se_of=dm.source.count("val") if r.get("one_se") else 0,
+    )
     record = _train(model, dm, lr, r, r["epochs"], targs, "ancestor (fitting)", auto=auto)
     model = model.cpu().eval()
     test, val = evaluate(model, evald.test_dataloader()), evaluate(model, evald.val_dataloader())
