@@ -146,6 +146,12 @@ def start(fitted: dict) -> str:
     return f"{'base' if keep == 1 else f'{keep:g} base + {1 - keep:g} fresh'}, lr {fitted['lr']:g}"
 
 
+def kept(training: dict) -> str:
+    """The epoch whose state the fit kept, and the validation peak when that is another."""
+    peak = training.get("peak_epoch")
+    return f"kept {training['best_epoch']}" + (f", peak {peak}" if peak and peak != training["best_epoch"] else "")
+
+
 def machines(res: dict) -> str:
     """Where the rows ran: one machine, or each folder's (rows run at other times keep theirs)."""
     per = {k: r.get("machine", res["machine"]) for k, r in res["folders"].items()}
@@ -179,7 +185,7 @@ def write_md(res: dict) -> None:
             f"| {kind} | {r['counts']['train']} / {r['counts']['val']} | {f['pixels_knn_top1']:.2f} | "
             f"{f['pixels_logreg_top1']:.2f} | {r['scratch']['test_top1']:.2f} "
             f"({r['scratch']['epochs_run']} ep) | **{f['test_top1']:.2f}** ({f['training']['epochs_run']} ep, "
-            f"{start(f)}) | {aux} | {child} | {s['fit the ancestor']:.0f} | {later} |"
+            f"{kept(f['training'])}, {start(f)}) | {aux} | {child} | {s['fit the ancestor']:.0f} | {later} |"
         )
         best = max(f["pixels_knn_top1"], f["pixels_logreg_top1"])
         beats = "beats it" if f["test_top1"] > best else "ties it" if f["test_top1"] == best else "BELOW it"
