@@ -51,59 +51,16 @@ def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
     assert rec2["epochs_run"] == 2 and not rec2["restored_best"]
 
 
-def test_no_stop_before_min_epochs_and_patience_counts_from_the_best_after_it():
-    """A plateau early in the schedule does not end the run, and a best found after it restarts
-    the patience (Lightning's Trainer(min_epochs) would keep the stop the plateau signalled and
-    end the run at min_epochs all the same)."""
+def scripted(scores):
+    """A module whose validation score at each epoch is ``scores[epoch]`` (its one weight never
+    moves; its ``epoch`` buffer says which epoch its state is from), and a two-row data module."""
     import lightning as L
-
-    from learngene.core.training import Convergence, TrainerArgs, fit
-
-    scores = [5, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # the validation score of each epoch
 
     class Scripted(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, i):
-            return (self.w * batch[0]).sum()
-
-        def validation_step(self, batch, i):
-            self.log("val/top1", float(scores[self.current_epoch]), batch_size=1)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
-    class Data(L.LightningDataModule):
-        def train_dataloader(self):
-            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
-
-        val_dataloader = train_dataloader
-
-    targs = TrainerArgs(progress=False, accelerator="cpu")
-    rec, _ = fit(
-        Scripted(), Data(), targs, epochs="auto", auto=Convergence(cap=15, patience=3, min_epochs=8), part=lambda m: m
-    )
-    assert rec["best_epoch"] == 6 and rec["epochs_run"] == 9  # 3 epochs after the best at 6, not at 8
-    rec, _ = fit(Scripted(), Data(), targs, epochs="auto", auto=Convergence(cap=15, patience=3), part=lambda m: m)
-    assert rec["epochs_run"] == 4  # without the floor the plateau after epoch 1 ends it
-
-
-def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak():
-    """With ``one_se_of`` (validation images), the state handed back is the latest whose score
-    is within one standard error of the peak's (at 90% on 100 images, 3 points), not the peak."""
-    import lightning as L
-
-    from learngene.core.training import Convergence, TrainerArgs, fit
-
-    scores = [50, 80, 90, 89.5, 85, 88, 80, 70, 70, 70, 70, 70]
-
-    class Scripted(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.register_buffer("epoch", torch.zeros(1))  # the state says which epoch it is from
+            self.register_buffer("epoch", torch.zeros(1))
 
         def on_train_epoch_start(self):
             self.epoch.fill_(self.current_epoch + 1)
@@ -123,6 +80,31 @@ def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak
 
         val_dataloader = train_dataloader
 
+    return Scripted, Data
+
+
+def test_no_stop_before_min_epochs_and_patience_counts_from_the_best_after_it():
+    """A plateau early in the schedule does not end the run, and a best found after it restarts
+    the patience (Lightning's Trainer(min_epochs) would keep the stop the plateau signalled and
+    end the run at min_epochs all the same)."""
+    from learngene.core.training import Convergence, TrainerArgs, fit
+
+    Scripted, Data = scripted([5, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # the validation score of each epoch
+    targs = TrainerArgs(progress=False, accelerator="cpu")
+    rec, _ = fit(
+        Scripted(), Data(), targs, epochs="auto", auto=Convergence(cap=15, patience=3, min_epochs=8), part=lambda m: m
+    )
+    assert rec["best_epoch"] == 6 and rec["epochs_run"] == 9  # 3 epochs after the best at 6, not at 8
+    rec, _ = fit(Scripted(), Data(), targs, epochs="auto", auto=Convergence(cap=15, patience=3), part=lambda m: m)
+    assert rec["epochs_run"] == 4  # without the floor the plateau after epoch 1 ends it
+
+
+def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak():
+    """With ``one_se_of`` (validation images), the state handed back is the latest whose score
+    is within one standard error of the peak's (at 90% on 100 images, 3 points), not the peak."""
+    from learngene.core.training import Convergence, TrainerArgs, fit
+
+    Scripted, Data = scripted([50, 80, 90, 89.5, 85, 88, 80, 70, 70, 70, 70, 70])
     targs = TrainerArgs(progress=False, accelerator="cpu")
     m = Scripted()
     rec, _ = fit(m, Data(), targs, epochs="auto", auto=Convergence(cap=12, patience=4, one_se_of=100), part=lambda x: x)
