@@ -234,9 +234,9 @@ class KeepBest(L.Callback):
     validation score, and records the epoch and the score: every training run records where
     it peaked; with ``restore``, the best state is put back when training ends.
 
-    ``one_se_of`` (how many validation images a top1 monitor, in %, is measured on): the state kept is the
-    latest whose score is within one standard error of the peak's, sqrt(p (1 - p) / n), not
-    the peak itself (the one-standard-error rule of Breiman et al.). Under a decaying learning
+    ``one_se_of`` (how many validation images a top1 monitor, in %, is measured on): the state
+    kept is the latest whose score is within one standard error of the peak's,
+    sqrt(p (1 - p) / n), not the peak itself (the one-standard-error rule of Breiman et al.). Under a decaying learning
     rate a later epoch is the more converged one, and a peak that leads it by less than the
     validation split's own noise is as likely luck: on 500 validation images at 91% one
     standard error is 1.3 points (a fit of the animals folder peaked at epoch 24 of 32 with

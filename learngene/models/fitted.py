@@ -41,14 +41,13 @@ The recipe, and why (benchmarks/own_data.py measures it on folders of three kind
   gives the same model on any machine. The budget is 8,000 steps: on the animals, where the
   fit is compute-bound (it classifies only 93% of its own training images), 4,000 left it at
   88.6% test and 6,000 at 90.8-91.4%, level with 1-nearest neighbour on the raw pixels
-  (91.2%); 8,000 reach 92.4-93.0% (benchmarks/fit_tail.py, own_data.py). What pays for them: a training
-  step on the CPU computes attention as written (`plain_attention`, ~8% cheaper at these
-  sequence lengths), one probe fewer, and pixel logistic regression that converges (9 s, not
-  27): the whole fit on 5,000 images takes 416 s on 2 cores (benchmarks/own_data.py; 6,000
-  steps took 347 s and 411 s on two machines, and once 582 s). Probes on 1,500 images chose
-  the base for the photographs (65.5% vs 64.5%; on 2,000 the shrunk start wins, 72.25 vs
-  68.75), and the base fitted them to 71.5%,
-  below scratch: the probes stay at 2,000.
+  (91.2%); 8,000 reach 92.4-93.0% (benchmarks/fit_tail.py, own_data.py). What pays for them:
+  a training step on the CPU computes attention as written (`plain_attention`, ~8% cheaper at
+  these sequence lengths), one probe fewer, and pixel logistic regression that converges (9 s,
+  not 27): the whole fit on 5,000 images takes 416 s on 2 cores (benchmarks/own_data.py;
+  6,000 steps took 347 s and 411 s on two machines, and once 582 s). Probes on 1,500 images
+  chose the base for the photographs (65.5% vs 64.5%; on 2,000 the shrunk start wins, 72.25
+  vs 68.75), and the base fitted them to 71.5%, below scratch: the probes stay at 2,000.
 - **The state kept: the latest within one standard error of the peak.** Validation on a few
   hundred images is noisy (one standard error of a top1 near 91% on 500 images is 1.3
   points), and under a decaying learning rate the later epochs are the converged ones: on the
