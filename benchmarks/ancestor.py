@@ -2,7 +2,8 @@
 stops improving), once per testbed and seed, each timed; with ``--ship``, seed 0's weights are
 written into the package (``learngene/weights/embedded-<testbed>/``), which is how the main job
 starts from a trained ancestor in seconds instead of training one for tens of minutes.
-Resumable: a testbed and seed already in the JSON is kept. Writes
+Resumable: a testbed and seed already in the JSON is kept, and a run cut off continues from
+its last epoch (checkpointed under $LEARNGENE_HOME/ancestors/training/). Writes
 benchmarks/results/ancestor.{json,md}.
 
     python benchmarks/ancestor.py [--testbeds digits,animals] [--seeds 0] [--ship] [--threads 2]
@@ -23,73 +24,131 @@ from common import RESULTS, cpu_name
 OUT = RESULTS / "ancestor.json"
 
 
-def train(testbed: str, seed: int, threads: int) -> tuple[dict, Path]:
+# The narrow architecture (the pool's narrow auxiliary width at the ancestor's depth: SN-Net's
+# (a) anchor) trained alone with the ancestor's own recipe: the low end of the testbed's slope.
+ARCHS = {"ancestor": None, "narrow": dict(embed_dim=48, num_heads=3)}
+ANCHORS = RESULTS / "anchors"  # the narrow models, kept as timm local-dirs (1.3 MB each)
+
+
+def tb_name(testbed: str) -> str | None:
+    return None if testbed == "digits" else testbed
+
+
+def key_of(testbed: str, seed: int, arch: str) -> str:
+    from learngene.models.embedded import recipe, recipe_key
+
+    return recipe_key(recipe(seed=seed, name=tb_name(testbed)), tb_name(testbed), ARCHS[arch])
+
+
+def train(testbed: str, seed: int, threads: int, arch: str = "ancestor", resume: bool = True) -> tuple[dict, Path]:
     import torch
 
     from learngene.core.training import TrainerArgs
-    from learngene.models.embedded import recipe, recipe_key, train_embedded
+    from learngene.models.embedded import train_embedded
 
     torch.set_num_threads(threads)
-    work = Path(tempfile.mkdtemp(prefix=f"ancestor-{testbed}-{seed}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"ancestor-{testbed}-{arch}-{seed}-"))
     t0 = time.perf_counter()
     anc = train_embedded(
         work / "anc",
-        name=None if testbed == "digits" else testbed,
+        name=tb_name(testbed),
         seed=seed,
+        resume=resume,
+        model_args=ARCHS[arch],
         trainer_args=TrainerArgs(
-            progress=False, log_lines=True, accelerator="cpu", threads=threads, label=f"ancestor {testbed} seed {seed}"
+            progress=False, log_lines=True, accelerator="cpu", threads=threads, label=f"{arch} {testbed} seed {seed}"
         ),
     )
-    wall = time.perf_counter() - t0
-    r = recipe(seed=seed, name=None if testbed == "digits" else testbed)
     m = anc.metrics
     return (
         {
             "testbed": testbed,
+            "arch": arch,
             "seed": seed,
+            "params": sum(p.numel() for p in anc.model.parameters()),
             "test_top1": m["test_top1"],
             "val_top1": m["val_top1"],
             "epochs_run": m["epochs"],
             "best_epoch": m["best_epoch"],
             "steps": m["steps"],
-            "seconds": round(wall, 1),
+            # the whole run's training seconds, over every sitting of a resumed run
+            "seconds": m["train_seconds"],
+            "sitting_seconds": round(time.perf_counter() - t0, 1),
             "threads": threads,
-            "recipe_key": recipe_key(r, None if testbed == "digits" else testbed),
+            "recipe_key": key_of(testbed, seed, arch),
         },
         work / "anc",
     )
+
+
+def slopes(res: dict) -> dict:
+    """slope_at_plateau per testbed: the ancestor's mean test top1 minus the narrow
+    architecture's, both trained alone to their plateau with the same recipe."""
+    out = {}
+    for tb in sorted({r["testbed"] for r in res["runs"]}):
+        acc = {
+            a: [r["test_top1"] for r in res["runs"] if r["testbed"] == tb and r.get("arch", "ancestor") == a]
+            for a in ARCHS
+        }
+        if acc["ancestor"] and acc["narrow"]:
+            mean = {a: sum(v) / len(v) for a, v in acc.items()}
+            out[tb] = {
+                "slope_at_plateau": round(mean["ancestor"] - mean["narrow"], 2),
+                "ancestor_seeds": len(acc["ancestor"]),
+                "narrow_seeds": len(acc["narrow"]),
+            }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--testbeds", default="digits,animals")
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--ship", action="store_true", help="write seed 0's weights into learngene/weights/")
+    ap.add_argument("--arch", choices=list(ARCHS), default="ancestor")
+    ap.add_argument("--ship", action="store_true", help="write seed 0's ancestor weights into learngene/weights/")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start afresh instead of continuing an interrupted run from its last epoch's checkpoint",
+    )
     a = ap.parse_args()
-    res = json.loads(OUT.read_text()) if OUT.is_file() else {"runs": []}
-    res["machine"] = f"{cpu_name()}, {os.cpu_count()} cores"
+    from learngene.models.embedded import shipped_dir
+
+    def load() -> dict:
+        return json.loads(OUT.read_text()) if OUT.is_file() else {"runs": []}
+
     for tb in [t.strip() for t in a.testbeds.split(",") if t.strip()]:
         for seed in [int(s) for s in a.seeds.split(",")]:
-            from learngene.models.embedded import recipe, recipe_key, shipped_dir
-
-            key = recipe_key(recipe(seed=seed, name=None if tb == "digits" else tb), None if tb == "digits" else tb)
-            done = [r for r in res["runs"] if (r["testbed"], r["seed"], r.get("recipe_key")) == (tb, seed, key)]
-            if done and not (a.ship and seed == 0):
-                print(f"{tb} seed {seed}: kept from an earlier run ({done[0]['test_top1']}%)")
+            key = key_of(tb, seed, a.arch)
+            done = [r for r in load()["runs"] if (r["testbed"], r["seed"], r.get("recipe_key")) == (tb, seed, key)]
+            ship = a.ship and seed == 0 and a.arch == "ancestor"
+            if done and not ship:
+                print(f"{a.arch} {tb} seed {seed}: kept from an earlier run ({done[0]['test_top1']}%)")
                 continue
-            row, folder = train(tb, seed, a.threads)
-            res["runs"] = [r for r in res["runs"] if (r["testbed"], r["seed"]) != (tb, seed)] + [row]
+            row, folder = train(tb, seed, a.threads, a.arch, resume=not a.no_resume)
+            # read again before writing: another arch or testbed may be running beside this one
+            res = load()
+            res["machine"] = f"{cpu_name()}, {os.cpu_count()} cores"
+            same = (tb, seed, a.arch)
+            res["runs"] = [r for r in res["runs"] if (r["testbed"], r["seed"], r.get("arch", "ancestor")) != same]
+            res["runs"].append(row)
+            res["slopes"] = slopes(res)
             OUT.parent.mkdir(exist_ok=True)
             OUT.write_text(json.dumps(res, indent=2))  # kept after every run: resumable
             print(row, flush=True)
-            if a.ship and seed == 0:
-                dst = shipped_dir(None if tb == "digits" else tb)
+            if ship:
+                dst = shipped_dir(tb_name(tb))
+            elif a.arch == "narrow":
+                dst = ANCHORS / f"{tb}-narrow-s{seed}"
+            else:
+                dst = None
+            if dst is not None:
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(folder, dst)
-                print(f"shipped {dst}")
+                print(f"kept {dst}")
             shutil.rmtree(folder.parent, ignore_errors=True)
-    write_md(res)
+            write_md(load())
 
 
 def write_md(res: dict) -> None:
@@ -102,14 +161,28 @@ def write_md(res: dict) -> None:
         "",
         f"Machine: {res['machine']}.",
         "",
-        "| testbed | seed | test top1 | val top1 | epochs run | best epoch | steps | seconds | threads |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| testbed | model | seed | params | test top1 | val top1 | epochs run | best epoch | steps | seconds "
+        "| threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(res["runs"], key=lambda r: (r["testbed"], r["seed"])):
+    for r in sorted(res["runs"], key=lambda r: (r["testbed"], r.get("arch", "ancestor"), r["seed"])):
         lines.append(
-            f"| {r['testbed']} | {r['seed']} | {r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['epochs_run']} | "
+            f"| {r['testbed']} | {r.get('arch', 'ancestor')} | {r['seed']} | {r.get('params', 2370000) / 1e6:.2f}M | "
+            f"{r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['epochs_run']} | "
             f"{r['best_epoch']} | {r['steps']} | {r['seconds']:.0f} | {r['threads']} |"
         )
+    if res.get("slopes"):
+        lines += [
+            "",
+            "`slope_at_plateau`: the ancestor's mean test top1 minus the narrow architecture's (width 48, "
+            "3 heads, the ancestor's 12 blocks), each trained alone with the same recipe to its plateau.",
+            "",
+        ]
+        for tb, s in res["slopes"].items():
+            lines.append(
+                f"- {tb}: {s['slope_at_plateau']:+.2f} points "
+                f"(ancestor {s['ancestor_seeds']} seed(s), narrow {s['narrow_seeds']})"
+            )
     (RESULTS / "ancestor.md").write_text("\n".join(lines) + "\n")
 
 

@@ -38,11 +38,11 @@ def test_animals_split_is_fixed_and_stratified():
     from learngene.core.sources import ANIMALS, AnimalsSource, animal_splits
 
     s = animal_splits(16)
-    assert {k: len(v) for k, v in s.items()} == {"train": 3000, "val": 800, "test": 2000}
+    assert {k: len(v) for k, v in s.items()} == {"train": 7200, "val": 800, "test": 2000}
     assert s["train"].labels.bincount().tolist() == [300] * 10
     assert tuple(s["train"].images.shape[1:]) == (3, 16, 16) and 0 <= float(s["train"].images.min()) <= 1
     fp = AnimalsSource().fingerprint()
-    assert fp["classes"] == ANIMALS and fp["counts"]["train"] == 3000
+    assert fp["classes"] == ANIMALS and fp["counts"]["train"] == 7200
 
 
 @needs_animals
@@ -61,7 +61,7 @@ def test_animals_ancestor_pool_and_stages_find_their_data(tmp_path):
     assert not (tmp_path / "refused").exists()
     pool = build_pool("animals", out=tmp_path / "pool", ancestor=anc, epochs=1, overrides=["distill.max_steps=2"])
     pool = Pool.open(pool.path)
-    assert pool.embedded_data == "animals" and pool.data["counts"]["train"] == 3000
+    assert pool.embedded_data == "animals" and pool.data["counts"]["train"] == 7200
     assert pool_data(pool, None).name == "animals"
     with pytest.raises(UserError, match="classes"):
         pool_data(pool, "digits")

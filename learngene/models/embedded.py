@@ -97,17 +97,22 @@ def recipe(epochs=None, seed: int | None = None, name: str | None = None) -> dic
     return r
 
 
-def recipe_key(r: dict, name: str | None = None) -> str:
+def recipe_key(r: dict, name: str | None = None, model_args: dict | None = None) -> str:
     """What the weights are a function of: the architecture, the recipe, the data."""
     from learngene.core.data import open_source
 
     tb = testbed(name)
-    what = [EMBEDDED_ARCH, tb.model_args, r, open_source(tb.data).fingerprint()]
+    what = [EMBEDDED_ARCH, {**tb.model_args, **(model_args or {})}, r, open_source(tb.data).fingerprint()]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def shipped_dir(name: str | None = None) -> Path:
     return SHIPPED / f"embedded-{name or DEFAULT_TESTBED}"
+
+
+def training_dir(key: str, name: str | None = None) -> Path:
+    """Where a resumable run of this recipe keeps its per-epoch checkpoint."""
+    return home() / "ancestors" / "training" / f"embedded-{name or DEFAULT_TESTBED}-{key}"
 
 
 def cache_dir(key: str, name: str | None = None) -> Path:
@@ -122,9 +127,18 @@ def train_embedded(
     seed: int | None = None,
     trainer_args=None,
     progress: bool = True,
+    resume: bool = False,
+    model_args: dict | None = None,
 ) -> LoadedModel:
     """Train a testbed's embedded ancestor on its data and save it (a timm local-dir) in
-    ``folder``, with the recipe, its key, the training record and the weights' sha256."""
+    ``folder``, with the recipe, its key, the training record and the weights' sha256.
+
+    With ``resume`` every epoch is checkpointed under ``$LEARNGENE_HOME/ancestors/training/``
+    (one folder per recipe key) and a run cut off (a session's end, Ctrl-C) continues from its
+    last epoch, with its best-so-far state and patience count: a plateau run takes hours on 2
+    cores, longer than one sitting. ``model_args`` overrides the testbed's architecture (the
+    narrow architecture trained alone with the ancestor's recipe: the low end of the slope)."""
+    import shutil
     import sys
 
     import lightning as L
@@ -141,7 +155,9 @@ def train_embedded(
     tb, r = testbed(name), recipe(epochs, seed, name)
     L.seed_everything(r["seed"], verbose=False)
     dm = LearngeneDataModule(tb.data, batch_size=r["batch_size"], seed=r["seed"])
-    model = timm.create_model(EMBEDDED_ARCH, **tb.model_args)
+    args = {**tb.model_args, **(model_args or {})}
+    key = recipe_key(r, name, model_args)
+    model = timm.create_model(EMBEDDED_ARCH, **args)
     optim = OptimConfig(
         lr=r["lr"],
         weight_decay=r["weight_decay"],
@@ -152,6 +168,26 @@ def train_embedded(
     targs = trainer_args or TrainerArgs(progress=progress and tty, log_lines=progress and not tty)
     targs.progress = progress and targs.progress
     targs.label = f"ancestor ({ancestor_name(name)})"
+    resume_kw, ckpt_dir = {}, training_dir(key, name)
+    prior = _seconds_before(ckpt_dir / "seconds.json") if resume else 0.0
+    if resume:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        last = ckpt_dir / "last.ckpt"
+        # the newest epoch only; last.ckpt links to it
+        ckpt = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_last="link", save_top_k=1
+        )
+        resume_kw = dict(
+            default_root_dir=ckpt_dir,
+            enable_checkpointing=True,
+            callbacks=[ckpt, _elapsed_keeper(ckpt_dir / "seconds.json", prior)],
+            ckpt_path=str(last) if last.is_file() else None,
+            weights_only=True,
+        )
+        if last.is_file():
+            print(f"learngene: {targs.label} resumes from {last}", file=sys.stderr)
     t0 = time.perf_counter()
     record, _ = fit(
         Classifier(model, optim),
@@ -159,8 +195,9 @@ def train_embedded(
         targs,
         epochs=r["epochs"],
         auto=Convergence(cap=r.get("cap", 300), patience=r.get("patience", 30)),
+        **resume_kw,
     )
-    wall = time.perf_counter() - t0
+    wall = prior + time.perf_counter() - t0
     model = model.cpu().eval()
     test, val = evaluate(model, dm.test_dataloader()), evaluate(model, dm.val_dataloader())
     metrics = {
@@ -190,7 +227,7 @@ def train_embedded(
     }
     extra = {
         "recipe": r,
-        "recipe_key": recipe_key(r, name),
+        "recipe_key": key,
         "data": dm.fingerprint(),
         "metrics": metrics,
         "training": record,
@@ -199,8 +236,32 @@ def train_embedded(
     def checksum(stage: Path) -> dict:  # recorded beside the weights, checked at every load
         return {"weights_sha256": file_sha256(stage / "model.safetensors")}
 
-    save_local_dir(model, folder, EMBEDDED_ARCH, tb.model_args, pretrained_cfg, extra, write_more=checksum)
+    save_local_dir(model, folder, EMBEDDED_ARCH, args, pretrained_cfg, extra, write_more=checksum)
+    if resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # written: nothing left to resume
     return load_embedded(folder, name)
+
+
+def _seconds_before(path: Path) -> float:
+    """Training seconds of a resumed run's earlier sittings (0 for a fresh run)."""
+    try:
+        return float(json.loads(path.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _elapsed_keeper(path: Path, prior: float):
+    """A callback that keeps the run's training seconds so far beside its checkpoint at every
+    epoch's end, so the record counts the whole run's wall time, not the last sitting's."""
+    import lightning as L
+
+    start = time.perf_counter()
+
+    class Elapsed(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            path.write_text(json.dumps({"seconds": prior + time.perf_counter() - start}))
+
+    return Elapsed()
 
 
 def _meta(folder: Path) -> dict:
