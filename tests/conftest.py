@@ -1,7 +1,16 @@
+"""Session fixtures: what many modules need, built once per test process, in-process through
+the CLI and the public API (helpers.py holds the functions they are built with)."""
+
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
+from helpers import RECIPE, RECIPE3, cli, quiet, save_tiny_ancestor
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,16 +38,59 @@ def tiny_vit():
     ).eval()
 
 
-def make_image_folder(root, classes=("cat", "dog"), per_class=12, size=20, seed=0):
-    """Real PNG files on disk in ROOT/<class>/<i>.png."""
-    import numpy as np
-    from PIL import Image
+@pytest.fixture(scope="session")
+def recipe_dir(tmp_path_factory):
+    """A tiny local-dir ancestor for the digits (``anc``) and the tiny recipes (``tiny.yaml``,
+    depth 2; ``tiny3.yaml``, depth 3)."""
+    d = tmp_path_factory.mktemp("recipes")
+    save_tiny_ancestor(d / "anc")
+    (d / "tiny.yaml").write_text(yaml.safe_dump(RECIPE))
+    (d / "tiny3.yaml").write_text(yaml.safe_dump(RECIPE3))
+    return d
 
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        d = root / c
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(d / f"{i}.png")
-    return root
+
+@pytest.fixture(scope="session")
+def setup_dir(recipe_dir, tmp_path_factory):
+    """The shared test pool: ``pool``, depth 3 (9 descendants), distilled from ``anc`` through
+    the CLI in this process. Read it, or take a private copy (helpers.fresh_pool) to write."""
+    d = tmp_path_factory.mktemp("pool3")
+    shutil.copytree(recipe_dir / "anc", d / "anc")
+    shutil.copy(recipe_dir / "tiny3.yaml", d / "tiny3.yaml")
+    r = cli(
+        "build-pool", "--recipe", d / "tiny3.yaml", "--ancestor", f"local-dir:{d / 'anc'}", "--out", d / "pool",
+        "-q", "--accelerator", "cpu",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+@pytest.fixture(scope="session")
+def assembled(setup_dir, tmp_path_factory):
+    """The test pool with its stitches stored (a revision, trained 0 epochs: at lstsq init)."""
+    from learngene.assembly import AssembleSpec, assemble
+
+    pool = shutil.copytree(setup_dir / "pool", tmp_path_factory.mktemp("assembled") / "pool")
+    assemble(pool, train="all", spec=AssembleSpec(epochs=0), trainer_args=quiet(), progress=lambda m: None)
+    return pool
+
+
+@pytest.fixture(scope="session")
+def device_kit(assembled, tmp_path_factory):
+    """A kit of two members (fp32) and the latency file its probe.py wrote (a fresh process: the
+    probe is what a device runs)."""
+    d = tmp_path_factory.mktemp("kit")
+    pool = shutil.copytree(assembled, d / "pool")
+    kit = d / "kit"
+    r = cli(
+        "kit", "--pool", pool, "--out", kit, "--members", "narrow,wide", "--precision", "fp32", "--batch-sizes", "1"
+    )
+    assert r.returncode == 0, r.stderr
+    lat = d / "latency.json"
+    r = subprocess.run(
+        [sys.executable, kit / "probe.py", "--threads", "1", "--min-run-time", "0.02", "--out", lat],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    return pool, kit, json.loads(lat.read_text())

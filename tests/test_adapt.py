@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_one_line_error, cli, learngene
+from helpers import assert_one_line_error, cli, learngene
 
 from learngene.core.io import state_dict_sha256
 from learngene.deltas import delta as D

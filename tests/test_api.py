@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-from test_assemble import RECIPE
-from test_cli import learngene
+from helpers import RECIPE3 as RECIPE
+from helpers import learngene
 
 import learngene as lg
 

@@ -7,20 +7,11 @@ import json
 
 import pytest
 import torch
-import yaml
-from test_cli import assert_one_line_error, cli, learngene
-from test_pool_cli import RECIPE as TINY_RECIPE
+from helpers import assert_one_line_error, cli, fresh_pool, learngene, quiet
 
 from learngene.assembly.select import size_budget
 from learngene.core.errors import UserError
 from learngene.stitch.descendants import descendants, paired_stitching, parse_config
-
-# the CLI tests' tiny recipe (narrow 16, wide 32) one block deeper: 9 descendants
-RECIPE = json.loads(json.dumps(TINY_RECIPE))
-RECIPE["name"] = "tiny3"
-for _aux in RECIPE["auxiliary"].values():
-    _aux["depth"] = 3
-RECIPE["distill"] = {"batch_size": 64, "max_steps": 4}
 
 
 def test_paired_stitching_counts_match_sn_net():
@@ -40,56 +31,6 @@ def test_paired_stitching_counts_match_sn_net():
         parse_config("0,5", 6)
     assert size_budget("tiny", 86_600_000) == pytest.approx(5_700_000)
     assert size_budget("base", 1) is None
-
-
-@pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory):
-    """A tiny local-dir ancestor, a depth-3 pool built from it through the real CLI."""
-    import timm
-
-    from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
-
-    d = tmp_path_factory.mktemp("assemble")
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    save_local_dir(
-        timm.create_model("deit_tiny_patch16_224", **args),
-        d / "anc",
-        "deit_tiny_patch16_224",
-        args,
-        {**cfg, "num_classes": 10},
-    )
-    (d / "tiny3.yaml").write_text(yaml.safe_dump(RECIPE))
-    r = learngene(
-        "build-pool",
-        "--recipe",
-        d / "tiny3.yaml",
-        "--ancestor",
-        f"local-dir:{d / 'anc'}",
-        "--out",
-        d / "pool",
-        "-q",
-        "--accelerator",
-        "cpu",
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    return d
-
-
-def fresh_pool(setup_dir, tmp_path):
-    import shutil
-
-    shutil.copytree(setup_dir / "pool", tmp_path / "pool")
-    return tmp_path / "pool"
-
-
-def quiet():
-    from learngene.core.training import TrainerArgs
-
-    return TrainerArgs(progress=False, accelerator="cpu")
 
 
 def test_stitched_model_matches_the_pool_forward_and_timm_loads_it(setup_dir):

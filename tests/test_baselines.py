@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture)
+from helpers import fresh_pool, quiet
 
 from learngene.core.errors import UserError
 from learngene.core.io import state_dict_sha256
@@ -100,7 +100,7 @@ def test_fair_anchors_keep_their_best_state_and_distil_like_the_pool(tiny_vit, d
         make_anchor("long", frozen, dm)
 
 
-def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_path, dm):  # noqa: F811
+def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_path, dm):
     from learngene.baselines import scratch
     from learngene.pool import Pool
     from learngene.stitch.stitched import static_rows

@@ -7,8 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
-from test_cli import assert_one_line_error, cli, learngene
+from helpers import assert_one_line_error, cli, fresh_pool, learngene
 
 from learngene.core.training import knn_top1
 from learngene.measure.metrics import latency
@@ -48,7 +47,7 @@ def test_latency_reports_median_p90_and_throughput():
     assert lat["samples_per_sec"] == pytest.approx(4 / lat["median_s"])
 
 
-def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_path):  # noqa: F811
+def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_path):
     from learngene.api import bench as bench_pool
     from learngene.pool import Pool
     from learngene.stitch.init import init_stitches
@@ -89,7 +88,7 @@ def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_pa
         (["--threads", "0"], "--threads"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args, culprit):  # noqa: F811
+def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args, culprit):
     pool = fresh_pool(setup_dir, tmp_path)
     r = cli("bench", "--pool", pool, *args)
     assert_one_line_error(r, culprit)
@@ -124,7 +123,7 @@ def test_pick_takes_the_most_accurate_within_budget_and_names_the_nearest():
             Budget(bad)
 
 
-def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):  # noqa: F811
+def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path):
     from learngene.api import bench as bench_pool
     from learngene.api import target
     from learngene.measure.budget import Budget
@@ -148,7 +147,7 @@ def test_target_uses_this_device_report_and_exports_the_pick(setup_dir, tmp_path
     assert not (tmp_path / "c2").exists()
 
 
-def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp_path, capfd):  # noqa: F811
+def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp_path, capfd):
     pool = fresh_pool(setup_dir, tmp_path)
     assert cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q").returncode == 0  # stitches stored: r1
     r = cli("target", "--pool", pool, "--max-latency-ms", "0.000001")
@@ -195,7 +194,7 @@ def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp
     assert len(list((pool / "reports").glob("*/frontier.json"))) == 1
 
 
-def test_bench_includes_adapted_models_on_their_own_task(setup_dir, tmp_path):  # noqa: F811
+def test_bench_includes_adapted_models_on_their_own_task(setup_dir, tmp_path):
     pytest.importorskip("peft")
     from learngene.api import bench as bench_pool
     from learngene.core.training import TrainerArgs

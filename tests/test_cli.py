@@ -1,67 +1,9 @@
 """The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-
-def learngene(*args, home=None, timeout=300):
-    """The CLI as a user runs it: a fresh process."""
-    env = dict(os.environ)
-    if home:
-        env["LEARNGENE_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "learngene.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def cli(*args, home=None):
-    """The CLI in this process: `learngene.cli.main` with the same parser, verbs and API as a
-    fresh process, without the interpreter start-up (torch, timm and Lightning imports: ~7 s a
-    call). For bad-input checks; end-to-end runs, signals and DDP use `learngene`."""
-    import contextlib
-    import io
-    import signal
-
-    from learngene.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old_home = os.environ.get("LEARNGENE_HOME")
-    if home:
-        os.environ["LEARNGENE_HOME"] = str(home)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in args])
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        if home:
-            if old_home is None:
-                os.environ.pop("LEARNGENE_HOME", None)
-            else:
-                os.environ["LEARNGENE_HOME"] = old_home
-    return subprocess.CompletedProcess(["learngene", *map(str, args)], code, out.getvalue(), err.getvalue())
-
-
-def assert_one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from helpers import assert_one_line_error, cli, learngene
 
 
 def test_help_lists_every_verb():
@@ -102,7 +44,7 @@ def test_corrupt_checkpoint_exit_2(tmp_path):
 
 
 def test_ancestor_evaluates_on_an_image_folder(tmp_path, tiny_vit):
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     from learngene.core.io import save_local_dir
 

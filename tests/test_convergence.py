@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_image_folder
-from test_cli import cli, learngene
+from helpers import cli, learngene, make_image_folder
 
 
 def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
@@ -118,7 +117,7 @@ def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak
 
 def test_build_pool_and_assemble_take_epochs_auto(tmp_path):
     import yaml
-    from test_pool_cli import RECIPE
+    from helpers import RECIPE
 
     d = json.loads(json.dumps(RECIPE))
     for a in d["auxiliary"].values():

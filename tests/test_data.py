@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 from learngene.core.data import LearngeneDataModule, digits_data_config, digits_splits
 from learngene.core.errors import UserError

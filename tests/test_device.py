@@ -5,29 +5,11 @@ and the bad input of each step."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 import torch
-from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
-from test_cli import assert_one_line_error, cli
-
-
-@pytest.fixture(scope="module")
-def assembled(setup_dir, tmp_path_factory):  # noqa: F811
-    """The tiny pool with its stitches stored (a revision, trained 0 epochs: at lstsq init)."""
-    from learngene.assembly import AssembleSpec, assemble
-
-    pool = fresh_pool(setup_dir, tmp_path_factory.mktemp("device"))
-    assemble(pool, train="all", spec=AssembleSpec(epochs=0), trainer_args=quiet(), progress=lambda m: None)
-    return pool
-
-
-def copy_of(pool, tmp_path):
-    shutil.copytree(pool, tmp_path / "pool")
-    return tmp_path / "pool"
+from helpers import assert_one_line_error, cli, copy_of
 
 
 def test_onnx_export_matches_eager_and_int8_has_its_own_accuracy(assembled, tmp_path):

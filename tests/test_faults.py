@@ -7,38 +7,12 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
-from test_assemble import RECIPE as TINY3  # noqa: F401  (module fixture: a depth-3 pool)
-from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture)
-from test_cli import assert_one_line_error, cli, learngene
-
-
-def start(*args, **kw):
-    env = {**os.environ, **kw.pop("env", {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "learngene.cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        **kw,
-    )
-
-
-def wait_for(cond, timeout=120.0, proc=None):
-    t = time.monotonic()
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} first: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() - t > timeout:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
+from helpers import RECIPE3 as TINY3
+from helpers import assert_one_line_error, cli, fresh_pool, learngene, start, wait_for
 
 
 def tree(folder):
@@ -56,7 +30,7 @@ def slow_recipe(tmp_path, wide_epochs=40):
     return tmp_path / "slow.yaml"
 
 
-def test_sigterm_during_build_pool_exits_143_and_resume_finishes(setup_dir, tmp_path):  # noqa: F811
+def test_sigterm_during_build_pool_exits_143_and_resume_finishes(setup_dir, tmp_path):
     recipe, out = slow_recipe(tmp_path), tmp_path / "pool"
     args = (
         "build-pool",
@@ -82,7 +56,7 @@ def test_sigterm_during_build_pool_exits_143_and_resume_finishes(setup_dir, tmp_
     assert learngene("pool", "verify", out).returncode == 0 and not (tmp_path / ".pool.partial").exists()
 
 
-def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path):  # noqa: F811
+def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     before = tree(pool)
     p = start("assemble", "--pool", pool, "--all", "--epochs", "200", "--descendant", "1,2", "--accelerator", "cpu")
@@ -99,7 +73,7 @@ def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):  # noqa: F811
+def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):
     recipe = slow_recipe(tmp_path, wide_epochs=2)
     r = learngene(
         "build-pool",
@@ -119,7 +93,7 @@ def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):  # noqa: F811
     assert "━" not in r.stderr  # no progress bar drawn into a log
 
 
-def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, tmp_path):  # noqa: F811
+def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     runs = [
         start(
@@ -148,7 +122,7 @@ def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, t
     assert learngene("pool", "verify", pool).returncode == 0
 
 
-def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_path):  # noqa: F811
+def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_path):
     recipe, out = slow_recipe(tmp_path, wide_epochs=1000), tmp_path / "pool"
     args = (
         "build-pool",
@@ -172,8 +146,6 @@ def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_pat
 
 def test_two_adapts_at_once(tmp_path, tiny_vit):
     pytest.importorskip("peft")
-    import test_adapt  # noqa: F401  (its fixtures)
-
     from learngene.core.data import digits_data_config
     from learngene.core.io import save_local_dir
 
@@ -220,7 +192,7 @@ def test_two_adapts_at_once(tmp_path, tiny_vit):
         (lambda r: r.update(distill=5), "distill"),
     ],
 )
-def test_crafted_recipes_are_refused_and_write_nothing(setup_dir, tmp_path, change, needle):  # noqa: F811
+def test_crafted_recipes_are_refused_and_write_nothing(setup_dir, tmp_path, change, needle):
     r = json.loads(json.dumps(TINY3))
     change(r)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
@@ -234,7 +206,7 @@ def test_crafted_recipes_are_refused_and_write_nothing(setup_dir, tmp_path, chan
     assert tree(tmp_path) == ["r.yaml"]
 
 
-def test_set_values_that_are_not_yaml_or_of_the_wrong_type(setup_dir, tmp_path):  # noqa: F811
+def test_set_values_that_are_not_yaml_or_of_the_wrong_type(setup_dir, tmp_path):
     base = ("build-pool", "--recipe", "embedded", "--out", tmp_path / "p")
     for setting, needle in (
         ("distill.alpha=[1", "not valid YAML"),
@@ -268,14 +240,14 @@ def edit_manifest(pool, fn):
         (lambda m: m.pop("auxiliary") and None, "auxiliary"),
     ],
 )
-def test_crafted_manifests_are_refused_in_one_line(setup_dir, tmp_path, change, needle):  # noqa: F811
+def test_crafted_manifests_are_refused_in_one_line(setup_dir, tmp_path, change, needle):
     pool = fresh_pool(setup_dir, tmp_path)
     edit_manifest(pool, change)
     for verb in (("pool", "info", pool), ("assemble", "--pool", pool, "--size", "tiny"), ("bench", "--pool", pool)):
         assert_one_line_error(cli(*verb), needle)
 
 
-def test_revision_cycles_symlinks_and_escaping_files(setup_dir, tmp_path):  # noqa: F811
+def test_revision_cycles_symlinks_and_escaping_files(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     assert cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q", "--accelerator", "cpu").returncode == 0
     saved = (pool / "pool.json").read_text()
@@ -297,7 +269,7 @@ def test_revision_cycles_symlinks_and_escaping_files(setup_dir, tmp_path):  # no
     assert not any((tmp_path / "elsewhere").iterdir())
 
 
-def test_non_finite_weights_stop_the_run_and_pool_verify_finds_them(setup_dir, tmp_path, tiny_vit):  # noqa: F811
+def test_non_finite_weights_stop_the_run_and_pool_verify_finds_them(setup_dir, tmp_path, tiny_vit):
     from safetensors.torch import load_file, save_file
 
     from learngene.core.data import digits_data_config
@@ -326,7 +298,7 @@ def test_non_finite_weights_stop_the_run_and_pool_verify_finds_them(setup_dir, t
     assert_one_line_error(cli("pool", "verify", pool), "non-finite", "wide.b0.safetensors")
 
 
-def test_outputs_follow_the_umask(setup_dir, tmp_path):  # noqa: F811
+def test_outputs_follow_the_umask(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     old = os.umask(0o022)
     try:
@@ -344,7 +316,7 @@ def test_outputs_follow_the_umask(setup_dir, tmp_path):  # noqa: F811
         assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
 
 
-def test_leftovers_are_ignored_reported_and_cleaned(setup_dir, tmp_path):  # noqa: F811
+def test_leftovers_are_ignored_reported_and_cleaned(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     rep = cli("bench", "--pool", pool, "--batch-sizes", "1", "--min-run-time", "0.01", "--json")
     assert rep.returncode == 0, rep.stderr
@@ -369,7 +341,7 @@ def test_leftovers_are_ignored_reported_and_cleaned(setup_dir, tmp_path):  # noq
     assert not killed.exists() and not (pool / "revisions" / "r7").exists() and real.exists()
 
 
-def test_force_says_what_it_deletes(setup_dir, tmp_path):  # noqa: F811
+def test_force_says_what_it_deletes(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     assert (
         cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program").returncode == 0
@@ -392,7 +364,7 @@ def test_force_says_what_it_deletes(setup_dir, tmp_path):  # noqa: F811
     assert "--force replaces pool" in r.stderr and "1 revision, 1 child go with it" in r.stderr
 
 
-def test_write_failures_are_exit_2_one_line(setup_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_write_failures_are_exit_2_one_line(setup_dir, tmp_path, monkeypatch):
     import learngene.core.io as io
 
     pool = fresh_pool(setup_dir, tmp_path)
@@ -407,7 +379,7 @@ def test_write_failures_are_exit_2_one_line(setup_dir, tmp_path, monkeypatch):  
     assert not (pool / "children").exists() or not any((pool / "children").iterdir())
 
 
-def test_small_contracts(setup_dir, tmp_path):  # noqa: F811
+def test_small_contracts(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     r = cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q", "--json", "--accelerator", "cpu")
     assert r.returncode == 0 and json.loads((pool / "pool.json").read_text())["revisions"][0]["trained"] == []

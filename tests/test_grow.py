@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
+from helpers import assert_one_line_error, cli, learngene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import assert_one_line_error, cli, learngene
 
 from learngene.growth import expand as X
 from learngene.growth import ligo as G

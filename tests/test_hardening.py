@@ -8,13 +8,12 @@ import sys
 
 import pytest
 import torch
-from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
-from test_cli import assert_one_line_error, cli
+from helpers import assert_one_line_error, cli, fresh_pool
 
 # --------------------------------------------------------------------------- documented paths
 
 
-def test_adapt_apply_merge_and_describe_an_assembled_child(setup_dir, tmp_path):  # noqa: F811
+def test_adapt_apply_merge_and_describe_an_assembled_child(setup_dir, tmp_path):
     """`adapt apply --merge` on a stitched child (README's example) and `ancestor` of it."""
     pytest.importorskip("peft")
     import timm
@@ -59,7 +58,7 @@ def test_adapt_apply_merge_and_describe_an_assembled_child(setup_dir, tmp_path):
     assert info["architecture"] == "learngene_stitched_vit" and "->" in str(info["embed_dim"])
 
 
-def test_ligo_grows_to_a_width_that_is_not_a_multiple(setup_dir, tmp_path):  # noqa: F811
+def test_ligo_grows_to_a_width_that_is_not_a_multiple(setup_dir, tmp_path):
     """LiGO's width operator is learned: 32 -> 48 (not a multiple) grows (it crashed)."""
     out = tmp_path / "g"
     r = cli(
@@ -100,7 +99,7 @@ def test_threads_and_workers_never_exceed_the_cores(monkeypatch, capsys):
     assert err.count("load average is 9.0 on 4 cores") == 1 and "--threads" in err
 
 
-def test_every_count_has_a_bound(setup_dir, tmp_path):  # noqa: F811
+def test_every_count_has_a_bound(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     anc = f"local-dir:{setup_dir / 'anc'}"
     cases = [
@@ -166,7 +165,7 @@ def test_probe_bounds_its_threads_and_batches(tmp_path):
 # --------------------------------------------------------------------------- revisions by content
 
 
-def test_revisions_store_only_what_they_changed_and_gc(setup_dir, tmp_path):  # noqa: F811
+def test_revisions_store_only_what_they_changed_and_gc(setup_dir, tmp_path):
     from learngene.pool import Pool
 
     pool = fresh_pool(setup_dir, tmp_path)
@@ -213,13 +212,13 @@ def test_revisions_store_only_what_they_changed_and_gc(setup_dir, tmp_path):  # 
 # --------------------------------------------------------------------------- wrong answers, wasted minutes
 
 
-def test_ancestor_data_is_named_and_describes_what_reads_it(setup_dir, tmp_path):  # noqa: F811
+def test_ancestor_data_is_named_and_describes_what_reads_it(setup_dir, tmp_path):
     r = cli("ancestor", "--model", f"local-dir:{setup_dir / 'anc'}", "--data", "digits", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["data"] == "digits"
 
 
-def test_bad_flags_are_refused_before_the_pool_is_read(setup_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_bad_flags_are_refused_before_the_pool_is_read(setup_dir, tmp_path, monkeypatch):
     from learngene.pool import store
 
     pool = fresh_pool(setup_dir, tmp_path)
@@ -277,7 +276,7 @@ def test_frontier_png_shows_what_target_picks_by(tmp_path):
     assert "Pareto front" not in info1["legend"] and "untrained (stitch at init)" not in info1["legend"]
 
 
-def test_cli_spellings_are_one_convention(setup_dir, tmp_path):  # noqa: F811
+def test_cli_spellings_are_one_convention(setup_dir, tmp_path):
     from learngene.cli import build_parser
 
     p = build_parser()

@@ -13,18 +13,15 @@ import time
 
 import pytest
 import torch
-from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
-from test_cli import assert_one_line_error, cli, learngene
-from test_device import assembled, copy_of  # noqa: F401
-from test_untrusted import device, write  # noqa: F401  (module fixture: a kit and its latency file)
+from helpers import assert_one_line_error, cli, copy_of, fresh_pool, learngene, write
 
 
-def test_target_ships_the_measured_revision_with_the_hosts_accuracy(device, tmp_path):  # noqa: F811
+def test_target_ships_the_measured_revision_with_the_hosts_accuracy(device_kit, tmp_path):
     from learngene.core.io import state_dict_sha256
     from learngene.pool import Pool
     from learngene.zoo import pool_zoo
 
-    pool, _, lat = device
+    pool, _, lat = device_kit
     pool = copy_of(pool, tmp_path)
     rid = lat["kit"]["pool_revision"]
     # the pool moves on after the device measured: a newer revision with other weights
@@ -98,7 +95,7 @@ def test_the_onnx_cache_is_keyed_by_the_graph_and_checked_at_use(tmp_path):
     assert rec["max_abs_diff"] < 1e-4  # measured on the file shipped, against the model exported
 
 
-def test_force_replaces_only_what_learngene_wrote(assembled, tmp_path):  # noqa: F811
+def test_force_replaces_only_what_learngene_wrote(assembled, tmp_path):
     pool = copy_of(assembled, tmp_path)
     before = sorted(p.name for p in pool.iterdir())
     assert_one_line_error(cli("kit", "--pool", pool, "--out", pool, "--force", "--members", "narrow"), "is a pool")
@@ -123,7 +120,7 @@ def test_force_replaces_only_what_learngene_wrote(assembled, tmp_path):  # noqa:
     )
 
 
-def test_a_kit_that_appears_meanwhile_is_not_replaced(assembled, tmp_path, monkeypatch):  # noqa: F811
+def test_a_kit_that_appears_meanwhile_is_not_replaced(assembled, tmp_path, monkeypatch):
     import learngene.measure.kit as K
 
     pool = copy_of(assembled, tmp_path)
@@ -142,7 +139,7 @@ def test_a_kit_that_appears_meanwhile_is_not_replaced(assembled, tmp_path, monke
     assert json.loads((kit / "kit.json").read_text()) == {"format": "learngene-kit"}
 
 
-def test_concurrent_assembles_chain(setup_dir, tmp_path):  # noqa: F811
+def test_concurrent_assembles_chain(setup_dir, tmp_path):
     pool = fresh_pool(setup_dir, tmp_path)
     assert cli("assemble", "--pool", pool, "--all", "--epochs", "0", "-q").returncode == 0  # r1: the stitches
     procs = [
@@ -185,7 +182,7 @@ def test_concurrent_assembles_chain(setup_dir, tmp_path):  # noqa: F811
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
-def test_a_killed_kit_takes_its_export_workers_with_it(assembled, tmp_path):  # noqa: F811
+def test_a_killed_kit_takes_its_export_workers_with_it(assembled, tmp_path):
     pool = copy_of(assembled, tmp_path)
     env = {**os.environ, "LEARNGENE_HOME": str(tmp_path / "home")}  # an empty ONNX cache: every member exported
     p = subprocess.Popen(

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error, cli, learngene
 from PIL import Image
-from test_cli import assert_one_line_error, cli, learngene
 
 CLASSES = ("ant", "bee", "cow")
 
@@ -371,7 +371,7 @@ def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
 def test_sigterm_while_fitting_the_ancestor_exits_143_and_caches_nothing(tmp_path, tiny_dir):
     import signal
 
-    from test_faults import start, wait_for
+    from helpers import start, wait_for
 
     root, home = folder(tmp_path / "data"), tmp_path / "home"
     p = start(

@@ -225,7 +225,7 @@ def test_deit_base_param_arithmetic():
 def test_deit_base_recipe_mechanics(tmp_path):
     """The real d6 recipe on a random-init DeiT-Base for 1 step on random 224x224 images."""
     import timm
-    from conftest import make_image_folder
+    from helpers import make_image_folder
     from safetensors.torch import save_file
 
     from learngene.pool.build import resolve_recipe_path

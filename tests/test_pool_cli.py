@@ -3,46 +3,16 @@
 import json
 
 import pytest
-import torch
-import yaml
-from test_cli import assert_one_line_error, cli, learngene
-
-RECIPE = {
-    "name": "tiny",
-    "auxiliary": {
-        "narrow": {"embed_dim": 16, "num_heads": 2, "depth": 2, "positions": "front,end", "epochs": 1, "lr": 1e-3},
-        "wide": {"embed_dim": 32, "num_heads": 2, "depth": 2, "positions": "end", "epochs": 1, "lr": 1e-3},
-    },
-    "distill": {"batch_size": 32, "max_steps": 3},
-}
+from helpers import assert_one_line_error, cli, learngene
 
 
-@pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory):
-    """A tiny local-dir ancestor for the digits and a recipe file."""
-    import timm
-
-    from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
-
-    d = tmp_path_factory.mktemp("cli_pool")
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    m = timm.create_model("deit_tiny_patch16_224", **args)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    cfg["num_classes"] = 10
-    save_local_dir(m, d / "anc", "deit_tiny_patch16_224", args, cfg)
-    (d / "tiny.yaml").write_text(yaml.safe_dump(RECIPE))
-    return d
-
-
-def build(setup_dir, out, *extra):
+def build(recipe_dir, out, *extra):
     return learngene(
         "build-pool",
         "--recipe",
-        setup_dir / "tiny.yaml",
+        recipe_dir / "tiny.yaml",
         "--ancestor",
-        f"local-dir:{setup_dir / 'anc'}",
+        f"local-dir:{recipe_dir / 'anc'}",
         "--out",
         out,
         "-q",
@@ -53,9 +23,9 @@ def build(setup_dir, out, *extra):
     )
 
 
-def test_ddp_two_cpu_processes(setup_dir, tmp_path):
+def test_ddp_two_cpu_processes(recipe_dir, tmp_path):
     out = tmp_path / "ddp"
-    r = build(setup_dir, out, "--devices", "2", "--strategy", "ddp")
+    r = build(recipe_dir, out, "--devices", "2", "--strategy", "ddp")
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "pool.json").read_text())
     assert len(m["instances"]) == 4
@@ -70,9 +40,9 @@ def test_ddp_two_cpu_processes(setup_dir, tmp_path):
     assert r.returncode == 0 and "ok: 10 files" in r.stdout
 
 
-def test_pool_verify_names_the_altered_file(setup_dir, tmp_path):
+def test_pool_verify_names_the_altered_file(recipe_dir, tmp_path):
     out = tmp_path / "p"
-    assert build(setup_dir, out).returncode == 0
+    assert build(recipe_dir, out).returncode == 0
     victim = out / "instances" / "wide.b1.safetensors"
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
     assert_one_line_error(cli("pool", "verify", out), "checksum", str(victim))
@@ -94,21 +64,21 @@ def test_pool_verify_names_the_altered_file(setup_dir, tmp_path):
         (["--epochs", "0"], ["--epochs"]),
     ],
 )
-def test_build_pool_bad_input(setup_dir, tmp_path, args, needles):
-    base = ["build-pool", "--recipe", setup_dir / "tiny.yaml", "--out", tmp_path / "p", "-q"]
+def test_build_pool_bad_input(recipe_dir, tmp_path, args, needles):
+    base = ["build-pool", "--recipe", recipe_dir / "tiny.yaml", "--out", tmp_path / "p", "-q"]
     if "--ancestor" not in args:
-        base += ["--ancestor", f"local-dir:{setup_dir / 'anc'}"]
+        base += ["--ancestor", f"local-dir:{recipe_dir / 'anc'}"]
     r = cli(*base, *args)
     assert_one_line_error(r, *needles)
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
-def test_existing_output_and_empty_data(setup_dir, tmp_path):
+def test_existing_output_and_empty_data(recipe_dir, tmp_path):
     (tmp_path / "exists").mkdir()
-    r = cli("build-pool", "--recipe", setup_dir / "tiny.yaml", "--out", tmp_path / "exists")
+    r = cli("build-pool", "--recipe", recipe_dir / "tiny.yaml", "--out", tmp_path / "exists")
     assert_one_line_error(r, "pool exists", "--force")
     (tmp_path / "empty").mkdir()
-    r = build(setup_dir, tmp_path / "p", "--data", tmp_path / "empty")
+    r = build(recipe_dir, tmp_path / "p", "--data", tmp_path / "empty")
     assert_one_line_error(r, "is empty", str(tmp_path / "empty"))
 
 

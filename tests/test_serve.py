@@ -15,8 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from test_assemble import fresh_pool, setup_dir  # noqa: F401  (module fixture)
-from test_cli import learngene
+from helpers import fresh_pool, learngene
 
 from learngene.serving.policy import NoMember, Overloaded, Scheduler
 
@@ -123,7 +122,7 @@ def post(url, body: bytes, token=None):
 
 
 @pytest.fixture(scope="module")
-def served(setup_dir, tmp_path_factory):  # noqa: F811
+def served(setup_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
     pool = fresh_pool(setup_dir, d)
     r = learngene("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu", timeout=600)

@@ -39,7 +39,7 @@ def test_animals_split_is_fixed_and_stratified():
 
     s = animal_splits(16)
     assert {k: len(v) for k, v in s.items()} == {"train": 7200, "val": 800, "test": 2000}
-    assert s["train"].labels.bincount().tolist() == [300] * 10
+    assert s["train"].labels.bincount().tolist() == [720] * 10
     assert tuple(s["train"].images.shape[1:]) == (3, 16, 16) and 0 <= float(s["train"].images.min()) <= 1
     fp = AnimalsSource().fingerprint()
     assert fp["classes"] == ANIMALS and fp["counts"]["train"] == 7200

@@ -10,41 +10,11 @@ import stat
 import subprocess
 import sys
 
-import pytest
-from test_assemble import fresh_pool, quiet, setup_dir  # noqa: F401  (module fixture: a depth-3 pool)
-from test_cli import assert_one_line_error, cli
-from test_device import assembled, copy_of  # noqa: F401  (module fixture: the pool with its stitches stored)
+from helpers import assert_one_line_error, cli, copy_of, fresh_pool, write
 
 
-@pytest.fixture(scope="module")
-def device(assembled, tmp_path_factory):  # noqa: F811
-    """A kit of two members (fp32) and the latency file probe.py wrote for it."""
-    d = tmp_path_factory.mktemp("untrusted")
-    pool = shutil.copytree(assembled, d / "pool")
-    kit = d / "kit"
-    r = cli(
-        "kit", "--pool", pool, "--out", kit, "--members", "narrow,wide", "--precision", "fp32", "--batch-sizes", "1"
-    )
-    assert r.returncode == 0, r.stderr
-    lat = d / "latency.json"
-    r = subprocess.run(
-        [sys.executable, kit / "probe.py", "--threads", "1", "--min-run-time", "0.02", "--out", lat],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    return pool, kit, json.loads(lat.read_text())
-
-
-def write(tmp_path, obj, name="lat.json"):
-    p = tmp_path / name
-    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
-    return p
-
-
-def test_a_latency_file_never_steers_where_target_writes(device, tmp_path):
-    pool, _, lat = device
+def test_a_latency_file_never_steers_where_target_writes(device_kit, tmp_path):
+    pool, _, lat = device_kit
     pool = copy_of(pool, tmp_path)
     for name in (str(tmp_path / "ESCAPED-abs"), "../../ESCAPED-rel", "..", "a/b\\c\x00d"):
         bad = copy.deepcopy(lat)
@@ -70,8 +40,8 @@ def test_a_latency_file_never_steers_where_target_writes(device, tmp_path):
     assert all(os.path.dirname(os.path.realpath(p)) == children for p in tmp_path.parent.rglob("ESCAPED*"))
 
 
-def test_latency_files_are_validated(device, tmp_path):
-    pool, _, lat = device
+def test_latency_files_are_validated(device_kit, tmp_path):
+    pool, _, lat = device_kit
 
     def without(path, key):
         bad = copy.deepcopy(lat)
@@ -115,8 +85,8 @@ def _probe(kit, *args, cwd=None):
     )
 
 
-def test_probe_on_a_bad_kit_is_one_line(device, tmp_path):
-    _, good, _ = device
+def test_probe_on_a_bad_kit_is_one_line(device_kit, tmp_path):
+    _, good, _ = device_kit
 
     def kit_with(edit=None, files=None):
         k = tmp_path / f"kit{len(list(tmp_path.glob('kit*')))}"
@@ -167,10 +137,10 @@ def test_probe_on_a_bad_kit_is_one_line(device, tmp_path):
         assert r.returncode == 2 and "cannot write" in r.stderr, r.stderr
 
 
-def test_external_data_outside_the_kit_is_refused_in_one_line(device, tmp_path):
+def test_external_data_outside_the_kit_is_refused_in_one_line(device_kit, tmp_path):
     import onnx
 
-    _, good, _ = device
+    _, good, _ = device_kit
     kit = shutil.copytree(good, tmp_path / "kit")
     meta = json.loads((kit / "kit.json").read_text())
     m = meta["members"][0]
@@ -196,10 +166,10 @@ def test_external_data_outside_the_kit_is_refused_in_one_line(device, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and m["file"] in r.stderr, r.stderr
 
 
-def test_a_broken_onnx_cache_entry_is_rebuilt(device, tmp_path):
+def test_a_broken_onnx_cache_entry_is_rebuilt(device_kit, tmp_path):
     from learngene.core.io import home
 
-    pool, _, _ = device
+    pool, _, _ = device_kit
     cache = home() / "onnx"
     metas = [p for p in cache.glob("*px.json")]
     assert metas
@@ -228,7 +198,7 @@ def test_a_broken_onnx_cache_entry_is_rebuilt(device, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_a_full_disk_is_one_line_and_writes_nothing(setup_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_a_full_disk_is_one_line_and_writes_nothing(setup_dir, tmp_path, monkeypatch):
     import safetensors.torch
 
     pool = fresh_pool(setup_dir, tmp_path)
@@ -263,7 +233,7 @@ def test_a_full_disk_is_one_line_and_writes_nothing(setup_dir, tmp_path, monkeyp
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_outputs_that_name_no_folder_of_their_own(setup_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_outputs_that_name_no_folder_of_their_own(setup_dir, tmp_path, monkeypatch):
     anc = f"local-dir:{setup_dir / 'anc'}"
     work = tmp_path / "work"
     work.mkdir()
@@ -274,7 +244,7 @@ def test_outputs_that_name_no_folder_of_their_own(setup_dir, tmp_path, monkeypat
     assert (work / "keep.txt").read_text() == "mine"
 
 
-def test_clean_leaves_a_live_writers_stage_alone(setup_dir, tmp_path):  # noqa: F811
+def test_clean_leaves_a_live_writers_stage_alone(setup_dir, tmp_path):
     from learngene.core.io import staged_folder
     from learngene.pool import Pool
 
