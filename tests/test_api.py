@@ -5,9 +5,7 @@ same job through the CLI on the same inputs; every verb documents its arguments.
 import json
 
 import pytest
-import yaml
-from helpers import RECIPE3 as RECIPE
-from helpers import learngene
+from helpers import cli, fresh_pool
 
 import learngene as lg
 
@@ -21,35 +19,23 @@ def test_every_verb_is_one_documented_call(verb):
     assert callable(lg.adapt.apply) and callable(lg.adapt.ls)
 
 
-def test_the_main_job_through_the_api_equals_the_cli(tmp_path):
-    import timm
-    import torch
-
-    from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
-
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    model = timm.create_model("deit_tiny_patch16_224", **args)
-    save_local_dir(model, tmp_path / "anc", "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
-    recipe = tmp_path / "tiny3.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE))
-    anc = f"local-dir:{tmp_path / 'anc'}"
-
-    # the CLI (this tiny ancestor has no "tiny" member: DeiT-Ti/DeiT-B of 53k params is 3.5k)
-    cli_pool = tmp_path / "cli"
+def test_the_main_job_through_the_api_equals_the_cli(setup_dir, tmp_path):
+    # the CLI: the shared test pool was built by `learngene build-pool` (in-process) from this
+    # recipe and ancestor; a copy of it goes on through assemble and bench (this tiny ancestor
+    # has no "tiny" member: DeiT-Ti/DeiT-B of 53k params is 3.5k)
+    cli_pool = fresh_pool(setup_dir, tmp_path / "cli")
     for argv in (
-        ("build-pool", "--recipe", recipe, "--model", anc, "--out", cli_pool),
         ("assemble", "--pool", cli_pool, "--size", "small", "--epochs", "1"),
         ("bench", "--pool", cli_pool, "--batch-sizes", "1", "--out", tmp_path / "cli-report"),
     ):
-        r = learngene(*argv, "-q", timeout=600)
+        r = cli(*argv, "-q")
         assert r.returncode == 0, r.stderr[-2000:]
     cli_rows = json.loads((tmp_path / "cli-report" / "frontier.json").read_text())["rows"]
 
     # the API, nothing else
-    pool = lg.build_pool(recipe, model=anc, out=tmp_path / "api", progress=False)
+    pool = lg.build_pool(
+        setup_dir / "tiny3.yaml", model=f"local-dir:{setup_dir / 'anc'}", out=tmp_path / "api", progress=False
+    )
     res = lg.assemble(pool, lg.Selection(size="small"), epochs=1)
     rows = lg.bench(pool, batch_sizes=(1,), out=tmp_path / "api-report").df.to_dict("records")
 

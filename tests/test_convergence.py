@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import cli, learngene, make_image_folder
+from helpers import cli, make_image_folder
 
 
 def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
@@ -115,108 +115,83 @@ def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak
     assert (rec["best_epoch"], int(m.epoch)) == (3, 3) and "peak_epoch" not in rec  # without it: the peak
 
 
-def test_build_pool_and_assemble_take_epochs_auto(tmp_path):
+def test_build_pool_and_a_stitched_child_take_epochs_auto_and_record_the_stop(recipe_dir, tmp_path, monkeypatch):
+    """Distillation and joint training both go through core.training.fit: --epochs auto is
+    taken, the run stops on its own (patience after the best) and the record says where."""
     import yaml
     from helpers import RECIPE
+
+    from learngene.core.training import Convergence
+    from learngene.stitch import joint
+
+    # a short patience (the default, 20 of at most 300 epochs, ran 209 here): the same path
+    JOINT_AUTO = Convergence(cap=60, patience=3)
+    monkeypatch.setattr(joint, "JOINT_AUTO", JOINT_AUTO)
 
     d = json.loads(json.dumps(RECIPE))
     for a in d["auxiliary"].values():
         a["epochs"] = "auto"
     d["distill"]["max_steps"] = 40  # two epochs of the digits: what matters is that auto is taken and recorded
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(d))
-    import timm
-
-    from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
-
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    torch.manual_seed(0)
-    save_local_dir(
-        timm.create_model("deit_tiny_patch16_224", **args),
-        tmp_path / "anc",
-        "deit_tiny_patch16_224",
-        args,
-        {**cfg, "num_classes": 10},
-    )
-    r = learngene(
-        "build-pool",
-        "--recipe",
-        tmp_path / "r.yaml",
-        "--model",
-        f"local-dir:{tmp_path / 'anc'}",
-        "--out",
-        tmp_path / "p",
-        "-q",
-        "--accelerator",
-        "cpu",
-        timeout=600,
-    )
+    r = cli(
+        "build-pool", "--recipe", tmp_path / "r.yaml", "--model", f"local-dir:{recipe_dir / 'anc'}",
+        "--out", tmp_path / "p", "-q", "--accelerator", "cpu",
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     aux = json.loads((tmp_path / "p" / "pool.json").read_text())["auxiliary"]
     assert all(
         a["metrics"]["training"]["epochs"] == "auto" and a["metrics"]["training"]["best_epoch"] for a in aux.values()
     )
     r = cli(
-        "assemble",
-        "--pool",
-        tmp_path / "p",
-        "--descendant",
-        "narrow",
-        "--epochs",
-        "auto",
-        "--format",
-        "timm",
-        "-q",
-        "--accelerator",
-        "cpu",
+        "assemble", "--pool", tmp_path / "p", "--descendant", "0,1", "--epochs", "auto", "-q", "--accelerator", "cpu"
     )
     assert r.returncode == 0, r.stderr
     rev = json.loads((tmp_path / "p" / "pool.json").read_text())["revisions"][-1]
-    assert rev["training"]["epochs"] == "auto" and rev["training"]["epochs_run"] >= 1
+    t = rev["training"]
+    assert t["epochs"] == "auto" and t["monitor"] == "val/mean_top1" and t["restored_best"]
+    # early stopping: it ended on its own, patience epochs after the best (epoch 0: the init)
+    assert t["stopped_early"] and (t["cap"], t["patience"]) == (JOINT_AUTO.cap, JOINT_AUTO.patience)
+    # (Lightning's early stopping counts from the first trained epoch; epoch 0 is validated before)
+    assert t["epochs_run"] - max(t["best_epoch"], 1) == JOINT_AUTO.patience < JOINT_AUTO.cap, t
 
 
-def test_embedded_caches_are_per_recipe_and_checked_on_load(tmp_path, capsys):
+def test_embedded_ancestor_is_cached_per_recipe_and_checked_on_load(tmp_path, monkeypatch):
+    """A recipe other than the shipped one trains once into a cache folder of its own, later
+    calls load it; another recipe never replaces it; a corrupted cache is retrained, saying so;
+    corrupted shipped weights are refused."""
+    import shutil
+
     from learngene.models import embedded as E
 
     home = tmp_path / "home"
-    r = learngene("ancestor", "--epochs", "1", "--json", "-q", home=home)
+    r = cli("ancestor", "--epochs", "1", "--json", "-q", home=home)
     assert r.returncode == 0, r.stderr
     one = json.loads(r.stdout)
-    r = learngene("ancestor", "--epochs", "2", "--json", "-q", home=home)
-    two = json.loads(r.stdout)
-    assert one["sha256"] != two["sha256"]
-    caches = sorted((home / "ancestors").glob("embedded-digits-*"))
-    assert len(caches) == 2  # --epochs 2 did not replace the --epochs 1 ancestor
+    assert one["name"] == "embedded" and one["epochs"] == 1
+    (cache,) = (home / "ancestors").glob("embedded-digits-*/model.safetensors")
+    written = cache.stat().st_mtime_ns
+    again = cli("ancestor", "--epochs", "1", "--json", "-q", home=home)
+    assert json.loads(again.stdout)["sha256"] == one["sha256"] and cache.stat().st_mtime_ns == written  # loaded
+    r = cli("ancestor", "--epochs", "1", "--seed", "1", "--json", "-q", home=home)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["sha256"] != one["sha256"]
+    assert len(list((home / "ancestors").glob("embedded-digits-*"))) == 2  # seed 1 did not replace seed 0
     # a corrupted cache is noticed on load and trained again, saying so
-    victim = next(
-        c for c in caches if json.loads((c / "config.json").read_text())["learngene"]["recipe"]["epochs"] == 1
-    )
-    data = bytearray((victim / "model.safetensors").read_bytes())
+    data = bytearray(cache.read_bytes())
     data[-5] ^= 0xFF
-    (victim / "model.safetensors").write_bytes(bytes(data))
-    r = learngene("ancestor", "--epochs", "1", "--json", "-q", home=home)
+    cache.write_bytes(bytes(data))
+    r = cli("ancestor", "--epochs", "1", "--json", "-q", home=home)
     assert r.returncode == 0 and "fails its checksum" in r.stderr, r.stderr
     assert json.loads(r.stdout)["sha256"] == one["sha256"]  # the same recipe and seed give the same weights
     # corrupted shipped weights are refused in one line
-    shipped = E.shipped_dir()
-    if (shipped / "model.safetensors").is_file():
-        import shutil
-
-        fake = tmp_path / "weights" / "embedded-digits"
-        shutil.copytree(shipped, fake)
-        data = bytearray((fake / "model.safetensors").read_bytes())
-        data[-5] ^= 0xFF
-        (fake / "model.safetensors").write_bytes(bytes(data))
-        import learngene.models.embedded as mod
-
-        old = mod.SHIPPED
-        mod.SHIPPED = tmp_path / "weights"
-        try:
-            with pytest.raises(Exception, match="fail their checksum"):
-                mod.embedded_ancestor(progress=False)
-        finally:
-            mod.SHIPPED = old
+    fake = tmp_path / "weights" / "embedded-digits"
+    shutil.copytree(E.shipped_dir(), fake)
+    data = bytearray((fake / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (fake / "model.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(E, "SHIPPED", tmp_path / "weights")
+    with pytest.raises(Exception, match="fail their checksum"):
+        E.embedded_ancestor(progress=False)
 
 
 def test_fine_tune_reports_the_pixel_baselines_and_a_test_split_of_its_own(tmp_path):

@@ -8,7 +8,7 @@ import copy
 import lightning as L
 import torch.nn as nn
 
-from learngene.core.training import Classifier, OptimConfig, TrainerArgs, evaluate, make_trainer
+from learngene.core.training import Classifier, OptimConfig, TrainerArgs, evaluate, fit
 from learngene.stitch.stitched import count_flops, count_params
 from learngene.zoo import Member, Zoo
 
@@ -50,14 +50,12 @@ def train_alone(
     """Train each member on its own with cross-entropy for ``steps`` optimizer steps:
     models maps id -> (kind, model, param groups or None, architecture, model_args)."""
     targs = copy.copy(trainer_args or TrainerArgs(progress=False))
-    targs.max_epochs = -1  # the step budget decides
     members = []
     for sid, (kind, model, groups, arch, args) in models.items():
         L.seed_everything(seed, verbose=False)
         if steps > 0:
-            make_trainer(targs, max_steps=steps, limit_val_batches=0).fit(
-                Classifier(model, optim, groups), datamodule=dm
-            )
+            targs.label = f"{method} {sid}"
+            fit(Classifier(model, optim, groups), dm, targs, steps=steps, limit_val_batches=0)
         members.append(member(sid, kind, model.cpu().eval(), dm, method, arch, args))
         if log:
             log(f"{method} seed {seed} {sid}: test top1 {members[-1].accuracy['test_top1']:.2f}")

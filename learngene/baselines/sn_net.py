@@ -44,19 +44,6 @@ ANCHOR_ABOUT = {
 }
 
 
-class KeepBest(L.Callback):
-    """Keeps the model's state at its best validation top1 (and the epoch)."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.best, self.epoch, self.state = model, -1.0, -1, None
-
-    def on_validation_end(self, trainer, pl_module):  # when the epoch's metrics are in (as EarlyStopping reads them)
-        acc = float(trainer.callback_metrics.get("val/top1", -1))
-        if acc > self.best:
-            self.best, self.epoch = acc, trainer.current_epoch
-            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-
 def train_anchor(
     ancestor: nn.Module,
     dm,
@@ -73,9 +60,8 @@ def train_anchor(
     epochs, or with ``patience``, at most ``epochs`` and stopped that many epochs after the
     best validation top1, whose state it returns. The third value: epochs run and best epoch."""
     import timm
-    from lightning.pytorch.callbacks import EarlyStopping
 
-    from learngene.core.training import Classifier, make_trainer
+    from learngene.core.training import Classifier, Convergence, fit
 
     args = dict(ViTView(ancestor).model_args(), embed_dim=embed_dim, num_heads=num_heads)
     if depth is not None:
@@ -83,19 +69,19 @@ def train_anchor(
     L.seed_everything(seed, verbose=False)
     model = timm.create_model(arch, **args)
     targs = copy.copy(trainer_args or TrainerArgs(progress=False))
-    targs.max_epochs = epochs
+    targs.label = f"SN-Net anchor (width {embed_dim})"
     if patience is None:
-        trainer = make_trainer(targs, limit_val_batches=0)
-        trainer.fit(Classifier(model, ANCHOR_OPTIM), datamodule=dm)
-        return model.cpu().eval(), args, {"epochs": trainer.current_epoch}
-    keep = KeepBest(model)
-    trainer = make_trainer(targs, callbacks=[keep, EarlyStopping("val/top1", patience=patience, mode="max")])
-    trainer.fit(Classifier(model, ANCHOR_OPTIM), datamodule=dm)
-    model.load_state_dict(keep.state)
+        rec, _ = fit(Classifier(model, ANCHOR_OPTIM), dm, targs, epochs=epochs, limit_val_batches=0)
+        return model.cpu().eval(), args, {"epochs": rec["epochs_run"]}
+    # until validation stops improving: at most ``epochs`` (the cosine schedule over them),
+    # stopped ``patience`` after the best, whose state is handed back
+    rec, _ = fit(
+        Classifier(model, ANCHOR_OPTIM), dm, targs, epochs="auto", auto=Convergence(cap=epochs, patience=patience)
+    )
     return (
         model.cpu().eval(),
         args,
-        {"epochs": trainer.current_epoch, "best_epoch": keep.epoch + 1, "val_top1": round(keep.best, 2)},
+        {"epochs": rec["epochs_run"], "best_epoch": rec["best_epoch"], "val_top1": round(rec["best_val"], 2)},
     )
 
 
@@ -110,7 +96,7 @@ def distill_anchor(
     """The narrow anchor distilled from the ancestor exactly as the pool's narrow auxiliary
     model is (the recipe's narrowest auxiliary: width, heads, loss, lr, epochs, distillation
     settings), at the ancestor's depth instead of the auxiliary's."""
-    from learngene.core.training import make_trainer
+    from learngene.core.training import fit
     from learngene.pool.build import resolve_recipe_path
     from learngene.pool.distill import DistillModule, make_student, student_args
     from learngene.pool.recipe import load_recipe
@@ -122,10 +108,10 @@ def distill_anchor(
     student = make_student(spec, ancestor, seed)
     teacher = copy.deepcopy(ancestor)  # DistillModule freezes its teacher; the caller's stays as it is
     targs = copy.copy(trainer_args or TrainerArgs(progress=False))
-    targs.max_epochs = spec.epochs
-    trainer = make_trainer(targs, limit_val_batches=0)
-    trainer.fit(DistillModule(student, teacher, spec, dataclasses.replace(rec.distill, seed=seed)), datamodule=dm)
-    return student.cpu().eval(), student_args(spec, ancestor), {"epochs": trainer.current_epoch}
+    targs.label = "SN-Net anchor (distilled)"
+    module = DistillModule(student, teacher, spec, dataclasses.replace(rec.distill, seed=seed))
+    record, _ = fit(module, dm, targs, epochs=spec.epochs, limit_val_batches=0)
+    return student.cpu().eval(), student_args(spec, ancestor), {"epochs": record["epochs_run"]}
 
 
 def make_anchor(

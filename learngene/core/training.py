@@ -321,21 +321,36 @@ def fit(
     dm,
     targs: TrainerArgs,
     *,
-    epochs,
+    epochs=None,
+    steps: int | None = None,
     monitor: str = "val/top1",
     auto: Convergence = Convergence(),
     part=None,
     mode: str = "max",
+    restore: bool | None = None,
+    validate_first: bool = False,
     **trainer_kw,
 ) -> tuple[dict, L.Trainer]:
     """Train ``module`` on ``dm`` for ``epochs`` (an int) or until it converges (``"auto"``:
     ``auto``'s cap and patience on ``monitor``, the best state restored); returns the record
     every artifact keeps (epochs asked and run, the best epoch and its validation score,
-    steps) and the Trainer."""
+    steps) and the Trainer. Every training verb goes through here: the same early stopping,
+    records, thread bound and CPU kernels.
+
+    ``steps``: a budget of optimizer steps instead of epochs (the baselines trained alone,
+    LiGO's operator), usually with ``limit_val_batches=0``.
+    ``restore``: hand back the best state of ``part`` (default: with ``auto`` only).
+    ``validate_first``: validate before training, as epoch 0, so that the starting state
+    competes too (a stitched pool at its least-squares init: training can then only return
+    something at least as good on validation as what it started from)."""
     targs = dataclasses.replace(targs)
     is_auto = epochs == "auto"
-    targs.max_epochs = auto.cap if is_auto else int(epochs)
-    keep = KeepBest(monitor, part=part, mode=mode, restore=is_auto, one_se_of=auto.one_se_of if is_auto else 0)
+    if steps is not None:
+        targs.max_epochs, trainer_kw["max_steps"] = -1, int(steps)  # the step budget decides
+    else:
+        targs.max_epochs = auto.cap if is_auto else int(epochs)
+    restore = is_auto if restore is None else restore
+    keep = KeepBest(monitor, part=part, mode=mode, restore=restore, one_se_of=auto.one_se_of if is_auto else 0)
     callbacks = [keep, *trainer_kw.pop("callbacks", [])]
     if is_auto:
         if trainer_kw.get("limit_val_batches") == 0:
@@ -353,15 +368,20 @@ def fit(
     fit_kw = {k: trainer_kw.pop(k) for k in ("ckpt_path", "weights_only") if k in trainer_kw}
     trainer = make_trainer(targs, callbacks=callbacks, **trainer_kw)
     with plain_attention(module, _on_cpu(trainer)):
-        trainer.fit(module, datamodule=dm, **fit_kw)
+        if validate_first:
+            trainer.validate(module, datamodule=dm, verbose=False)
+        if is_auto or targs.max_epochs > 0 or (steps or 0) > 0:
+            trainer.fit(module, datamodule=dm, **fit_kw)
+        elif restore and keep.state is not None:  # no epoch to train: the validated state stands
+            keep.on_fit_end(trainer, module)
     rec = {
-        "epochs": epochs if is_auto else int(epochs),
+        "epochs": epochs if is_auto or epochs is None else int(epochs),
         "epochs_run": int(trainer.current_epoch),
         "best_epoch": keep.epoch,
         "best_val": None if keep.best is None else round(keep.best, 4),
         "monitor": monitor,
         "steps": int(trainer.global_step),
-        "restored_best": bool(is_auto and keep.state is not None),
+        "restored_best": bool(restore and keep.state is not None),
     }
     if is_auto:
         rec.update(cap=auto.cap, patience=auto.patience, stopped_early=trainer.current_epoch < auto.cap)
@@ -487,6 +507,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # a step budget without validation (a baseline trained alone, LiGO's operator)
+    warnings.filterwarnings("ignore", ".*val_dataloader.* but have no .validation_step.*")
     # a resumed build-pool finds its own checkpoint folder: that is the point of resuming
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     # distillation keeps its frozen teacher in eval mode on purpose

@@ -249,7 +249,7 @@ def ligo(
     trainer_args=None,
 ) -> nn.Module:
     """Grow ``small`` with an operator trained ``steps`` steps on ``dm``'s training split."""
-    from learngene.core.training import TrainerArgs, make_trainer
+    from learngene.core.training import TrainerArgs, fit
 
     template = template_for(small, embed_dim, depth, num_heads, qk_dim, v_dim, mlp_hidden)
     op = LigoOperator(small, template, seed=seed)
@@ -263,6 +263,5 @@ def ligo(
         module = ligo_module(op, template, lr=lr)
         targs = trainer_args or TrainerArgs(progress=False)
         targs.label = "grow: LiGO operator"
-        dm.setup("fit")
-        make_trainer(targs, max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader())
+        fit(module, dm, targs, steps=steps, limit_val_batches=0)
     return materialise(op, template)

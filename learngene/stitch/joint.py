@@ -85,21 +85,14 @@ class AssembleModule(L.LightningModule):
             self.groups = [self.train_specs]
         self.rng = random.Random(spec.seed)
         self.history: list[dict] = []  # per validation: {'epoch', 'mean', 'acc': {id: top1}}
-        self.best: dict | None = None
         self._counts: dict[str, torch.Tensor] = {}
 
-    # -- what trains --------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        mods = {"stitches": self.pm.stitches}
+    def trainable(self) -> nn.Module:
+        """What trains, so what the best state is kept of: the stitches, and with ``tune
+        all`` the inherited instances, embeddings and heads too."""
         if self.spec.tune == "all":
-            mods.update(narrow=self.pm.narrow, wide=self.pm.wide)
-        return {f"{n}.{k}": v.detach().to("cpu", copy=True) for n, m in mods.items() for k, v in m.state_dict().items()}
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("stitches", "narrow", "wide"):
-            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-            if part:
-                getattr(self.pm, name).load_state_dict(part)
+            return nn.ModuleDict({"stitches": self.pm.stitches, "narrow": self.pm.narrow, "wide": self.pm.wide})
+        return nn.ModuleDict({"stitches": self.pm.stitches})
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -158,14 +151,6 @@ class AssembleModule(L.LightningModule):
         epoch = 0 if self.trainer.state.fn == "validate" else self.current_epoch + 1
         self.history.append({"epoch": epoch, "mean": mean, "acc": acc})
         self.log("val/mean_top1", mean, prog_bar=True)
-        if self.best is None or mean > self.best["mean"]:
-            self.best = {"epoch": epoch, "mean": mean, "acc": acc, "state": self.trainable_state()}
-
-    def restore_best(self) -> dict:
-        """Put the best validated state back; return its record (without the tensors)."""
-        if self.best is not None:
-            self.load_trainable_state(self.best["state"])
-        return {k: v for k, v in (self.best or {}).items() if k != "state"}
 
     def configure_optimizers(self):
         s = self.spec
@@ -182,45 +167,33 @@ class AssembleModule(L.LightningModule):
 def train_descendants(
     pm: PoolModel, train_specs: list[DescSpec], spec: JointSpec, dm, teacher=None, flops=None, trainer_args=None
 ) -> dict:
-    """Train in place; return {'best': record, 'history': [...], 'steps': n}. The best state
-    (by mean validation top1, the initialisation included) is left in ``pm``."""
-    from lightning.pytorch.callbacks import EarlyStopping
-
-    from learngene.core.training import TrainerArgs, make_trainer
+    """Train in place through core.training.fit; return {'best': record, 'history': [...],
+    'steps': n, 'training': fit's record}. The best state (by mean validation top1, the
+    initialisation included: epoch 0) is left in ``pm``; ``auto`` stops JOINT_AUTO.patience
+    epochs after it."""
+    from learngene.core.training import TrainerArgs, fit
 
     L.seed_everything(spec.seed, verbose=False)
     module = AssembleModule(pm, train_specs, spec, teacher=teacher, flops=flops)
     targs = copy.copy(trainer_args or TrainerArgs())
     epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS["target" if len(train_specs) == 1 else "all"]
-    auto = epochs == "auto"
-    targs.max_epochs = JOINT_AUTO.cap if auto else epochs
     targs.label = "assemble" if len(train_specs) > 1 else f"assemble {train_specs[0].id}"
     if targs.strategy == "ddp":
         # one sampled descendant per step leaves the other stitches without gradients
         targs.strategy = "ddp_find_unused_parameters_true"
-    # auto: stopped JOINT_AUTO.patience epochs after the best mean validation top1 (the module
-    # keeps and restores the best state either way)
-    stop = (
-        [EarlyStopping("val/mean_top1", patience=JOINT_AUTO.patience, mode="max", check_on_train_epoch_end=False)]
-        if auto
-        else []
+    record, trainer = fit(
+        module,
+        dm,
+        targs,
+        epochs=epochs,
+        monitor="val/mean_top1",
+        auto=JOINT_AUTO,
+        part=lambda m: m.trainable(),
+        restore=True,
+        validate_first=True,
     )
-    trainer = make_trainer(targs, callbacks=stop)
-    trainer.validate(module, datamodule=dm, verbose=False)  # epoch 0: the initialisation
-    if auto or epochs > 0:
-        trainer.fit(module, datamodule=dm)
-    best = module.restore_best()
     pm.cpu().eval()
-    record = {
-        "epochs": epochs,
-        "epochs_run": int(trainer.current_epoch),
-        "best_epoch": best.get("epoch"),
-        "best_val": round(best["mean"], 4) if best.get("mean") is not None else None,
-        "monitor": "val/mean_top1",
-        "steps": int(trainer.global_step),
-    }
-    if auto:
-        record.update(cap=JOINT_AUTO.cap, patience=JOINT_AUTO.patience)
+    best = next((dict(h) for h in module.history if h["epoch"] == record["best_epoch"]), {})
     return {
         "best": best,
         "history": module.history,
