@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, learngene
+from helpers import assert_one_line_error, cli
 
 from learngene.core.io import state_dict_sha256
 from learngene.deltas import delta as D
@@ -103,7 +103,7 @@ def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
     import timm
 
     pool = tmp_path / "pool"
-    r = learngene(
+    r = cli(
         "adapt",
         "--model",
         base_dir,
@@ -124,10 +124,10 @@ def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
-    r = learngene("adapt", "ls", "--pool", pool, "--json")
+    r = cli("adapt", "ls", "--pool", pool, "--json")
     rows = json.loads(r.stdout)
     assert [x["task"] for x in rows] == ["rot"] and rows[0]["test_top1"] == rec["test_top1"]
-    r = learngene(
+    r = cli(
         "adapt",
         "apply",
         "--model",

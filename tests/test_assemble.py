@@ -300,7 +300,7 @@ def test_plain_timm_loads_an_exported_auxiliary_child(setup_dir, tmp_path):
     import sys
 
     pool = fresh_pool(setup_dir, tmp_path)
-    r = learngene("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--accelerator", "cpu")
+    r = cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--accelerator", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     # no learngene import: the pure narrow model is a plain timm ViT
     code = (
@@ -366,4 +366,4 @@ def test_assemble_ddp_two_cpu_processes(setup_dir, tmp_path):
     m = json.loads((pool / "pool.json").read_text())
     assert [rev["id"] for rev in m["revisions"]] == ["r1"] and m["revisions"][0]["train"] == "all"
     assert (pool / "children" / "stitch-1-2" / "model.safetensors").is_file()
-    assert learngene("pool", "verify", pool).returncode == 0
+    assert cli("pool", "verify", pool).returncode == 0

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, fresh_pool, learngene
+from helpers import assert_one_line_error, cli, fresh_pool
 
 from learngene.core.training import knn_top1
 from learngene.measure.metrics import latency
@@ -156,12 +156,12 @@ def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp
     assert len(list((pool / "reports").glob("*/frontier.json"))) == 1 and not (pool / "children").exists()
     # --no-train: the pick is exported as the revision holds it (training it would make a new
     # revision, whose members a report of this one no longer describes)
-    r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
+    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert not out["measured_now"] and (pool / "children" / out["chosen"]["model"]).is_dir()
     # asked again: the same pick is there already (same member, revision, format): reused, nothing written
-    r = learngene("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
+    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
     again = json.loads(r.stdout)
     assert r.returncode == 0 and again["reused"] and again["chosen"]["model"] == out["chosen"]["model"]
     # a pick still at its stitch initialisation is trained before export, as quietly as the verb

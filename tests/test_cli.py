@@ -52,7 +52,7 @@ def test_ancestor_evaluates_on_an_image_folder(tmp_path, tiny_vit):
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 10, "crop_pct": 1.0}
     folder = save_local_dir(tiny_vit, tmp_path / "m", "deit_tiny_patch16_224", args, cfg)
-    r = learngene("ancestor", "--ancestor", f"local-dir:{folder}", "--data", tmp_path / "imgs", "--json")
+    r = cli("ancestor", "--ancestor", f"local-dir:{folder}", "--data", tmp_path / "imgs", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["params"] == sum(p.numel() for p in tiny_vit.parameters())

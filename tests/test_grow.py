@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, learngene
+from helpers import assert_one_line_error, cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -230,7 +230,7 @@ def test_cli_grows_into_a_timm_local_dir_that_computes_the_same(tiny_dir, tmp_pa
 
     src, m = tiny_dir
     out = tmp_path / f"big-{method}"
-    r = learngene(
+    r = cli(
         "grow",
         "--from",
         src,

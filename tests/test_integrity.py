@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, copy_of, fresh_pool, learngene, write
+from helpers import assert_one_line_error, cli, copy_of, fresh_pool, write
 
 
 def test_target_ships_the_measured_revision_with_the_hosts_accuracy(device_kit, tmp_path):
@@ -110,7 +110,7 @@ def test_force_replaces_only_what_learngene_wrote(assembled, tmp_path):
     # a folder learngene wrote is replaced, saying so in one line
     out = tmp_path / "e"
     assert cli("export", f"{pool}:narrow", "--format", "timm", "--out", out).returncode == 0
-    r = learngene("export", f"{pool}:wide", "--format", "timm", "--force", "--out", out)
+    r = cli("export", f"{pool}:wide", "--format", "timm", "--force", "--out", out)
     assert r.returncode == 0 and "replaces the model folder" in r.stderr, r.stderr
     # two kits to one folder: the second is refused without --force
     kit = tmp_path / "kit"

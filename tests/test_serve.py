@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from helpers import fresh_pool, learngene
+from helpers import cli, fresh_pool
 
 from learngene.serving.policy import NoMember, Overloaded, Scheduler
 
@@ -125,7 +125,7 @@ def post(url, body: bytes, token=None):
 def served(setup_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
     pool = fresh_pool(setup_dir, d)
-    r = learngene("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu", timeout=600)
+    r = cli("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     (d / "token").write_text("s3cret-token\n")
     port = free_port()

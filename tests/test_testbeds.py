@@ -46,20 +46,27 @@ def test_animals_split_is_fixed_and_stratified():
 
 
 @needs_animals
-def test_animals_ancestor_pool_and_stages_find_their_data(tmp_path):
+def test_animals_ancestor_pool_and_stages_find_their_data(tmp_path, monkeypatch):
     """The animals' ancestor trains and caches under its own name, records its classes, is
     refused on the digits, and a pool built from it reads the animals with no --data."""
+    from learngene.models import embedded as E
     from learngene.models.embedded import embedded_ancestor
     from learngene.pool import Pool, build_pool
     from learngene.zoo import pool_data
+
+    # plumbing, not accuracy: the testbed's architecture at a tenth of its width and depth
+    tiny = dict(E.TESTBEDS["animals"].model_args, embed_dim=32, depth=2, num_heads=2)
+    monkeypatch.setitem(E.TESTBEDS, "animals", E.Testbed("animals", tiny, E.TESTBEDS["animals"].recipe))
+    shrink = [f"auxiliary.{a}.{k}={v}" for a in ("narrow", "wide") for k, v in (("depth", 2), ("num_heads", 2))]
+    shrink += ["auxiliary.narrow.embed_dim=16", "auxiliary.wide.embed_dim=32", "distill.max_steps=2"]
 
     anc = embedded_ancestor(name="animals", epochs=1, progress=False)
     assert anc.name == "embedded:animals" and anc.pretrained_cfg["label_names"][:2] == ["bear", "bird"]
     assert embedded_ancestor(name="animals", epochs=1, progress=False).checksum == anc.checksum  # cached
     with pytest.raises(UserError, match="knows other classes \\(bear, bird, cat, ...\\) than data digits"):
-        build_pool("animals", out=tmp_path / "refused", ancestor=anc, data="digits")
+        build_pool("animals", out=tmp_path / "refused", ancestor=anc, data="digits", overrides=shrink)
     assert not (tmp_path / "refused").exists()
-    pool = build_pool("animals", out=tmp_path / "pool", ancestor=anc, epochs=1, overrides=["distill.max_steps=2"])
+    pool = build_pool("animals", out=tmp_path / "pool", ancestor=anc, epochs=1, overrides=shrink)
     pool = Pool.open(pool.path)
     assert pool.embedded_data == "animals" and pool.data["counts"]["train"] == 7200
     assert pool_data(pool, None).name == "animals"
