@@ -276,7 +276,21 @@ def resolve(
     num_classes: int | None = None,
     progress: bool = True,
 ) -> Member:
-    """Any model reference as a member (see `learngene.models.refs` for the grammar)."""
+    """Any model reference as a member (see `learngene.models.refs` for the grammar).
+
+    Args:
+        ref: ``embedded``, ``embedded:TESTBED``, a timm name, ``local-dir:DIR`` (or a folder),
+            ``POOL:MEMBER`` (a descendant, child or the ancestor of a pool), or None (the
+            embedded ancestor).
+        pool: the pool a bare member or child id belongs to.
+        pretrained, checkpoint, allow_download: a timm name's weights (its cache, a file the
+            user names; downloading only when allowed).
+        num_classes: a new classifier of that many classes (timm's ``num_classes``).
+        progress: show the embedded ancestor's training when it has to be trained.
+
+    Returns a `Member`: its id, kind, architecture, data config, params, FLOPs and accuracy
+    known, with ``.model()`` / ``.load()`` building the model on first use.
+    """
     r = parse_ref(ref, pool=pool, weights=pretrained or checkpoint is not None)
     if r.kind == "pool":
         if pretrained or checkpoint:

@@ -1,0 +1,67 @@
+"""`export`: any member in a format (a timm local-dir, plus model.pt2 or a checked ONNX file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from learngene.core.errors import UserError
+from learngene.zoo import resolve
+
+
+def export(
+    ref,
+    *,
+    out,
+    fmt: str = "onnx",
+    precision: str = "fp32",
+    pool=None,
+    data=None,
+    checkpoint=None,
+    pretrained: bool = False,
+    force: bool = False,
+) -> Path:
+    """Any member (a pool descendant or child, the ancestor, a grown or merged model, a timm
+    name) in a format: a timm local-dir, plus model.pt2 or an ONNX file (each checked against
+    the eager model before it is written; an ONNX file's accuracy measured by ONNX Runtime).
+
+    Args:
+        ref: the member (``POOL:MEMBER``, a child or descendant id with ``pool``, ``local-dir:DIR``,
+            ``embedded``, a timm name with ``pretrained`` / ``checkpoint``).
+        out, force: the export folder, replace one learngene wrote.
+        fmt: ``timm``, ``pt2`` or ``onnx``; precision: ``fp32``, ``int8``, ``int8-static`` (onnx).
+        data: calibration images and the ONNX file's accuracy (default the embedded digits).
+    """
+    from learngene.core.data import data_for
+    from learngene.core.registries import FORMATS
+    from learngene.formats import check_precisions, export_model, onnx_options
+
+    FORMATS.check(fmt, "--format")
+    check_precisions([precision])
+    if precision != "fp32" and fmt != "onnx":
+        raise UserError(f"--precision {precision} is for --format onnx (int8 is ONNX Runtime's quantisation)")
+    from learngene.core.io import check_output
+
+    check_output(out, force)
+    member = resolve(ref, pool=pool, checkpoint=checkpoint, pretrained=pretrained, progress=False)
+    options = {}
+    if fmt == "onnx":
+        dm = data_for(data, member.data_config, augment=False)
+        if dm.num_classes != member.model().num_classes:
+            raise UserError(
+                f"data {dm.name} has {dm.num_classes} classes but {member.id} has {member.model().num_classes}"
+            )
+        options = onnx_options(dm, precision)
+    cfg = {**member.data_config, "architecture": member.architecture}
+    meta = {"id": member.id, "kind": member.kind, "accuracy": member.accuracy, "provenance": member.provenance}
+    return export_model(
+        member.model(),
+        out,
+        member.architecture,
+        member.model_args,
+        cfg,
+        meta,
+        fmt=fmt,
+        force=force,
+        what="output",
+        **options,
+    )
