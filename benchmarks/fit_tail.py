@@ -47,7 +47,7 @@ def main() -> None:
         if k == "clean":
             clean = float(v)
         elif k == "noflip":
-            from learngene.core.sources import ImageFolderSource
+            from learngene.core.folders import ImageFolderSource
 
             ImageFolderSource.flip_invariant = lambda self, cfg: False
         else:

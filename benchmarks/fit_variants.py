@@ -51,7 +51,7 @@ def main() -> None:
 
         sources.TensorImages.__init__ = no_shift
     if extra.get("noflip"):
-        from learngene.core.sources import ImageFolderSource
+        from learngene.core.folders import ImageFolderSource
 
         ImageFolderSource.flip_invariant = lambda self, cfg: False
     base = embedded_ancestor()

@@ -58,7 +58,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_every_image_mode_becomes_the_same_rgb(tmp_path):
-    from learngene.core.sources import read_rgb
+    from learngene.core.images import read_rgb
 
     a = pattern(1, 0)
     ref = np.asarray(Image.fromarray(a, "L").convert("RGB"))

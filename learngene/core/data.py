@@ -30,10 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from learngene.core.errors import UserError
-from learngene.core.registries import DATA_SOURCES  # scheme -> source class; anything else is a folder
 
 # the embedded digits, as the rest of learngene reads them from here
-from learngene.core.sources import DigitsSource, ImageFolderSource, digits_data_config, digits_splits  # noqa: F401
+from learngene.core.folders import ImageFolderSource  # noqa: F401
+from learngene.core.registries import DATA_SOURCES  # scheme -> source class; anything else is a folder
+from learngene.core.sources import DigitsSource, digits_data_config, digits_splits  # noqa: F401
 
 
 def is_embedded(text: str) -> bool:
