@@ -78,7 +78,8 @@ def run(base, method: str, lr: float, fraction: float, epochs: int, seed: int) -
     import lightning as L
 
     from learngene.core.data import data_for
-    from learngene.core.training import TrainerArgs, evaluate
+    from learngene.core.evaluation import evaluate
+    from learngene.core.training import TrainerArgs
     from learngene.deltas import tasks as api
     from learngene.deltas.delta import bytes_of
 

@@ -64,7 +64,7 @@ def curve_callback(model, dm, every: int, log: list):
     """Appends (step, test top1, val top1) at step 0 and every `every` steps."""
     import lightning as L
 
-    from learngene.core.training import evaluate
+    from learngene.core.evaluation import evaluate
 
     def point(step):
         log.append((step, evaluate(model, dm.test_dataloader())["top1"], evaluate(model, dm.val_dataloader())["top1"]))

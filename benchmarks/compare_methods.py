@@ -100,7 +100,7 @@ def narrow_alone(ancestor, dm, recipe: str, seed: int, epochs: int | None) -> fl
     """Test top1 of the recipe's narrow auxiliary architecture trained alone from scratch with
     the ancestor's recipe (cross-entropy, 30 epochs): the low end of the testbed's slope."""
     from learngene.baselines.sn_net import ANCHOR_EPOCHS, train_anchor
-    from learngene.core.training import evaluate
+    from learngene.core.evaluation import evaluate
     from learngene.pool import load_recipe, resolve_recipe_path
 
     narrow = min(load_recipe(resolve_recipe_path(recipe)).auxiliary, key=lambda a: a.embed_dim)

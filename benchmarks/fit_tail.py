@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from common import RESULTS, cpu_name
 
-from learngene.core import training
+from learngene.core import evaluation, training
 from learngene.core.data import data_for
 from learngene.models import fitted
 
@@ -94,7 +94,7 @@ def main() -> None:
         model.load_state_dict(sd)
         model.eval()
         return tuple(
-            round(training.evaluate(model, dl)["top1"], 2) for dl in (ev.val_dataloader(), ev.test_dataloader())
+            round(evaluation.evaluate(model, dl)["top1"], 2) for dl in (ev.val_dataloader(), ev.test_dataloader())
         )
 
     per, avgs = [], {}

@@ -27,7 +27,8 @@ import timm
 import torch
 
 from learngene.core.data import data_for
-from learngene.core.training import evaluate, lr_groups, warmup_cosine
+from learngene.core.evaluation import evaluate
+from learngene.core.training import lr_groups, warmup_cosine
 from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, embedded_ancestor
 from learngene.models.fitted import start_model
 

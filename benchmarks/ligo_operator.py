@@ -33,7 +33,7 @@ def cross_entropy(model, loader) -> float:
 
 
 def measure(model, dm) -> dict:
-    from learngene.core.training import evaluate
+    from learngene.core.evaluation import evaluate
 
     return dict(
         test_top1=evaluate(model, dm.test_dataloader())["top1"],

@@ -57,8 +57,10 @@ def scratch(folder: Path, images_seen: int, home: Path) -> dict:
     import lightning as L
     import timm
 
+    from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule
-    from learngene.core.training import Convergence, TrainerArgs, evaluate
+    from learngene.core.evaluation import evaluate
+    from learngene.core.training import TrainerArgs
     from learngene.models.embedded import EMBEDDED_ARCH, EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE
     from learngene.models.fitted import _train
     from learngene.models.refs import load_model

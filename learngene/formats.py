@@ -379,7 +379,7 @@ def onnx_file(
 def onnx_accuracy(path: Path, loader, threads: int | None = None) -> dict:
     """top1 / top5 (percent) of an ONNX file in ONNX Runtime over a loader: the file's own
     accuracy (an int8 file's is never copied from the fp32 one)."""
-    from learngene.core.training import topk_hits
+    from learngene.core.evaluation import topk_hits
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name

@@ -83,7 +83,7 @@ def test_snnet_stitches_a_scratch_anchor_to_the_ancestor(tiny_vit, dm):
 
 def test_fair_anchors_keep_their_best_state_and_distil_like_the_pool(tiny_vit, dm):
     from learngene.baselines import make_anchor
-    from learngene.core.training import evaluate
+    from learngene.core.evaluation import evaluate
 
     frozen = copy.deepcopy(tiny_vit).requires_grad_(False)
     before = state_dict_sha256(frozen.state_dict())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error, cli, fresh_pool
 
-from learngene.core.training import knn_top1
+from learngene.core.evaluation import knn_top1
 from learngene.measure.metrics import latency
 from learngene.measure.report import mark_pareto
 

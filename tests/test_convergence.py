@@ -12,8 +12,10 @@ from helpers import cli, make_image_folder
 def test_epochs_auto_stops_on_a_plateau_and_restores_the_best_state():
     import timm
 
+    from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule
-    from learngene.core.training import Classifier, Convergence, OptimConfig, TrainerArgs, evaluate, fit
+    from learngene.core.evaluation import evaluate
+    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit
 
     torch.manual_seed(0)
     model = timm.create_model(
@@ -86,7 +88,8 @@ def test_no_stop_before_min_epochs_and_patience_counts_from_the_best_after_it():
     """A plateau early in the schedule does not end the run, and a best found after it restarts
     the patience (Lightning's Trainer(min_epochs) would keep the stop the plateau signalled and
     end the run at min_epochs all the same)."""
-    from learngene.core.training import Convergence, TrainerArgs, fit
+    from learngene.core.convergence import Convergence
+    from learngene.core.training import TrainerArgs, fit
 
     Scripted, Data = scripted([5, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # the validation score of each epoch
     targs = TrainerArgs(progress=False, accelerator="cpu")
@@ -101,7 +104,8 @@ def test_no_stop_before_min_epochs_and_patience_counts_from_the_best_after_it():
 def test_one_standard_error_rule_keeps_the_latest_state_within_noise_of_the_peak():
     """With ``one_se_of`` (validation images), the state handed back is the latest whose score
     is within one standard error of the peak's (at 90% on 100 images, 3 points), not the peak."""
-    from learngene.core.training import Convergence, TrainerArgs, fit
+    from learngene.core.convergence import Convergence
+    from learngene.core.training import TrainerArgs, fit
 
     Scripted, Data = scripted([50, 80, 90, 89.5, 85, 88, 80, 70, 70, 70, 70, 70])
     targs = TrainerArgs(progress=False, accelerator="cpu")
@@ -121,7 +125,7 @@ def test_build_pool_and_a_stitched_child_take_epochs_auto_and_record_the_stop(re
     import yaml
     from helpers import RECIPE
 
-    from learngene.core.training import Convergence
+    from learngene.core.convergence import Convergence
     from learngene.stitch import joint
 
     # a short patience (the default, 20 of at most 300 epochs, ran 209 here): the same path

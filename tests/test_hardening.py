@@ -84,7 +84,8 @@ def test_ligo_grows_to_a_width_that_is_not_a_multiple(setup_dir, tmp_path):
 
 
 def test_threads_and_workers_never_exceed_the_cores(monkeypatch, capsys):
-    from learngene.core import limits, training
+    from learngene.core import callbacks as training
+    from learngene.core import limits
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(limits, "cores", lambda: 4)

@@ -91,8 +91,8 @@ def apply_delta(
         data: the data to measure on (default: the delta's task).
     """
     from learngene.core.data import data_for
+    from learngene.core.evaluation import evaluate
     from learngene.core.io import check_output
-    from learngene.core.training import evaluate
     from learngene.core.vit import input_size
     from learngene.deltas import tasks
     from learngene.deltas.delta import read_meta

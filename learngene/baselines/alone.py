@@ -8,7 +8,8 @@ import copy
 import lightning as L
 import torch.nn as nn
 
-from learngene.core.training import Classifier, OptimConfig, TrainerArgs, evaluate, fit
+from learngene.core.evaluation import evaluate
+from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit
 from learngene.stitch.stitched import count_flops, count_params
 from learngene.zoo import Member, Zoo
 

@@ -61,7 +61,8 @@ def train_anchor(
     best validation top1, whose state it returns. The third value: epochs run and best epoch."""
     import timm
 
-    from learngene.core.training import Classifier, Convergence, fit
+    from learngene.core.convergence import Convergence
+    from learngene.core.training import Classifier, fit
 
     args = dict(ViTView(ancestor).model_args(), embed_dim=embed_dim, num_heads=num_heads)
     if depth is not None:

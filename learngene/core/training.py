@@ -10,8 +10,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -19,7 +17,9 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping
+
+from learngene.core.callbacks import CoreBudget, EpochLines, FiniteLoss
+from learngene.core.convergence import Convergence, KeepBest, PatientStopping
 
 
 @dataclass
@@ -129,184 +129,6 @@ class TrainerArgs:
     label: str = "train"  # what the lines and errors call this run ("build-pool narrow", ...)
     threads: int | None = None  # torch intra-op threads (None: the cores the DataLoader workers leave)
     extra: dict = field(default_factory=dict)
-
-
-_WARNED_BUSY = []
-
-
-def warn_if_busy(using: int) -> None:
-    """Once per process: say so when other jobs already load the cores (a training epoch
-    that takes 3 s on idle cores took 30-100 s beside other jobs, silently)."""
-    from learngene.core.limits import cores
-
-    if _WARNED_BUSY or os.environ.get("LEARNGENE_NO_LOAD_WARNING"):
-        return
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return
-    n = cores()
-    if load > n:
-        _WARNED_BUSY.append(load)
-        print(
-            f"learngene: warning: the load average is {load:.1f} on {n} cores before this run adds {using} "
-            "thread(s): other jobs compete for the cores, so training will be slow (--threads N sets ours)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def core_plan(threads: int | None, workers: int) -> int:
-    """Intra-op threads for a run whose DataLoader has ``workers`` processes: the cores the
-    workers leave, so the two never exceed the cores (``threads`` given: that). An
-    OMP_NUM_THREADS the caller set is respected."""
-    from learngene.core.limits import cores
-
-    if threads is not None:
-        return threads
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return max(1, cores() - workers)
-
-
-class CoreBudget(L.Callback):
-    """Sets torch's threads from the DataLoader's workers when training starts (see core_plan),
-    and warns once when the machine is already busy."""
-
-    def __init__(self, threads: int | None):
-        self.threads = threads
-
-    def setup(self, trainer, pl_module, stage=None):
-        dm = getattr(trainer, "datamodule", None)
-        workers = int(getattr(dm, "num_workers", 0) or 0)
-        n = core_plan(self.threads, workers)
-        if trainer.accelerator is not None and type(trainer.accelerator).__name__ == "CPUAccelerator":
-            torch.set_num_threads(n)
-        warn_if_busy(n + workers)
-
-
-class EpochLines(L.Callback):
-    """One line per epoch on stderr (rank 0): what a log wants instead of a progress bar."""
-
-    def __init__(self, label: str):
-        self.label, self.t0 = label, 0.0
-
-    def on_train_start(self, trainer, pl_module):
-        self.t0 = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-            vals = ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
-            total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-            if any(isinstance(c, EarlyStopping) for c in trainer.callbacks):
-                total = f"<={total} (auto)"
-            print(
-                f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
-                f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
-# --------------------------------------------------------------------------- convergence
-
-
-@dataclass(frozen=True)
-class Convergence:
-    """``--epochs auto``: train at most ``cap`` epochs, stop ``patience`` epochs after the
-    best validation score (Lightning's EarlyStopping), and hand back the best state, not the
-    last. The learning-rate schedule runs over the cap. ``min_epochs``: no stop before them
-    (under a cosine schedule, validation at the peak learning rate says little of where the
-    decay will take it: a fit of the digits stopped at epoch 12 of 44, its best the 2nd)."""
-
-    cap: int = 200
-    patience: int = 20
-    min_delta: float = 0.0
-    min_epochs: int = 0
-    # > 0: the number of validation images behind a top1 monitor; the state handed back is then
-    # the latest within one standard error of the peak, not the peak (see KeepBest)
-    one_se_of: int = 0
-
-
-class KeepBest(L.Callback):
-    """Keeps (in memory, on the CPU) the state of the module being trained at its best
-    validation score, and records the epoch and the score: every training run records where
-    it peaked; with ``restore``, the best state is put back when training ends.
-
-    ``one_se_of`` (how many validation images a top1 monitor, in %, is measured on): the state
-    kept is the latest whose score is within one standard error of the peak's,
-    sqrt(p (1 - p) / n), not the peak itself (the one-standard-error rule of Breiman et al.). Under a decaying learning
-    rate a later epoch is the more converged one, and a peak that leads it by less than the
-    validation split's own noise is as likely luck: on 500 validation images at 91% one
-    standard error is 1.3 points (a fit of the animals folder peaked at epoch 24 of 32 with
-    91.6%, 91.2% test; its last epoch scored 91.4% on validation and 92.8% on test)."""
-
-    def __init__(self, monitor: str, part=None, mode: str = "max", restore: bool = False, one_se_of: int = 0):
-        self.monitor, self.part, self.mode, self.restore = monitor, part, mode, restore
-        self.one_se_of = one_se_of if mode == "max" else 0
-        self.best: float | None = None  # the state kept: its score and epoch
-        self.epoch: int | None = None
-        self.state: dict | None = None
-        self.peak: float | None = None  # the best score seen, and its epoch
-        self.peak_epoch: int | None = None
-
-    def _module(self, pl_module) -> nn.Module:
-        return self.part(pl_module) if self.part is not None else getattr(pl_module, "model", pl_module)
-
-    def tolerance(self) -> float:
-        """How far below the peak a later state may score and still be kept (0: the peak only)."""
-        if not self.one_se_of or self.peak is None:
-            return 0.0
-        p = min(max(self.peak / 100, 0.0), 1.0)
-        return 100 * math.sqrt(p * (1 - p) / self.one_se_of)
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
-        v = float(trainer.callback_metrics[self.monitor])
-        epoch = 0 if trainer.state.fn == "validate" else trainer.current_epoch + 1
-        if self.peak is None or (v > self.peak if self.mode == "max" else v < self.peak):
-            self.peak, self.peak_epoch = v, epoch
-        elif not (self.one_se_of and v >= self.peak - self.tolerance()):
-            return
-        self.best, self.epoch = v, epoch
-        self.state = {k: t.detach().to("cpu", copy=True) for k, t in self._module(pl_module).state_dict().items()}
-
-    def on_fit_end(self, trainer, pl_module):
-        if self.restore and self.state is not None:
-            self._module(pl_module).load_state_dict(self.state)
-
-    # kept in Lightning's checkpoints, so a resumed run still knows its best so far
-    def state_dict(self) -> dict:
-        return {
-            "best": self.best,
-            "epoch": self.epoch,
-            "state": self.state,
-            "peak": self.peak,
-            "peak_epoch": self.peak_epoch,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.epoch, self.state = state.get("best"), state.get("epoch"), state.get("state")
-        self.peak, self.peak_epoch = state.get("peak", self.best), state.get("peak_epoch", self.epoch)
-
-
-class PatientStopping(EarlyStopping):
-    """Lightning's EarlyStopping that signals no stop before ``min_epochs``: the best is
-    tracked from the start and patience counts from it, but a plateau early in the schedule
-    does not end the run. (The Trainer's own ``min_epochs`` keeps a stop signalled earlier and
-    ends the run at ``min_epochs`` even when the score has improved since.)"""
-
-    def __init__(self, *args, min_epochs: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.min_epochs = min_epochs
-
-    def _run_early_stopping_check(self, trainer) -> None:
-        stop = trainer.should_stop
-        super()._run_early_stopping_check(trainer)
-        if trainer.current_epoch + 1 < self.min_epochs:
-            trainer.should_stop = stop  # what it was before this check: another callback's stop stands
 
 
 def resolve_epochs(epochs, default: int, flag: str = "--epochs"):
@@ -423,24 +245,6 @@ def plain_attention(module: nn.Module, on: bool = True):
             m.fused_attn = w
 
 
-class FiniteLoss(L.Callback):
-    """Stop a run whose loss went NaN or inf, in one line, before anything is written.
-    Checked on the epoch's mean loss (one device sync an epoch, not one a step)."""
-
-    def __init__(self, label: str):
-        self.label = label
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        from learngene.core.errors import UserError
-
-        for k, v in trainer.callback_metrics.items():
-            if "loss" in k and v.numel() == 1 and not torch.isfinite(v).all():
-                raise UserError(
-                    f"{self.label}: training diverged at epoch {trainer.current_epoch + 1} ({k} is {float(v)}): "
-                    "nothing written; lower the learning rate or check the weights and data"
-                )
-
-
 def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None = None, **overrides) -> L.Trainer:
     """A quiet Trainer: no logger files, no model summary, gradient clipping 1.0."""
     kw = dict(
@@ -513,65 +317,3 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     # distillation keeps its frozen teacher in eval mode on purpose
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
-
-
-def topk_hits(logits: torch.Tensor, labels: torch.Tensor, topk=(1, 5)) -> dict[int, int]:
-    """How many labels are among the k highest logits, for each k (k capped at #classes)."""
-    k_max = min(max(topk), logits.shape[-1])
-    hits = logits.topk(k_max, dim=-1).indices == labels[:, None]
-    return {k: int(hits[:, : min(k, k_max)].any(-1).sum()) for k in topk}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=(1, 5)) -> dict[str, float]:
-    """top-k accuracy (percent) of a classifier over a loader."""
-    model.eval().to(device)
-    correct = {k: 0 for k in topk}
-    n = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        for k, h in topk_hits(model(x), y, topk).items():
-            correct[k] += h
-        n += len(y)
-    return {f"top{k}": 100.0 * correct[k] / max(n, 1) for k in topk}
-
-
-@torch.no_grad()
-def features_and_logits(
-    model: nn.Module, loader, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pre-logit features, logits and labels over a loader, in one pass (timm's
-    forward_features -> forward_head(pre_logits=True) -> head)."""
-    model.eval().to(device)
-    feats, logits, labels = [], [], []
-    for x, y in loader:
-        f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
-        feats.append(f.float().cpu())
-        logits.append(model.head(f).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(logits), torch.cat(labels)
-
-
-def knn_top1(
-    train_f: torch.Tensor,
-    train_y: torch.Tensor,
-    test_f: torch.Tensor,
-    test_y: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-) -> float:
-    """DINO's weighted kNN classifier on L2-normalised features: the k nearest training
-    features by cosine similarity (faiss IndexFlatIP) vote with weight exp(sim / T)."""
-    import faiss  # lazily: faiss and torch can clash over OpenMP depending on import order
-
-    tr = F.normalize(train_f.float(), dim=1).numpy()
-    te = F.normalize(test_f.float(), dim=1).numpy()
-    index = faiss.IndexFlatIP(tr.shape[1])
-    index.add(tr)
-    k = min(k, len(tr))
-    sims, idx = index.search(te, k)
-    sims, idx = torch.from_numpy(sims), torch.from_numpy(idx).long()
-    n_cls = int(max(train_y.max(), test_y.max())) + 1
-    votes = torch.zeros(len(te), n_cls)
-    votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
-    return round(100 * (votes.argmax(1) == test_y).float().mean().item(), 2)

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from learngene.core.convergence import Convergence
 from learngene.core.errors import UserError
 from learngene.core.io import check_output, lock, real_folder, save_local_dir, staged_folder
-from learngene.core.training import Convergence
 from learngene.deltas import delta as D
 from learngene.models.loading import LoadedModel
 
@@ -167,7 +167,7 @@ def _fit(
 ) -> dict:
     import lightning as L
 
-    from learngene.core.training import evaluate
+    from learngene.core.evaluation import evaluate
 
     L.seed_everything(seed, verbose=False)
     ad = D.attach(base.model, method, rank, targets, train_head, dm.num_classes, seed=seed)

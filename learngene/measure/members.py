@@ -73,7 +73,7 @@ def bench(
     (median, p90, spread, images/s, peak memory); the members of one runtime and precision
     are timed in interleaved rounds. The report goes to ``out`` unless ``write`` is False."""
     from learngene.core.data import data_for
-    from learngene.core.training import features_and_logits, knn_top1
+    from learngene.core.evaluation import features_and_logits, knn_top1
     from learngene.formats import calibration_of as calibrate
     from learngene.measure.metrics import device_name, topk_accuracy
     from learngene.measure.probe import load_average, time_interleaved, timing_warnings

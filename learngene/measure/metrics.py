@@ -25,7 +25,7 @@ def device_name(device: torch.device) -> str:
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    from learngene.core.training import topk_hits
+    from learngene.core.evaluation import topk_hits
 
     return {f"top{k}": round(100 * h / len(labels), 2) for k, h in topk_hits(logits, labels, ks).items()}
 

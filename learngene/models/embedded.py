@@ -144,9 +144,11 @@ def train_embedded(
     import lightning as L
     import timm
 
+    from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule
+    from learngene.core.evaluation import evaluate
     from learngene.core.io import check_output
-    from learngene.core.training import Classifier, Convergence, OptimConfig, TrainerArgs, evaluate, fit
+    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit
 
     folder = Path(folder)
     check_output(
@@ -328,7 +330,7 @@ def describe(anc: LoadedModel, data=None) -> dict:
     one fitted to its classes, once `ancestor --fine-tune` made it), as build-pool would take."""
     if data:
         from learngene.core.data import data_for
-        from learngene.core.training import evaluate
+        from learngene.core.evaluation import evaluate
         from learngene.models.fitted import ancestor_for
 
         dm = data_for(data, anc.data_config, augment=False)

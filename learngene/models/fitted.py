@@ -116,7 +116,7 @@ def _fit_key(base: LoadedModel, fingerprint: dict, recipe: dict) -> str:
 
 def probe_top1(model, dm) -> float:
     """DINO's kNN probe (k=20) of the model's features: what a head-less comparison can say."""
-    from learngene.core.training import features_and_logits, knn_top1
+    from learngene.core.evaluation import features_and_logits, knn_top1
 
     tr_f, _, tr_y = features_and_logits(model, dm.eval_loader("train"), torch.device("cpu"))
     te_f, _, te_y = features_and_logits(model, dm.eval_loader("test"), torch.device("cpu"))
@@ -220,9 +220,11 @@ def fit_ancestor(
     always) and after, the training record, and the pixel baselines of the same split."""
     import lightning as L
 
+    from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule, data_for
+    from learngene.core.evaluation import evaluate
     from learngene.core.limits import epochs as bounded
-    from learngene.core.training import Convergence, TrainerArgs, evaluate
+    from learngene.core.training import TrainerArgs
 
     r = dict(FIT_RECIPE)
     if epochs is not None:

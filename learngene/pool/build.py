@@ -21,10 +21,12 @@ import torch
 import torch.nn as nn
 
 from learngene.core import __version__
+from learngene.core.convergence import Convergence
 from learngene.core.data import LearngeneDataModule
 from learngene.core.errors import UserError
+from learngene.core.evaluation import evaluate
 from learngene.core.io import check_finite, check_output, lock, save_tensors, write_json_atomic
-from learngene.core.training import Convergence, TrainerArgs, evaluate, fit
+from learngene.core.training import TrainerArgs, fit
 from learngene.core.vit import ViTView, is_block_piece, split_pieces
 from learngene.models.loading import LoadedModel
 from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args

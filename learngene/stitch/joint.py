@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learngene.core.training import Convergence, OptimConfig, configure_adamw, param_groups
+from learngene.core.convergence import Convergence
+from learngene.core.training import OptimConfig, configure_adamw, param_groups
 from learngene.stitch.descendants import DescSpec
 from learngene.stitch.stitched import PoolModel
 

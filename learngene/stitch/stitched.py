@@ -342,7 +342,7 @@ def static_rows(pm: PoolModel) -> list[dict]:
 @torch.no_grad()
 def evaluate_specs(pm: PoolModel, specs: list[DescSpec], loader, device="cpu") -> dict[str, dict]:
     """top1 / top5 of several descendants in one pass over the loader."""
-    from learngene.core.training import topk_hits
+    from learngene.core.evaluation import topk_hits
 
     pm.eval().to(device)
     hits = {s.id: {1: 0, 5: 0} for s in specs}
