@@ -38,17 +38,9 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import CheckFailed, UserError
-from learngene.core.io import (
-    as_os_errors,
-    check_output,
-    die_with_parent,
-    ensure_space,
-    file_sha256,
-    home,
-    json_safe,
-    save_local_dir,
-    state_dict_sha256,
-)
+from learngene.core.io import as_os_errors, check_output, ensure_space, file_sha256, home, state_dict_sha256
+from learngene.core.localdir import json_safe, save_local_dir
+from learngene.core.processes import die_with_parent
 from learngene.core.registries import FORMATS, PRECISIONS
 
 EXPORT_TOL = 1e-4  # max |logit difference| accepted between eager and an fp32 export

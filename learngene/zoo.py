@@ -222,7 +222,7 @@ def children(pool: Pool) -> list[Member]:
 
 def child(folder: Path, member_id: str) -> Member:
     lm = load_model(Ref("local-dir", str(folder)))
-    from learngene.core.io import read_local_dir_config
+    from learngene.core.localdir import read_local_dir_config
 
     meta = read_local_dir_config(folder).get("learngene", {})
     desc = meta.get("descendant", {})

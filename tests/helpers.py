@@ -100,7 +100,7 @@ def save_tiny_ancestor(folder, seed: int = 0):
     import timm
 
     from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     torch.manual_seed(seed)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}

@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 @pytest.fixture
 def base_dir(tmp_path, tiny_vit):
     from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
@@ -150,7 +150,7 @@ def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
 
 
 def test_refuses_another_base_and_corrupt_or_missing_files(base_dir, tmp_path, tiny_vit):
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     pool = tmp_path / "pool"
     quick(base_dir, pool)

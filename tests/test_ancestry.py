@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from learngene.core.errors import UserError
-from learngene.core.io import load_state_file, save_local_dir
+from learngene.core.localdir import load_state_file, save_local_dir
 from learngene.models.embedded import train_embedded
 from learngene.models.loading import load_timm
 from learngene.models.refs import load_model

@@ -46,7 +46,7 @@ def test_corrupt_checkpoint_exit_2(tmp_path):
 def test_ancestor_evaluates_on_an_image_folder(tmp_path, tiny_vit):
     from helpers import make_image_folder
 
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     make_image_folder(tmp_path / "imgs", classes=[str(i) for i in range(10)], per_class=10, size=16)
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)

@@ -202,7 +202,7 @@ def test_fine_tune_reports_the_pixel_baselines_and_a_test_split_of_its_own(tmp_p
     import timm
 
     from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     make_image_folder(tmp_path / "d" / "train", per_class=16, size=20)
     make_image_folder(tmp_path / "d" / "val", per_class=8, size=20, seed=1)

@@ -145,7 +145,7 @@ def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_pat
 def test_two_adapts_at_once(tmp_path, tiny_vit):
     pytest.importorskip("peft")
     from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
@@ -271,7 +271,8 @@ def test_non_finite_weights_stop_the_run_and_pool_verify_finds_them(setup_dir, t
     from safetensors.torch import load_file, save_file
 
     from learngene.core.data import digits_data_config
-    from learngene.core.io import file_sha256, save_local_dir
+    from learngene.core.io import file_sha256
+    from learngene.core.localdir import save_local_dir
 
     bad = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
     bad["blocks.1.attn.qkv.weight"][0, 0] = float("nan")

@@ -215,7 +215,7 @@ def test_ligo_starts_as_net2net_and_trains_its_operator():
 @pytest.fixture
 def tiny_dir(tmp_path):
     from learngene.core.data import digits_data_config
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     m = random_vit(2, 8, 2, 32, 0)
     args = dict(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5)

@@ -40,7 +40,7 @@ def tiny_dir(tmp_path_factory):
     """A tiny local-dir ViT with a 10-class head, reading 16x16 images."""
     import timm
 
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     d = tmp_path_factory.mktemp("own")
     torch.manual_seed(0)
@@ -326,7 +326,7 @@ def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
     not the same ones: build-pool must not distil the digit head into the pool."""
     import timm
 
-    from learngene.core.io import save_local_dir
+    from learngene.core.localdir import save_local_dir
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
     cfg = {

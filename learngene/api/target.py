@@ -64,7 +64,7 @@ def _finish(
 
 def _existing_child(folder: Path, member: str, revision: str, fmt: str, precision: str) -> bool:
     """Is ``folder`` already this member of this revision, in this format and precision?"""
-    from learngene.core.io import read_local_dir_config
+    from learngene.core.localdir import read_local_dir_config
 
     try:
         meta = read_local_dir_config(folder).get("learngene", {})

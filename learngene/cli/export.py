@@ -43,7 +43,7 @@ def add_arguments(sp) -> None:
 
 def run(ns) -> int:
     from learngene.api import export
-    from learngene.core.io import read_local_dir_config
+    from learngene.core.localdir import read_local_dir_config
 
     if (ns.model is None) == (ns.model_flag is None):
         raise UserError("export: give the model once, as MODEL or --model MODEL")

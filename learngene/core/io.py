@@ -17,7 +17,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,69 +74,6 @@ def publish(path: str | os.PathLike) -> None:
     for p in todo:
         if not p.is_symlink():
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
-
-
-# --------------------------------------------------------------------------- locks
-
-
-@contextmanager
-def lock(path: str | os.PathLike, what: str, wait: bool = True, timeout: float = 3600.0):
-    """An exclusive lock on ``path`` (a lock file, created if needed) for one writer at a
-    time. ``wait``: block until the other writer is done (saying so once), else refuse at
-    once in one line, and remove the lock file on the way out (no one waits on it, so no one
-    can be left holding a lock on a removed file). The lock goes with the process, so a
-    killed writer never leaves it held."""
-    path = Path(path)
-    for attempt in range(5):  # another writer's probe (check_output) may remove an empty parent meanwhile
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-            break
-        except FileNotFoundError:
-            if attempt == 4:
-                raise
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            if not wait:
-                raise UserError(
-                    f"{what} is being written by another learngene process (pid {holder}): wait for it to finish"
-                ) from None
-            print(f"learngene: waiting for another learngene process (pid {holder}) writing {what}", file=sys.stderr)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise UserError(f"{what} stayed locked by pid {holder} for {timeout:.0f} s") from None
-                    time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        held = True
-        yield
-    finally:
-        if not wait and locals().get("held"):
-            path.unlink(missing_ok=True)
-        os.close(fd)  # releases the lock
-
-
-def is_locked(path: str | os.PathLike) -> bool:
-    """Does another process hold the lock on ``path``?"""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EFBIG)
@@ -250,6 +186,8 @@ def is_live(path: str | os.PathLike) -> bool:
     """Is this leftover-looking path still being written by a live process? A staged folder
     whose owner lock is held, or a temp file ``.NAME.tmp-PID`` whose process runs."""
     path = Path(path)
+    from learngene.core.processes import is_locked  # processes reads this module's umask
+
     if path.is_dir():
         return is_locked(path / OWNER)
     m = re.search(r"\.tmp-(\d+)$", path.name)
@@ -440,134 +378,3 @@ def state_dict_sha256(sd: dict) -> str:
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def load_state_file(path: str | os.PathLike) -> dict:
-    """A state dict from safetensors or a torch file, never by plain unpickling.
-    Common wrappers (Lightning's 'state_dict', timm/DeiT's 'model', DDP's 'module.') are undone."""
-    import torch
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p), device="cpu")
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"cannot read checkpoint {p}: {type(e).__name__}: {first}") from None
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"checkpoint {p} holds no state dict of tensors")
-    for prefix in ("module.", "model."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
-
-
-# --------------------------------------------------------------------------- timm local-dir
-
-
-def json_safe(d: dict) -> dict:
-    """A config dict as JSON can hold it (tuples -> lists, anything else -> str)."""
-    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
-
-
-def save_local_dir(
-    model,
-    folder: str | os.PathLike,
-    architecture: str,
-    model_args: dict,
-    pretrained_cfg: dict,
-    extra: dict | None = None,
-    write_more=None,
-    replace: bool = True,
-) -> Path:
-    """Write a timm local-dir folder (config.json + model.safetensors) atomically: it is
-    built in a temp folder beside the target and renamed into place. ``write_more(tmp)``
-    may add files before the rename and returns more metadata for config.json."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    check_finite(sd, f"model {folder.name}")
-    with staged_folder(folder, replace=replace) as tmp:
-        with as_os_errors(folder / "model.safetensors"):
-            save_file(sd, str(tmp / "model.safetensors"))
-        if write_more is not None:
-            extra = {**(extra or {}), **(write_more(tmp) or {})}
-        cfg = {
-            "architecture": architecture,
-            "num_classes": model_args.get("num_classes", pretrained_cfg.get("num_classes")),
-            "num_features": getattr(model, "num_features", None),
-            "model_args": model_args,
-            "pretrained_cfg": json_safe(pretrained_cfg),
-        }
-        if extra:
-            cfg["learngene"] = json_safe(extra)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    return folder
-
-
-def read_json(path: str | os.PathLike, what: str = ""):
-    """A JSON file's content, with one-line errors naming it (``what``: what it is)."""
-    f = Path(path)
-    name = f"{what} {f}".strip()
-    try:
-        return json.loads(f.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read {name}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{name} is not text") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt {name}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except RecursionError:  # a crafted file nested thousands deep
-        raise UserError(f"{name} is nested too deeply to be a file learngene wrote") from None
-    except ValueError as e:  # e.g. numbers too long to convert
-        raise UserError(f"corrupt {name}: {str(e).splitlines()[0][:120]}") from None
-
-
-def read_local_dir_config(folder: str | os.PathLike) -> dict:
-    """config.json of a timm local-dir folder, with one-line errors."""
-    f = Path(folder) / "config.json"
-    cfg = read_json(f)
-    if not isinstance(cfg, dict):
-        raise UserError(f"{f} is not a timm config (a JSON object)")
-    return cfg
-
-
-def die_with_parent(parent: int) -> None:
-    """In a worker: exit when the parent dies, even by SIGKILL (Linux's parent-death signal;
-    elsewhere a thread that watches the parent's pid)."""
-    import signal
-    import threading
-    import time
-
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-    def watch():
-        while True:
-            if os.getppid() != parent:
-                os._exit(1)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, daemon=True).start()

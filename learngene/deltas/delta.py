@@ -289,7 +289,7 @@ def read_meta(folder: Path) -> dict:
     for name in (CONFIG, WEIGHTS, META):
         if not (folder / name).is_file():
             raise UserError(f"not a learngene delta (no {name}): {folder}")
-    from learngene.core.io import read_json
+    from learngene.core.localdir import read_json
 
     meta = read_json(folder / META, "delta metadata")
     missing = [

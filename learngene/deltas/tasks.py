@@ -17,7 +17,9 @@ import torch.nn as nn
 
 from learngene.core.convergence import Convergence
 from learngene.core.errors import UserError
-from learngene.core.io import check_output, lock, real_folder, save_local_dir, staged_folder
+from learngene.core.io import check_output, real_folder, staged_folder
+from learngene.core.localdir import save_local_dir
+from learngene.core.processes import lock
 from learngene.deltas import delta as D
 from learngene.models.loading import LoadedModel
 

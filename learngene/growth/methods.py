@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import UserError
-from learngene.core.io import check_output, save_local_dir, state_dict_sha256
+from learngene.core.io import check_output, state_dict_sha256
+from learngene.core.localdir import save_local_dir
 from learngene.core.registries import GROWTH_METHODS
 from learngene.growth import surgery
 from learngene.models.loading import LoadedModel

@@ -238,7 +238,7 @@ def validate_latency_file(lat, path, precisions=("fp32", "int8", "int8-static"))
 
 def read_latency_json(path) -> dict:
     """A latency.json read with its size and nesting bounded (a device's file is untrusted)."""
-    from learngene.core.io import read_json
+    from learngene.core.localdir import read_json
 
     p = Path(path)
     try:

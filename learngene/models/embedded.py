@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from learngene.core.errors import UserError, warn
-from learngene.core.io import file_sha256, home, save_local_dir
+from learngene.core.io import file_sha256, home
+from learngene.core.localdir import save_local_dir
 from learngene.models.loading import LoadedModel, load_timm
 
 EMBEDDED = "embedded"

@@ -78,7 +78,8 @@ from pathlib import Path
 import torch
 
 from learngene.core.errors import UserError, warn
-from learngene.core.io import check_output, home, save_local_dir
+from learngene.core.io import check_output, home
+from learngene.core.localdir import save_local_dir
 from learngene.models.loading import LoadedModel, load_timm
 
 FIT_STEP_BUDGET = 8000

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from learngene.core.errors import UserError
-from learngene.core.io import json_safe, load_state_file, read_local_dir_config, state_dict_sha256
+from learngene.core.io import state_dict_sha256
+from learngene.core.localdir import json_safe, load_state_file, read_local_dir_config
 from learngene.core.vit import ViTView, is_timm_vit, is_vit, outline
 
 DEFAULT_TIMM_ANCESTOR = "deit_base_patch16_224"

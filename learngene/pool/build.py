@@ -25,7 +25,8 @@ from learngene.core.convergence import Convergence
 from learngene.core.data import LearngeneDataModule
 from learngene.core.errors import UserError
 from learngene.core.evaluation import evaluate
-from learngene.core.io import check_finite, check_output, lock, save_tensors, write_json_atomic
+from learngene.core.io import check_finite, check_output, save_tensors, write_json_atomic
+from learngene.core.processes import lock
 from learngene.core.training import TrainerArgs, fit
 from learngene.core.vit import ViTView, is_block_piece, split_pieces
 from learngene.models.loading import LoadedModel

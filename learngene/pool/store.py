@@ -29,16 +29,15 @@ from learngene.core.io import (
     file_sha256,
     inside,
     is_live,
-    is_locked,
     load_tensors,
-    lock,
     nonfinite,
-    read_json,
     real_folder,
     save_tensors,
     staged_folder,
     write_json_atomic,
 )
+from learngene.core.localdir import read_json
+from learngene.core.processes import is_locked, lock
 from learngene.core.vit import join_pieces
 from learngene.pool.schema import FORMAT, FORMAT_VERSION, validate  # noqa: F401  (FORMAT*: the writers' too)
 

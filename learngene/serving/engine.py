@@ -31,7 +31,7 @@ from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 from learngene.core.errors import UserError
-from learngene.core.io import die_with_parent
+from learngene.core.processes import die_with_parent
 from learngene.serving.policy import NoMember, Overloaded, Scheduler
 from learngene.serving.protocol import BadRequest, infer_response, parse_infer
 
