@@ -12,6 +12,12 @@ import re
 from learngene.core.errors import UserError
 from learngene.core.io import SAFE_NAME
 
+# the manifest, the writers' lock file, and the folders a pool may hold
+MANIFEST = "pool.json"
+LOCK = ".lock"
+SUBDIRS = ("instances", "components", "revisions", "children", "reports", "adapters")
+
+
 FORMAT = "learngene-pool"
 FORMAT_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
