@@ -164,7 +164,8 @@ import numpy as np
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 def main():
-    from learngene.formats import member_onnx_files, shared_ort_sessions, ort_session
+    from learngene.onnx_cache import member_onnx_files
+    from learngene.onnx_sessions import ort_session, shared_ort_sessions
     from learngene.pool.store import Pool
     from learngene.zoo import DESCENDANT_KINDS, pool_data, pool_zoo
     pool = Pool.open(sys.argv[1]); mode = sys.argv[2]; n = int(sys.argv[3]); threads = int(sys.argv[4])

@@ -14,7 +14,7 @@ from helpers import assert_one_line_error, cli, copy_of
 
 def test_onnx_export_matches_eager_and_int8_has_its_own_accuracy(assembled, tmp_path):
     from learngene.core.data import data_for
-    from learngene.formats import onnx_accuracy, ort_session
+    from learngene.onnx_sessions import onnx_accuracy, ort_session
     from learngene.zoo import resolve
 
     pool = copy_of(assembled, tmp_path)
@@ -56,8 +56,10 @@ def test_onnx_export_matches_eager_and_int8_has_its_own_accuracy(assembled, tmp_
 
 def test_a_failed_export_check_is_exit_1_one_line_and_writes_nothing(assembled, tmp_path, monkeypatch):
     import learngene.formats as E
+    import learngene.onnx_cache as C
 
-    monkeypatch.setattr(E, "EXPORT_TOL", -1.0)  # no export can pass
+    for m in (E, C):  # the export checks and the ONNX cache's own
+        monkeypatch.setattr(m, "EXPORT_TOL", -1.0)  # no export can pass
     monkeypatch.setenv("LEARNGENE_HOME", str(tmp_path / "home"))  # no cached file either
     r = cli("export", f"{assembled}:narrow", "--out", tmp_path / "x")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -70,7 +70,7 @@ def test_the_onnx_cache_is_keyed_by_the_graph_and_checked_at_use(tmp_path):
     import timm
 
     from learngene.core.io import file_sha256
-    from learngene.formats import _cache_paths, onnx_file
+    from learngene.onnx_cache import _cache_paths, onnx_file
 
     torch.manual_seed(0)
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)

@@ -228,7 +228,8 @@ def test_bad_requests_are_400_naming_the_field_and_no_token_is_401(served):
 
 
 def test_onnxruntime_sessions_hold_the_blocks_members_share_once(served):
-    from learngene.formats import onnx_file, ort_session, shared_ort_sessions
+    from learngene.onnx_cache import onnx_file
+    from learngene.onnx_sessions import ort_session, shared_ort_sessions
     from learngene.pool.store import Pool
     from learngene.zoo import DESCENDANT_KINDS, pool_data, pool_zoo
 

@@ -33,7 +33,8 @@ def export(
     """
     from learngene.core.data import data_for
     from learngene.core.registries import FORMATS
-    from learngene.formats import check_precisions, export_model, onnx_options
+    from learngene.formats import export_model, onnx_options
+    from learngene.onnx_cache import check_precisions
 
     FORMATS.check(fmt, "--format")
     check_precisions([precision])

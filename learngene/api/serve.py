@@ -97,7 +97,8 @@ def serve(
         front = frontier_from_rows(rows, wanted)
     onnx = None
     if runtime == "onnxruntime":  # the very files bench timed (cached by graph and weights)
-        from learngene.formats import member_onnx_files, shared_ort_sessions
+        from learngene.onnx_cache import member_onnx_files
+        from learngene.onnx_sessions import shared_ort_sessions
         from learngene.serving.engine import time_sessions
 
         zoo = pool_zoo(pool, rev, dm=pool_data(pool, data, 64, augment=False))

@@ -220,8 +220,9 @@ def _target_on_device(
     checksum; accuracies are the host's own measurement of the very ONNX file (cached when the
     kit was written), never the latency file's claim."""
     from learngene.core.io import state_dict_sha256
-    from learngene.formats import calibration_of, file_accuracy, onnx_file
+    from learngene.formats import calibration_of
     from learngene.measure.budget import WIDE_SPREAD, device_slug, pick
+    from learngene.onnx_cache import file_accuracy, onnx_file
 
     lat = read_latency_file(latency_file, pool)
     rid = lat["kit"]["pool_revision"]

@@ -82,7 +82,7 @@ class AssembleSpec(JointSpec):
         limits.float_in(self.kl_weight, "--kl", 0.0, 1.0)
         if self.fmt is not None:
             FORMATS.check(self.fmt, "--format")
-        from learngene.formats import check_precisions
+        from learngene.onnx_cache import check_precisions
 
         check_precisions([self.precision])
         return self

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from learngene.core.io import check_output, file_sha256, staged_folder, state_dict_sha256
-from learngene.formats import calibration_of, check_precisions, file_accuracy, onnx_file, prefetch_onnx
+from learngene.formats import calibration_of
 from learngene.measure.probe import KIT_FORMAT
+from learngene.onnx_cache import check_precisions, file_accuracy, onnx_file, prefetch_onnx
 
 PROBE = Path(__file__).with_name("probe.py")
 

@@ -125,7 +125,7 @@ def bench(
         bar.update(1)
     rows, warns = [], []
     if any(rt.name == "onnxruntime" for rt, _ in pairs):  # every ONNX file at once, a worker per core
-        from learngene.formats import prefetch_onnx
+        from learngene.onnx_cache import prefetch_onnx
 
         prefetch_onnx([(m.model().cpu(), m.img_size, m.id) for m in members])
     for rt, prec in pairs:

@@ -92,7 +92,8 @@ class OnnxRuntime:
     def runner(self, member, precision: str, device: torch.device, threads: int, calibration=None) -> Runner:
         import onnxruntime
 
-        from learngene.formats import onnx_file, ort_session
+        from learngene.onnx_cache import onnx_file
+        from learngene.onnx_sessions import ort_session
 
         provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
         if provider not in onnxruntime.get_available_providers():
@@ -108,7 +109,7 @@ def plan(runtimes, precisions) -> list[tuple]:
     """The (runtime, precision) pairs to measure: every precision each runtime has of those
     asked; an unknown runtime or precision, or one no runtime asked for has, is refused."""
     from learngene.core.registries import RUNTIMES
-    from learngene.formats import check_precisions
+    from learngene.onnx_cache import check_precisions
 
     names = [r.strip() for r in (runtimes.split(",") if isinstance(runtimes, str) else runtimes) if r.strip()]
     bad = [r for r in names if r not in RUNTIMES]

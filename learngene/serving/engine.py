@@ -12,7 +12,7 @@ pool's blocks once, as a `PoolModel`, and runs every member as a path through th
 that mixes members is split by member). Resident memory is the pool's, not the sum of the
 members'. With ``--runtime onnxruntime`` the worker holds a session per member instead, every
 initializer with the same bytes held once and given to each session that has it
-(`learngene.formats.shared_ort_sessions`): the same sharing, in the runtime a device runs.
+(`learngene.onnx_sessions.shared_ort_sessions`): the same sharing, in the runtime a device runs.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class ZooAPI(ls.LitAPI):
         torch.set_num_threads(self.threads)
         self.torch = torch
         if self.onnx is not None:
-            from learngene.formats import shared_ort_sessions
+            from learngene.onnx_sessions import shared_ort_sessions
 
             self.sessions, _ = shared_ort_sessions(self.onnx, self.threads)
             return
