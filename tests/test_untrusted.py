@@ -118,6 +118,7 @@ def test_probe_on_a_bad_kit_is_one_line(device_kit, tmp_path):
         (kit_with(lambda m: {**m, "input": {**m["input"], "shape": [3, 4000, 4000]}, "batch_sizes": [4000]}), "GiB"),
         (kit_with(files={name: b"not an onnx model"}), name),
         (kit_with(files={name: (good / "probe.py").read_bytes()}), name),
+        (kit_with(files={"probe_harness.py": (good / "probe_harness.py").read_bytes() + b"#"}), "probe_harness.py"),
         (kit_with(lambda m: members(m, file="../kit.json")), "outside the kit"),
         (kit_with(lambda m: {**m, "members": [{"file": name}]}), "id"),
     ]

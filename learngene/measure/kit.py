@@ -17,6 +17,7 @@ from learngene.measure.probe import KIT_FORMAT
 from learngene.onnx_cache import check_precisions, file_accuracy, onnx_file, prefetch_onnx
 
 PROBE = Path(__file__).with_name("probe.py")
+HARNESS = Path(__file__).with_name("probe_harness.py")  # probe.py imports it from beside itself
 
 
 def write_kit(
@@ -71,6 +72,7 @@ def write_kit(
                 )
             progress(f"kit: {m.id} ({', '.join(precisions)}), {time.perf_counter() - t0:.0f} s")
         shutil.copyfile(PROBE, stage / "probe.py")
+        shutil.copyfile(HARNESS, stage / "probe_harness.py")
         cfg = dm.data_config
         kit = {
             "format": KIT_FORMAT,
@@ -92,6 +94,7 @@ def write_kit(
             "precisions": precisions,
             "members": entries,
             "probe_sha256": file_sha256(stage / "probe.py"),
+            "harness_sha256": file_sha256(stage / "probe_harness.py"),
             "onnx_opset": rec["opset"],
             "onnxruntime_host": rec["onnxruntime"],
         }

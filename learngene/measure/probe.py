@@ -13,153 +13,43 @@ median, p90, the spread, images/s, the file's size), records the device (CPU mod
 cores, threads used, OS, ONNX Runtime version and providers) and writes latency.json, which
 `learngene target --latency-file latency.json --max-latency-ms X` reads back on the host.
 
-This file is also learngene's timing harness: `learngene bench` times members with the same
-`time_interleaved`, so a device's figures and the host's are measured the same way.
+Its timing harness is probe_harness.py beside it (in the kit as in learngene): `learngene
+bench` times members with the same `time_interleaved`, so a device's figures and the host's
+are measured the same way.
 Exit codes: 0 ok, 2 bad input (a file missing or edited, a bad flag), 130 / 143 interrupted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+if __package__:  # learngene.measure.probe, inside the package
+    from learngene.measure.probe_harness import (  # noqa: F401  (WIDE_SPREAD: target's rule too)
+        WIDE_SPREAD,
+        file_sha256,
+        load_average,
+        machine,
+        time_interleaved,
+        timing_warnings,
+    )
+else:  # probe.py run in a kit: probe_harness.py lies beside it
+    try:
+        from probe_harness import file_sha256, load_average, machine, time_interleaved, timing_warnings
+    except ImportError as e:
+        sys.exit(f"probe.py: error: probe_harness.py is missing beside probe.py (copy the whole kit): {e}")
+
 LATENCY_FORMAT = "learngene-latency"
 KIT_FORMAT = "learngene-kit"
-WIDE_SPREAD = 0.5  # (p90 - p10) / median above this: the timing is not to be trusted
-# Between two functions of a round: ONNX Runtime's (and OpenMP's) idle threads spin-wait for
-# a while after a run, and measured right after another session, a model ran ~2x slower
-# (0.71 vs 0.37 ms) with 2x the spread; after a 50 ms pause it matched being timed alone.
-SETTLE_S = 0.05
 
 
 class ProbeError(Exception):
     """Bad input: one line, exit 2."""
-
-
-# --------------------------------------------------------------------------- the harness
-
-
-def time_interleaved(
-    fns: dict,
-    min_run_time: float = 0.3,
-    rounds: int = 5,
-    sample_s: float = 0.005,
-    warmup: int = 3,
-    settle_s: float = SETTLE_S,
-) -> dict:
-    """Seconds per call of each function of ``fns`` (name -> callable), timed in interleaved
-    rounds: every round times every function for ``min_run_time / rounds`` seconds, in an
-    order that rotates from round to round, so whatever else runs on the machine lands on
-    all of them alike instead of on whichever was being timed; between two functions the
-    harness pauses ``settle_s`` and makes one untimed call. A sample is the mean of n
-    calls, n chosen so a sample lasts ~``sample_s`` (timer overhead negligible). Returns per
-    name: median_s, p90_s, p10_s, spread ((p90 - p10) / median), samples, round_medians_s."""
-    names = list(fns)
-    calls = {}
-    for name in names:
-        fn = fns[name]
-        for _ in range(warmup):  # allocator, kernels, caches
-            fn()
-        est = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            est.append(time.perf_counter() - t0)
-        calls[name] = max(1, int(sample_s / max(sorted(est)[1], 1e-7)))
-    per_round = min_run_time / rounds
-    samples = {n: [] for n in names}
-    by_round = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            fn, n, spent, got = fns[name], calls[name], 0.0, []
-            if settle_s:  # the previous function's idle threads stop spinning; one untimed call wakes ours
-                time.sleep(settle_s)
-                fn()
-            while spent < per_round or len(got) < 2:
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                dt = time.perf_counter() - t0
-                got.append(dt / n)
-                spent += dt
-            samples[name] += got
-            by_round[name].append(float(np.median(got)))
-    out = {}
-    for name in names:
-        s = np.asarray(samples[name])
-        med = float(np.median(s))
-        p10, p90 = (float(np.quantile(s, q)) for q in (0.1, 0.9))
-        out[name] = {
-            "median_s": med,
-            "p90_s": p90,
-            "p10_s": p10,
-            "spread": (p90 - p10) / med if med > 0 else 0.0,
-            "samples": int(len(s)),
-            "round_medians_s": by_round[name],
-        }
-    return out
-
-
-def timing_warnings(stats: dict, load_before: float | None, load_after: float | None, threads: int) -> list[str]:
-    """Why the figures may not hold: the machine was busy (the 1-minute load average above its
-    cores, our own threads discounted after the run), or a member's spread is wide."""
-    cores = os.cpu_count() or 1
-    warns = []
-    busy = max(load_before or 0.0, (load_after or 0.0) - threads)
-    if busy > cores:
-        warns.append(f"load average {busy:.1f} exceeded the {cores} cores while timing: latencies may be inflated")
-    wide = [n for n, s in stats.items() if s["spread"] > WIDE_SPREAD]
-    if wide:
-        warns.append(
-            f"wide spread ((p90 - p10) / median > {WIDE_SPREAD:.0%}) for {', '.join(map(str, wide[:5]))}"
-            + (f" and {len(wide) - 5} more" if len(wide) > 5 else "")
-            + ": rerun on a quiet machine"
-        )
-    return warns
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
-
-
-def machine() -> dict:
-    """What a figure was measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":", 1)[0].strip()
-            if key in ("model name", "Model", "Hardware"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "node": platform.node(),
-    }
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- the probe
@@ -226,8 +116,9 @@ def read_kit(folder: Path) -> dict:
             raise ProbeError(f"kit file missing: {path}")
         if file_sha256(path) != m.get("sha256"):
             raise ProbeError(f"kit file edited or corrupt (sha256 differs from kit.json): {path}")
-    if (folder / "probe.py").is_file() and file_sha256(folder / "probe.py") != kit.get("probe_sha256"):
-        raise ProbeError(f"kit file edited or corrupt (sha256 differs from kit.json): {folder / 'probe.py'}")
+    for name, key in (("probe.py", "probe_sha256"), ("probe_harness.py", "harness_sha256")):
+        if (folder / name).is_file() and file_sha256(folder / name) != kit.get(key):
+            raise ProbeError(f"kit file edited or corrupt (sha256 differs from kit.json): {folder / name}")
     return kit
 
 
