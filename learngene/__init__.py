@@ -18,52 +18,23 @@ import sys
 
 from learngene.core import __version__
 from learngene.core.errors import UserError
+from learngene.core.lazy import exports
 
-# The public API, imported on first use (``import learngene`` stays light): name -> module.
+# The public API, imported on first use (``import learngene`` stays light): module -> names.
 _API = {
-    name: "learngene.api"
-    for name in (
-        "ancestor",
-        "build_pool",
-        "assemble",
-        "descendants",
-        "bench",
-        "target",
-        "kit",
-        "export",
-        "grow",
-        "adapt",
-        "inspect_pool",
-        "verify_pool",
-        "gc_pool",
-        "resolve",
-        "serve",
-    )
+    "learngene.api": "ancestor build_pool assemble descendants bench target kit export grow adapt "
+    "inspect_pool verify_pool gc_pool resolve serve",
+    "learngene.pool.store": "Pool",
+    "learngene.pool.recipe": "Recipe",
+    "learngene.assembly.select": "Selection",
+    "learngene.assembly.pipeline": "AssembleSpec",
+    "learngene.measure.budget": "Budget",
+    "learngene.zoo": "Zoo Member",
 }
-_API.update(
-    {
-        "Pool": "learngene.pool.store",
-        "Recipe": "learngene.pool.recipe",
-        "Selection": "learngene.assembly.select",
-        "AssembleSpec": "learngene.assembly.pipeline",
-        "Budget": "learngene.measure.budget",
-        "Zoo": "learngene.zoo",
-        "Member": "learngene.zoo",
-    }
-)
-__all__ = ["UserError", "__version__", *sorted(_API)]
 
 
-def __getattr__(name):
-    if name in _API:
-        import importlib
-
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'learngene' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__, _names = exports(__name__, _API)
+__all__ = ["UserError", "__version__", *_names]
 
 
 def _register_with_timm() -> None:

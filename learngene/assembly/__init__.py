@@ -4,19 +4,10 @@ Names are imported lazily: importing timm registers `learngene.stitch.stitched` 
 and that must not drag Lightning in.
 """
 
+from learngene.core.lazy import exports
+
 _EXPORTS = {
-    "AssembleResult": "pipeline",
-    "AssembleSpec": "pipeline",
-    "assemble": "pipeline",
-    "Selection": "select",
-    "size_budget": "select",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"learngene.assembly.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+    "pipeline": "AssembleResult AssembleSpec assemble",
+    "select": "Selection size_budget",
+}  # module: the names it exports
+__getattr__, __dir__, __all__ = exports(__name__, _EXPORTS)

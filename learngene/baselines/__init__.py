@@ -12,24 +12,13 @@ A pool's own descendants are `learngene.zoo.pool_zoo`. Names import lazily (timm
 Lightning) as in `learngene.assembly`.
 """
 
+from learngene.core.lazy import exports
+
 # module names differ from the functions', so importing a module never shadows a function
 _EXPORTS = {
-    "train_alone": "alone",
-    "snnet": "sn_net",
-    "train_anchor": "sn_net",
-    "distill_anchor": "sn_net",
-    "make_anchor": "sn_net",
-    "ANCHOR_ABOUT": "sn_net",
-    "vanilla": "vanilla_learngene",
-    "vanilla_model": "vanilla_learngene",
-    "scratch": "from_scratch",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"learngene.baselines.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+    "alone": "train_alone",
+    "sn_net": "snnet train_anchor distill_anchor make_anchor ANCHOR_ABOUT",
+    "vanilla_learngene": "vanilla vanilla_model",
+    "from_scratch": "scratch",
+}  # module: the names it exports
+__getattr__, __dir__, __all__ = exports(__name__, _EXPORTS)

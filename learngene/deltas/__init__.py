@@ -1,22 +1,7 @@
 """deltas: fit a model to a new task with a small stored delta (LoRA through PEFT, or a
 bottleneck adapter), apply / merge / roll it back. PEFT is imported only when used."""
 
-_EXPORTS = {
-    "adapt": "tasks",
-    "apply": "tasks",
-    "ls": "tasks",
-    "members": "tasks",
-    "attach": "delta",
-    "merge": "delta",
-    "rollback": "delta",
-    "Adapted": "delta",
-}
-__all__ = sorted(_EXPORTS)
+from learngene.core.lazy import exports
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"learngene.deltas.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+_EXPORTS = {"tasks": "adapt apply ls members", "delta": "attach merge rollback Adapted"}  # module: the names it exports
+__getattr__, __dir__, __all__ = exports(__name__, _EXPORTS)

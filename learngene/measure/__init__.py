@@ -2,19 +2,7 @@
 the frontier report, and the rules that pick the best member under a budget. Imported
 lazily (pandas, matplotlib and faiss are heavy)."""
 
-_EXPORTS = {
-    "BenchResult": "members",
-    "bench": "members",
-    "pick": "budget",
-    "Budget": "budget",
-    "LATENCY_STATS": "budget",
-}
-__all__ = sorted(_EXPORTS)
+from learngene.core.lazy import exports
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"learngene.measure.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+_EXPORTS = {"members": "BenchResult bench", "budget": "pick Budget LATENCY_STATS"}  # module: the names it exports
+__getattr__, __dir__, __all__ = exports(__name__, _EXPORTS)

@@ -1,21 +1,11 @@
 """Learngene pool: auxiliary-model distillation (build-pool) and the on-disk store of
 instances (`Pool`). Names import lazily: opening a pool needs neither Lightning nor timm."""
 
+from learngene.core.lazy import exports
+
 _EXPORTS = {
-    "build_pool": "build",
-    "resolve_recipe_path": "build",
-    "AuxSpec": "recipe",
-    "DistillSpec": "recipe",
-    "Recipe": "recipe",
-    "load_recipe": "recipe",
-    "Pool": "store",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"learngene.pool.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
+    "build": "build_pool resolve_recipe_path",
+    "recipe": "AuxSpec DistillSpec Recipe load_recipe",
+    "store": "Pool",
+}  # module: the names it exports
+__getattr__, __dir__, __all__ = exports(__name__, _EXPORTS)
