@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from learngene.core.errors import UserError
+from learngene.core.processes import _umask, is_locked
 
 # What a name that becomes a file or folder may be (a recipe, an auxiliary model, a task, a
 # member id, a device pick name): no separators, no leading dot, no control characters.
@@ -59,12 +60,6 @@ def real_folder(path: str | os.PathLike, what: str = "folder") -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def publish(path: str | os.PathLike) -> None:
     """Give ``path`` (and, for a folder, all it holds) the permissions the umask allows:
     temp files and folders are born 0600 / 0700, and a model server running as another
@@ -186,8 +181,6 @@ def is_live(path: str | os.PathLike) -> bool:
     """Is this leftover-looking path still being written by a live process? A staged folder
     whose owner lock is held, or a temp file ``.NAME.tmp-PID`` whose process runs."""
     path = Path(path)
-    from learngene.core.processes import is_locked  # processes reads this module's umask
-
     if path.is_dir():
         return is_locked(path / OWNER)
     m = re.search(r"\.tmp-(\d+)$", path.name)

@@ -11,9 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from learngene.core.errors import UserError
-from learngene.core.io import _umask
 
 # --------------------------------------------------------------------------- locks
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
