@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from learngene.core.errors import UserError
+from learngene.core.localdir import read_local_dir_config
 from learngene.zoo import resolve
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The export folder (``os.fspath`` of the result: it stands where a path does) and the
+    record its config.json keeps (format, precision, the check against eager, the ONNX file's
+    accuracy)."""
+
+    out: Path
+    record: dict
+
+    def __fspath__(self) -> str:
+        return str(self.out)
+
+    def __truediv__(self, other):
+        return self.out / other
+
+    def to_dict(self) -> dict:
+        """What ``learngene export --json`` prints."""
+        return {"out": str(self.out), **self.record}
 
 
 def export(
@@ -19,7 +41,7 @@ def export(
     checkpoint=None,
     pretrained: bool = False,
     force: bool = False,
-) -> Path:
+) -> ExportResult:
     """Any member (a pool descendant or child, the ancestor, a grown or merged model, a timm
     name) in a format: a timm local-dir, plus model.pt2 or an ONNX file (each checked against
     the eager model before it is written; an ONNX file's accuracy measured by ONNX Runtime).
@@ -54,7 +76,7 @@ def export(
         options = onnx_options(dm, precision)
     cfg = {**member.data_config, "architecture": member.architecture}
     meta = {"id": member.id, "kind": member.kind, "accuracy": member.accuracy, "provenance": member.provenance}
-    return export_model(
+    folder = export_model(
         member.model(),
         out,
         member.architecture,
@@ -66,3 +88,4 @@ def export(
         what="output",
         **options,
     )
+    return ExportResult(Path(folder), read_local_dir_config(folder).get("learngene", {}).get("export", {}))

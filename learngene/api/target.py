@@ -25,6 +25,19 @@ class TargetResult:
     notes: list[str] = field(default_factory=list)  # what the user should know (noisy timings, a stale kit)
     reused: bool = False  # the pick was exported already (same member, revision and format): nothing written
 
+    def to_dict(self) -> dict:
+        """What ``learngene target --json`` prints."""
+        return {
+            "chosen": self.chosen,
+            "alternatives": self.alternatives,
+            "child": str(self.child),
+            "report": str(self.report),
+            "measured_now": self.measured_now,
+            "trained": self.trained,
+            "reused": self.reused,
+            "notes": self.notes,
+        }
+
 
 def _finish(
     pool: Pool,

@@ -40,6 +40,16 @@ class AssembleResult:
     def revision_id(self) -> str:
         return Revision.of(self.revision).id
 
+    def to_dict(self) -> dict:
+        """What ``learngene assemble --json`` prints."""
+        return {
+            "revision": self.revision_id,
+            "descendants": self.rows,
+            "chosen": self.chosen,
+            "child": str(self.child) if self.child else None,
+            "seconds": round(self.seconds, 1),
+        }
+
 
 def descendant_rows(pool: Pool, pm: PoolModel, rev: dict | None) -> list[dict]:
     """Every descendant's static numbers with the accuracy a revision measured."""

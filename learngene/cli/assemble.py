@@ -136,18 +136,7 @@ def run(ns) -> int:
         progress=say(ns),
     )
     if ns.json:
-        print(
-            json.dumps(
-                {
-                    "revision": res.revision_id,
-                    "descendants": res.rows,
-                    "chosen": res.chosen,
-                    "child": str(res.child) if res.child else None,
-                    "seconds": round(res.seconds, 1),
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(res.to_dict(), indent=2))
         return 0
     print_table(
         res.rows,

@@ -43,7 +43,6 @@ def add_arguments(sp) -> None:
 
 def run(ns) -> int:
     from learngene.api import export
-    from learngene.core.localdir import read_local_dir_config
 
     if (ns.model is None) == (ns.model_flag is None):
         raise UserError("export: give the model once, as MODEL or --model MODEL")
@@ -60,13 +59,13 @@ def run(ns) -> int:
         pretrained=ns.pretrained,
         force=ns.force,
     )
-    rec = read_local_dir_config(out).get("learngene", {}).get("export", {})
+    rec = out.record
     if ns.json:
-        print(json.dumps({"out": str(out), **rec}, indent=2))
+        print(json.dumps(out.to_dict(), indent=2))
         return 0
     acc = rec.get("accuracy")
     extra = (f", max |logit diff| vs eager {rec['max_abs_diff']:.1e}" if "max_abs_diff" in rec else "") + (
         f", test top1 {acc['top1']:.2f}% (measured by ONNX Runtime on this file)" if acc else ""
     )
-    print(f"{ns.model} -> {out} ({ns.format}{' ' + precision if ns.format == 'onnx' else ''}{extra})")
+    print(f"{ns.model} -> {out.out} ({ns.format}{' ' + precision if ns.format == 'onnx' else ''}{extra})")
     return 0

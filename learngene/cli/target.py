@@ -66,21 +66,7 @@ def run(ns) -> int:
         progress=progress_on(ns),
     )
     if ns.json:
-        print(
-            json.dumps(
-                {
-                    "chosen": res.chosen,
-                    "alternatives": res.alternatives,
-                    "child": str(res.child),
-                    "report": str(res.report),
-                    "measured_now": res.measured_now,
-                    "trained": res.trained,
-                    "reused": res.reused,
-                    "notes": res.notes,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(res.to_dict(), indent=2))
         return 0
     col = budget.column
 
