@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_data_arg, add_pool_arg, add_trainer_args, data_arg, print_table, trainer_args_from
+from learngene.cli.common import (
+    add_data_arg,
+    add_pool_arg,
+    add_trainer_args,
+    call,
+    data_arg,
+    print_table,
+    trainer_args_from,
+)
 from learngene.core.errors import UserError
 from learngene.core.registries import DELTA_METHODS
 
@@ -60,41 +68,17 @@ def run(ns) -> int:
     if ns.action == "apply":
         if not ns.delta:
             raise UserError("adapt apply: give --delta (a task of the pool or a delta folder)")
-        res = adapt.apply(
-            ns.model,
-            ns.delta,
-            pool=ns.pool,
-            merge=ns.merge,
-            out=ns.out,
-            data=data_arg(ns),
-            force=ns.force,
-            checkpoint=ns.checkpoint,
-        )
+        res = call(adapt.apply, ns, ns.model, ns.delta, data=data_arg(ns))
         print(json.dumps(res, indent=2) if ns.json else ", ".join(f"{k}: {v}" for k, v in res.items()))
         return 0
     if ns.delta or ns.merge or ns.out:
         raise UserError("--delta / --merge / --out belong to `adapt apply`")
     if not ns.name:
         raise UserError("adapt: give --name TASK (the delta is stored as POOL/adapters/TASK)")
-    res = adapt(
-        ns.model,
-        data=data_arg(ns),
-        name=ns.name,
-        pool=ns.pool,
-        method=ns.method,
-        rank=ns.rank,
-        targets=ns.targets,
-        train_head=ns.train_head,
-        epochs=ns.epochs,
-        lr=ns.lr,
-        fraction=ns.fraction,
-        seed=ns.seed,
-        batch_size=ns.batch_size,
-        force=ns.force,
-        checkpoint=ns.checkpoint,
-        trainer_args=trainer_args_from(ns, "adapt"),
-        progress=not ns.quiet,
+    res = call(
+        adapt, ns, ns.model, data=data_arg(ns), trainer_args=trainer_args_from(ns, "adapt"), progress=not ns.quiet
     )
+
     if ns.json:
         print(json.dumps(res, indent=2))
     else:

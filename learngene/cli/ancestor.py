@@ -6,6 +6,7 @@ from learngene.cli.common import (
     add_data_arg,
     add_model_args,
     add_trainer_args,
+    call,
     data_arg,
     print_facts,
     trainer_args_from,
@@ -37,17 +38,11 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import ancestor
 
-    info = ancestor(
+    info = call(
+        ancestor,
+        ns,
         ns.ancestor,
         data=data_arg(ns),
-        fine_tune=ns.fine_tune,
-        refit=ns.refit,
-        retrain=ns.retrain,
-        epochs=ns.epochs,
-        seed=ns.seed,
-        pretrained=ns.pretrained,
-        checkpoint=ns.checkpoint,
-        allow_download=ns.allow_download,
         trainer_args=trainer_args_from(ns, "ancestor"),
         progress=not ns.quiet,
     )

@@ -7,6 +7,7 @@ from learngene.cli.common import (
     add_device_args,
     add_pool_arg,
     add_runtime_args,
+    call,
     data_arg,
     print_table,
     progress_on,
@@ -37,18 +38,14 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import bench
 
-    res = bench(
+    res = call(
+        bench,
+        ns,
         ns.pool,
         runtimes=ns.runtime,
         precisions=ns.precision,
-        device=ns.device,
-        threads=ns.threads,
-        batch_sizes=ns.batch_sizes,
         data=data_arg(ns),
         include=[i.strip() for i in ns.include.split(",")],
-        revision=ns.revision,
-        out=ns.out,
-        min_run_time=ns.min_run_time,
         num_workers=ns.workers,
         progress=progress_on(ns),
     )

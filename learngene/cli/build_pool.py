@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learngene.cli.common import add_data_arg, add_model_args, add_trainer_args, data_arg, trainer_args_from
+from learngene.cli.common import add_data_arg, add_model_args, add_trainer_args, call, data_arg, trainer_args_from
 
 HELP = "distil the ancestor into auxiliary models and store their blocks as a pool"
 
@@ -37,23 +37,14 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import build_pool
 
-    pool = build_pool(
+    pool = call(
+        build_pool,
+        ns,
         ns.recipe,
         model=ns.ancestor,
         data=data_arg(ns),
-        out=ns.out,
-        epochs=ns.epochs,
         overrides=ns.set,
-        lr=ns.lr,
-        batch_size=ns.batch_size,
-        seed=ns.seed,
-        resume=ns.resume,
-        force=ns.force,
-        pretrained=ns.pretrained,
-        checkpoint=ns.checkpoint,
-        allow_download=ns.allow_download,
         trainer_args=trainer_args_from(ns, "build-pool"),
-        workers=ns.workers,
         progress=not ns.quiet,
     )
     if pool is None:  # a DDP rank other than 0

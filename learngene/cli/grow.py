@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_data_arg, add_trainer_args, data_arg, trainer_args_from
+from learngene.cli.common import add_data_arg, add_trainer_args, call, data_arg, trainer_args_from
 from learngene.core.registries import GROWTH_METHODS
 
 HELP = "make a model larger without changing what it computes"
@@ -48,24 +48,8 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import grow
 
-    res = grow(
-        ns.source,
-        method=ns.method,
-        out=ns.out,
-        embed_dim=ns.embed_dim,
-        depth=ns.depth,
-        heads=ns.heads,
-        head_dim=ns.head_dim,
-        mlp_ratio=ns.mlp_ratio,
-        data=data_arg(ns),
-        steps=ns.steps,
-        noise=ns.noise,
-        seed=ns.seed,
-        force=ns.force,
-        checkpoint=ns.checkpoint,
-        pretrained=ns.pretrained,
-        trainer_args=trainer_args_from(ns, "grow"),
-        progress=not ns.quiet,
+    res = call(
+        grow, ns, ns.source, data=data_arg(ns), trainer_args=trainer_args_from(ns, "grow"), progress=not ns.quiet
     )
     if ns.json:
         print(json.dumps(res, indent=2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learngene.cli.common import add_data_arg, add_pool_arg, data_arg, say
+from learngene.cli.common import add_data_arg, add_pool_arg, call, data_arg, say
 
 HELP = "write a device kit: every member as ONNX, kit.json and probe.py (needs only onnxruntime + numpy)"
 
@@ -32,16 +32,7 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import kit
 
-    out = kit(
-        ns.pool,
-        out=ns.out,
-        precisions=ns.precision,
-        batch_sizes=ns.batch_sizes,
-        members=ns.members,
-        data=data_arg(ns),
-        force=ns.force,
-        progress=say(ns),
-    )
+    out = call(kit, ns, ns.pool, precisions=ns.precision, data=data_arg(ns), progress=say(ns))
     print(
         f"kit: {out} (copy it to the device, then run there: python probe.py [--threads N] --out latency.json; "
         f"back here: learngene target --pool {ns.pool} --latency-file latency.json --max-latency-ms X)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from learngene.cli.common import add_data_arg, data_arg
+from learngene.cli.common import add_data_arg, call, data_arg
 
 HELP = "serve every member of a pool behind one KServe v2 endpoint, picked per request by a latency budget"
 
@@ -46,21 +46,5 @@ def run(ns) -> int:
             flush=True,
         )
 
-    serve(
-        ns.pool_flag or ns.pool,
-        members=ns.members,
-        runtime=ns.runtime,
-        host=ns.host,
-        port=ns.port,
-        slo_ms=ns.slo_ms,
-        token_file=ns.token_file,
-        threads=ns.threads,
-        max_batch_size=ns.max_batch_size,
-        batch_timeout_ms=ns.batch_timeout_ms,
-        max_queue=ns.max_queue,
-        max_body_mb=ns.max_body_mb,
-        revision=ns.revision,
-        data=data_arg(ns),
-        on_ready=ready,
-    )
+    call(serve, ns, ns.pool_flag or ns.pool, data=data_arg(ns), on_ready=ready)
     return 0

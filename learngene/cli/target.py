@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_data_arg, add_device_args, add_pool_arg, add_runtime_args, data_arg, progress_on
+from learngene.cli.common import (
+    add_data_arg,
+    add_device_args,
+    add_pool_arg,
+    add_runtime_args,
+    call,
+    data_arg,
+    progress_on,
+)
 from learngene.core.registries import FORMATS, LATENCY_STATS
 
 HELP = "pick the best descendant under a latency / size budget (this device, or a device's latency.json)"
@@ -49,20 +57,14 @@ def run(ns) -> int:
     budget = Budget(
         ns.max_latency_ms, batch_size=ns.batch_size, latency=ns.latency, min_top1=ns.min_top1, max_params=ns.max_params
     )
-    res = target(
+    res = call(
+        target,
+        ns,
         ns.pool,
         budget,
-        runtime=ns.runtime,
-        precision=ns.precision,
-        device=ns.device,
-        threads=ns.threads,
         data=data_arg(ns),
-        out=ns.out,
-        force=ns.force,
-        remeasure=ns.remeasure,
         train=not ns.no_train,
         fmt=ns.format,
-        latency_file=ns.latency_file,
         progress=progress_on(ns),
     )
     if ns.json:
