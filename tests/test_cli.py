@@ -13,6 +13,16 @@ def test_help_lists_every_verb():
         assert verb in r.stdout
 
 
+def test_every_verb_help_ends_with_its_docs_page():
+    from learngene.cli import VERBS
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    for verb in VERBS:
+        r = cli(verb, "--help")
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == f"docs: docs/{verb}.md", verb
+        assert (root / "docs" / f"{verb}.md").is_file(), f"docs/{verb}.md is missing"
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [

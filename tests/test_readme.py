@@ -1,7 +1,9 @@
-"""README.md as a new user runs it: every ```bash block (but the installs and the test command,
-which CI itself runs) and every ```python block, in document order, in a fresh folder, so the
-documentation cannot drift from the code. Blocks that need what a reader has and the tests do
-not (their own folder of images, DeiT-Base weights, GPUs) are fenced as ```sh and only read."""
+"""README.md and the docs pages as a new user runs them: every ```bash block (but the installs
+and the test command, which CI itself runs) and every ```python block, README first, then the
+docs pages in the site's order (mkdocs.yml), in one fresh folder, so the documentation cannot
+drift from the code (a block the README already ran is not run again). Blocks that need what
+a reader has and the tests do not (their own folder of images, DeiT-Base weights, GPUs) are
+fenced as ```sh and only read."""
 
 import re
 import shutil
@@ -23,6 +25,20 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(lang, body) for lang, body in FENCE.findall(text) if lang in ("bash", "python")]
 
 
+def pages() -> list[Path]:
+    """README.md, then every page of the docs site in its nav order (the benchmark results it
+    shows are written by benchmarks/, not run)."""
+    import yaml
+
+    def walk(nav):
+        for item in nav:
+            for v in item.values() if isinstance(item, dict) else [item]:
+                yield from walk(v) if isinstance(v, list) else [v]
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return [ROOT / "README.md", *(ROOT / "docs" / p for p in walk(nav) if not p.startswith("results/"))]
+
+
 def runnable(bash: str) -> str:
     """A bash block without what installs (pip) or tests (pytest): CI does those itself."""
     keep = []
@@ -34,7 +50,8 @@ def runnable(bash: str) -> str:
 
 
 def test_blocks_are_found_and_the_installs_left_out():
-    found = blocks((ROOT / "README.md").read_text())
+    assert all(p.is_file() for p in pages()) and len(pages()) > 10
+    found = [b for p in pages() for b in blocks(p.read_text())]
     assert sum(lang == "python" for lang, _ in found) >= 2 and sum(lang == "bash" for lang, _ in found) >= 4
     quick = runnable("python3 -m pip install -e . && learngene build-pool && learngene bench")
     assert quick == "learngene build-pool && learngene bench"
@@ -46,7 +63,11 @@ def test_every_readme_block_runs_as_written(tmp_path):
     (tmp_path / "pools").mkdir()
     for recipe in (ROOT / "pools").glob("*.yaml"):
         shutil.copy(recipe, tmp_path / "pools")
-    for i, (lang, body) in enumerate(blocks((ROOT / "README.md").read_text())):
+    done = set()
+    for i, (page, lang, body) in enumerate((p, *b) for p in pages() for b in blocks(p.read_text())):
+        if body in done:
+            continue
+        done.add(body)
         if lang == "bash":
             script = runnable(body)
             if not script.strip():
@@ -64,7 +85,7 @@ def test_every_readme_block_runs_as_written(tmp_path):
             if server is not None:
                 server.send_signal(signal.SIGTERM)
                 server.wait(60)
-        assert r.returncode == 0, f"README block {i} ({lang}) failed:\n{body}\n--- stderr:\n{r.stderr[-3000:]}"
+        assert r.returncode == 0, f"{page.name} block {i} ({lang}) failed:\n{body}\n--- stderr:\n{r.stderr[-3000:]}"
 
 
 def serve(cwd: Path):

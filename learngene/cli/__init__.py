@@ -34,6 +34,9 @@ VERBS = {
 }
 
 
+DOCS = "docs"  # every verb has its page, docs/VERB.md
+
+
 def verb_module(verb: str):
     return importlib.import_module(f"learngene.cli.{VERBS[verb]}")
 
@@ -44,13 +47,18 @@ def build_parser(verbs=None) -> Parser:
     parser = Parser(
         prog="learngene",
         description="Turn one pretrained ViT into a zoo of variable-sized models (Learngene Pool).",
-        epilog="Run `learngene VERB --help` for a verb's options.",
+        epilog=f"Run `learngene VERB --help` for a verb's options. docs: {DOCS}/index.md",
     )
     parser.add_argument("--version", action="version", version=f"learngene {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     for verb in verbs or VERBS:
         mod = verb_module(verb)
-        sp = sub.add_parser(verb, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        sp = sub.add_parser(
+            verb,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            epilog=f"docs: {DOCS}/{verb}.md",  # the page in the repository (mkdocs builds the site from it)
+        )
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or stage lines")
         mod.add_arguments(sp)
     return parser
