@@ -20,6 +20,21 @@ def tree(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name != ".lock") if folder.exists() else []
 
 
+def build_args(recipe, setup_dir, out) -> tuple:
+    """build-pool of ``recipe`` from the test pool's ancestor, on the CPU."""
+    return (
+        "build-pool",
+        "--recipe",
+        recipe,
+        "--ancestor",
+        f"local-dir:{setup_dir / 'anc'}",
+        "--out",
+        out,
+        "--accelerator",
+        "cpu",
+    )
+
+
 def slow_recipe(tmp_path, wide_epochs=40):
     r = json.loads(json.dumps(TINY3))
     r["name"] = "slow"
@@ -32,17 +47,7 @@ def slow_recipe(tmp_path, wide_epochs=40):
 
 def test_sigterm_during_build_pool_exits_143_and_resume_finishes(setup_dir, tmp_path):
     recipe, out = slow_recipe(tmp_path, wide_epochs=6), tmp_path / "pool"
-    args = (
-        "build-pool",
-        "--recipe",
-        recipe,
-        "--ancestor",
-        f"local-dir:{setup_dir / 'anc'}",
-        "--out",
-        out,
-        "--accelerator",
-        "cpu",
-    )
+    args = build_args(recipe, setup_dir, out)
     p = start(*args)
     # mid-training of the second auxiliary model: its first checkpoint is on disk
     wait_for(lambda: (tmp_path / ".pool.partial" / "checkpoints" / "wide" / "last.ckpt").exists(), proc=p)
@@ -73,17 +78,7 @@ def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path
 
 def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):
     recipe = slow_recipe(tmp_path, wide_epochs=2)
-    r = cli(
-        "build-pool",
-        "--recipe",
-        recipe,
-        "--ancestor",
-        f"local-dir:{setup_dir / 'anc'}",
-        "--out",
-        tmp_path / "p",
-        "--accelerator",
-        "cpu",
-    )
+    r = cli(*build_args(recipe, setup_dir, tmp_path / "p"))
     assert r.returncode == 0, r.stderr[-2000:]
     epochs = [line for line in r.stderr.splitlines() if ": epoch " in line]
     assert [line.split(":")[0] for line in epochs] == ["build-pool narrow", "build-pool wide", "build-pool wide"]
@@ -121,17 +116,7 @@ def test_two_assembles_at_once_both_record_their_revision_and_child(setup_dir, t
 
 def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_path):
     recipe, out = slow_recipe(tmp_path, wide_epochs=1000), tmp_path / "pool"
-    args = (
-        "build-pool",
-        "--recipe",
-        recipe,
-        "--ancestor",
-        f"local-dir:{setup_dir / 'anc'}",
-        "--out",
-        out,
-        "--accelerator",
-        "cpu",
-    )
+    args = build_args(recipe, setup_dir, out)
     p = start(*args)
     wait_for(lambda: (tmp_path / ".pool.partial" / "build.json").exists(), proc=p)
     for extra in ((), ("--force",), ("--resume",)):
@@ -345,19 +330,7 @@ def test_force_says_what_it_deletes(setup_dir, tmp_path):
     assert (
         cli("assemble", "--pool", pool, "--descendant", "narrow", "--epochs", "0", "-q", "--no-program").returncode == 0
     )
-    r = cli(
-        "build-pool",
-        "--recipe",
-        setup_dir / "tiny3.yaml",
-        "--ancestor",
-        f"local-dir:{setup_dir / 'anc'}",
-        "--out",
-        pool,
-        "--force",
-        "-q",
-        "--accelerator",
-        "cpu",
-    )
+    r = cli(*build_args(setup_dir / "tiny3.yaml", setup_dir, pool), "--force", "-q")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--force replaces pool" in r.stderr and "1 revision, 1 child go with it" in r.stderr
 

@@ -109,21 +109,26 @@ def test_a_16_bit_copy_of_a_folder_scores_what_the_8_bit_one_does(tmp_path, tiny
     sixteen = folder(tmp_path / "sixteen", save=lambda a, p: Image.fromarray(a.astype(np.uint16) * 257).save(p))
     tops = []
     for d in (eight, sixteen):
-        r = cli(
-            "ancestor",
-            "--ancestor",
-            f"local-dir:{tiny_dir}",
-            "--data",
-            d,
-            "--fine-tune",
-            "--epochs",
-            "1",
-            "--json",
-            "-q",
-        )
+        r = cli(*fit(tiny_dir, d, 1))
         assert r.returncode == 0, r.stderr
         tops.append(json.loads(r.stdout)["test_top1"])
     assert tops[0] == tops[1]
+
+
+def fit(model_dir, data, epochs) -> tuple:
+    """The CLI arguments that fit the tiny ancestor to a folder, printing JSON."""
+    return (
+        "ancestor",
+        "--ancestor",
+        f"local-dir:{model_dir}",
+        "--data",
+        data,
+        "--fine-tune",
+        "--epochs",
+        epochs,
+        "--json",
+        "-q",
+    )
 
 
 def broken_folder(tmp_path):
@@ -141,19 +146,7 @@ def broken_folder(tmp_path):
 def test_unreadable_files_are_skipped_with_a_count_or_refused_with_strict(tmp_path, tiny_dir):
     root, jpg = broken_folder(tmp_path)
     # a real process: the DataLoader workers that meet the truncated file write to its stderr
-    r = learngene(
-        "ancestor",
-        "--ancestor",
-        f"local-dir:{tiny_dir}",
-        "--data",
-        root,
-        "--fine-tune",
-        "--epochs",
-        "1",
-        "--json",
-        "-q",
-        home=tmp_path / "home",
-    )
+    r = learngene(*fit(tiny_dir, root, 1), home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     assert "skipped 2 unreadable image(s)" in r.stderr  # empty.png and notes.png, named by their count
     assert "cut.jpg" in r.stderr  # the truncated one fails only when decoded: replaced, and named
@@ -179,18 +172,7 @@ def test_folder_shapes(tmp_path, tiny_dir, make, needles):
 
     root = folder(tmp_path / "data")
     make(root)
-    r = cli(
-        "ancestor",
-        "--ancestor",
-        f"local-dir:{tiny_dir}",
-        "--data",
-        root,
-        "--fine-tune",
-        "--epochs",
-        "1",
-        "--json",
-        "-q",
-    )
+    r = cli(*fit(tiny_dir, root, 1))
     if needles:
         assert_one_line_error(r, *needles)
         assert not (tmp_path / "home").exists()
@@ -231,38 +213,14 @@ def test_one_class_is_refused(tmp_path, tiny_dir):
 
 def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
     root = folder(tmp_path / "data")
-    r = cli(
-        "ancestor",
-        "--ancestor",
-        f"local-dir:{tiny_dir}",
-        "--data",
-        root,
-        "--fine-tune",
-        "--epochs",
-        "2",
-        "--json",
-        "-q",
-    )
+    r = cli(*fit(tiny_dir, root, 2))
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["num_classes"] == 3 and 0 <= first["test_top1"] <= 100 and "before_knn_top1" in first
     assert "before_top1" not in first  # a 10-class head says nothing about 3 classes: the kNN probe does
     # every start was tried on validation, and the one that trained the run is recorded
     assert len(first["start_probe"]) == 2 and first["keep"] in (1.0, 0.5) and first["lr"] == 5e-4
-    again = json.loads(
-        cli(
-            "ancestor",
-            "--ancestor",
-            f"local-dir:{tiny_dir}",
-            "--data",
-            root,
-            "--fine-tune",
-            "--epochs",
-            "2",
-            "--json",
-            "-q",
-        ).stdout
-    )
+    again = json.loads(cli(*fit(tiny_dir, root, 2)).stdout)
     assert again["sha256"] == first["sha256"]  # cached: not fitted twice
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
