@@ -264,3 +264,43 @@ def test_training_on_the_cpu_computes_attention_as_written_and_puts_the_kernel_b
             assert attn[0].fused_attn
     assert [a.fused_attn for a in attn] == [True, False]
     torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
+
+
+def test_a_plateau_run_cut_off_resumes_from_its_last_epoch(tmp_path, monkeypatch, capsys):
+    """train_embedded(resume=True) checkpoints every epoch: a run cut off after its second
+    epoch continues from there, and the record counts all three epochs and both sittings."""
+    from learngene.models import embedded as E
+
+    tiny = dict(E.TESTBEDS["digits"].model_args, embed_dim=16, depth=1, num_heads=1)
+    monkeypatch.setitem(E.TESTBEDS, "digits", E.Testbed("digits", tiny, E.TESTBEDS["digits"].recipe))
+    keeper = E._elapsed_keeper
+
+    class CutOff(Exception):
+        pass
+
+    def cut_after_two(path, prior):
+        cb = keeper(path, prior)
+        keep = cb.on_train_epoch_end
+
+        def end(trainer, module):
+            keep(trainer, module)
+            if trainer.current_epoch == 1:  # the second epoch: validated and checkpointed
+                raise CutOff
+
+        cb.on_train_epoch_end = end
+        return cb
+
+    monkeypatch.setattr(E, "_elapsed_keeper", cut_after_two)
+    with pytest.raises(CutOff):
+        E.train_embedded(tmp_path / "a", epochs=3, resume=True, progress=False)
+    key = E.recipe_key(E.recipe(epochs=3), None)
+    assert (E.training_dir(key) / "last.ckpt").exists() and not (tmp_path / "a").exists()
+    monkeypatch.setattr(E, "_elapsed_keeper", keeper)
+    capsys.readouterr()
+    anc = E.train_embedded(tmp_path / "a", epochs=3, resume=True, progress=False)
+    assert "resumes from" in capsys.readouterr().err  # not started afresh
+    from learngene.core.data import LearngeneDataModule
+
+    steps_per_epoch = len(LearngeneDataModule("digits").train_dataloader())
+    assert anc.metrics["epochs"] == 3 and anc.metrics["steps"] == 3 * steps_per_epoch
+    assert not E.training_dir(key).exists()  # written: nothing left to resume
