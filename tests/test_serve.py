@@ -172,6 +172,33 @@ def test_every_member_answers_as_it_does_exported_alone(served):
         assert np.abs(res.as_numpy("logits") - want).max() <= 1e-4, member
 
 
+def test_a_triton_client_lists_the_models_reads_their_config_and_statistics(served):
+    """What tritonclient calls besides the core protocol, with the unmodified client."""
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{served['port']}")
+    auth = {"Authorization": f"Bearer {served['token']}"}
+    pool_name = served["pool"].name
+    assert {"model_repository", "model_configuration", "statistics"} <= set(
+        client.get_server_metadata(headers=dict(auth))["extensions"]
+    )
+    index = client.get_model_repository_index(headers=dict(auth))
+    names = [m["name"] for m in index]
+    assert names[0] == pool_name and len(names) == 10 and all(m["state"] == "READY" for m in index)
+    for name in names:
+        cfg = client.get_model_config(name, headers=dict(auth))
+        assert cfg["name"] == name and cfg["input"][0]["dims"] == [3, 16, 16] and cfg["max_batch_size"] >= 1
+        assert client.get_model_metadata(name, model_version="1", headers=dict(auth))["name"] == name
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    before = client.get_inference_statistics(names[1], headers=dict(auth))["model_stats"][0]
+    client.infer(names[1], [inp], model_version="1", headers=dict(auth))
+    after = client.get_inference_statistics(names[1], headers=dict(auth))["model_stats"][0]
+    assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+    assert len(client.get_inference_statistics(headers=dict(auth))["model_stats"]) == 10
+    with pytest.raises(InferenceServerException, match="404|unknown"):
+        client.get_model_config("no-such-model", headers=dict(auth))
+
+
 def test_the_virtual_model_honours_a_budget_and_a_floor(served):
     client = httpclient.InferenceServerClient(f"127.0.0.1:{served['port']}")
     auth = {"Authorization": f"Bearer {served['token']}"}

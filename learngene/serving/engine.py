@@ -200,6 +200,7 @@ def serve(
         max_body=max_body,
         shared=shared,
         runtime="torch" if onnx is None else "onnxruntime",
+        max_batch_size=max_batch_size,
     )
     api = ZooAPI(
         pool_path,

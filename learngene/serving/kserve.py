@@ -40,8 +40,10 @@ class KServeV2(LitSpec):
         max_body: int,
         shared,
         runtime: str = "torch",
+        max_batch_size: int = 16,
     ):
         super().__init__()
+        self.max_batch_size = max_batch_size
         self.platform = {"torch": "pytorch_learngene", "onnxruntime": "onnxruntime_learngene"}[runtime]
         self.api_path = "/v2/infer"  # LitServe's queue key; the routes are below
         self.pool_name, self.frontier = pool_name, frontier
@@ -69,9 +71,18 @@ class KServeV2(LitSpec):
             ("/v2/health/live", self.live, ["GET"]),
             ("/v2/health/ready", self.ready, ["GET"]),
             ("/v2/models", self.models, ["GET"]),
+            # Triton's extensions its clients call (tritonclient: get_model_repository_index,
+            # get_model_config, get_inference_statistics); before /v2/models/{name}
+            ("/v2/repository/index", self.repository_index, ["POST"]),
+            ("/v2/models/stats", self.stats, ["GET"]),
             ("/v2/models/{name}", self.model_meta, ["GET"]),
             ("/v2/models/{name}/ready", self.model_ready, ["GET"]),
+            ("/v2/models/{name}/config", self.model_config, ["GET"]),
+            ("/v2/models/{name}/stats", self.stats, ["GET"]),
+            ("/v2/models/{name}/versions/{version}", self.model_meta, ["GET"]),
+            ("/v2/models/{name}/versions/{version}/config", self.model_config, ["GET"]),
             ("/v2/models/{name}/infer", self.infer, ["POST"]),
+            ("/v2/models/{name}/versions/{version}/infer", self.infer, ["POST"]),
             ("/metrics", self.metrics, ["GET"]),
         ):
             self.add_endpoint(path, fn, methods)
@@ -91,7 +102,8 @@ class KServeV2(LitSpec):
     async def server_meta(self):
         from learngene.core import __version__
 
-        return {"name": "learngene", "version": __version__, "extensions": ["binary_tensor_data"]}
+        extensions = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+        return {"name": "learngene", "version": __version__, "extensions": extensions}
 
     async def live(self):
         return Response(status_code=200)
@@ -106,7 +118,52 @@ class KServeV2(LitSpec):
     async def models(self):
         return {"models": [{"name": n, "versions": ["1"], "state": "READY"} for n in self._names()]}
 
-    async def model_meta(self, name: str):
+    async def repository_index(self):
+        """Triton's model repository index: every model served, all loaded (no repository to
+        load from: the pool's members are the models)."""
+        return [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in self._names()]
+
+    async def model_config(self, name: str, version: str = "1"):
+        """A Triton model configuration for each member and the virtual model: its tensors,
+        batching (LitServe's dynamic batching), and, for the virtual model, what it chooses among."""
+        if name not in self._names() or version not in ("", "1"):
+            return error(404, f"unknown model {name!r} version {version!r}")
+        cfg = {
+            "name": name,
+            "platform": self.platform,
+            "backend": "learngene",
+            "max_batch_size": self.max_batch_size,
+            "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": list(self.input_shape)}],
+            "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [self.num_classes]}],
+            "dynamic_batching": {},
+            "version_policy": {"latest": {"num_versions": 1}},
+        }
+        if name == self.pool_name:
+            cfg["parameters"] = {"members": {"string_value": ",".join(self.frontier)}}
+        return cfg
+
+    async def stats(self, name: str | None = None):
+        """Triton's inference statistics, from what this server counted: successes and
+        failures per model, and the time the successes took."""
+        if name is not None and name not in self._names():
+            return error(404, f"unknown model {name!r}")
+        out = []
+        for n in [name] if name else self._names():
+            ok = sum(c for (m, _, code), c in self.served.items() if m == n and code == 200)
+            bad = sum(c for (m, _, code), c in self.served.items() if m == n and code != 200)
+            ns = int(self.sums[n][0] * 1e9) if n in self.sums else 0
+            out.append(
+                {
+                    "name": n,
+                    "version": "1",
+                    "inference_count": ok,
+                    "execution_count": ok,
+                    "inference_stats": {"success": {"count": ok, "ns": ns}, "fail": {"count": bad, "ns": 0}},
+                }
+            )
+        return {"model_stats": out}
+
+    async def model_meta(self, name: str, version: str = "1"):
         if name not in self._names():
             return error(404, f"unknown model {name!r} (serving {', '.join(self._names()[:4])}, ...)")
         meta = {
@@ -133,7 +190,7 @@ class KServeV2(LitSpec):
 
     # ------------------------------------------------------------------ inference
 
-    async def infer(self, name: str, request: Request):
+    async def infer(self, name: str, request: Request, version: str = "1"):
         t0 = time.perf_counter()
         if self.shared[0].value:
             return self._count(name, None, error(503, "shutting down", {"Retry-After": "5"}))
