@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -324,3 +325,78 @@ def test_sigterm_drains_and_exits_143(served):
     assert p.returncode == 143, served["log"].read_text()[-2000:]
     assert served["log"].read_text().strip().splitlines()[-1] == "learngene: interrupted"
     assert get(f"{served['base']}/v2/health/live")[0] is None  # nothing listens any more
+
+
+def test_fuzzing_every_route_finds_no_5xx_and_the_server_still_answers(served):
+    """Property-based requests to every route (hypothesis; loopback, bounded in count and
+    time): model names, versions, bodies and the binary-extension header drawn at random. No
+    answer is a 5xx, and a good request is answered after them all."""
+    import http.client
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pool_name = served["pool"].name
+    names = st.one_of(st.sampled_from([pool_name, "narrow", "wide", "stitch-0-1"]), st.text(max_size=12))
+    routes = st.sampled_from(
+        [
+            ("GET", "/v2"),
+            ("GET", "/v2/models"),
+            ("POST", "/v2/repository/index"),
+            ("GET", "/v2/models/stats"),
+            ("GET", "/v2/models/{n}"),
+            ("GET", "/v2/models/{n}/ready"),
+            ("GET", "/v2/models/{n}/config"),
+            ("GET", "/v2/models/{n}/stats"),
+            ("GET", "/v2/models/{n}/versions/{v}"),
+            ("GET", "/v2/models/{n}/versions/{v}/config"),
+            ("POST", "/v2/models/{n}/infer"),
+            ("POST", "/v2/models/{n}/versions/{v}/infer"),
+            ("GET", "/metrics"),
+        ]
+    )
+    good = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
+    bodies = st.one_of(
+        st.binary(max_size=2048),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.builds(
+            lambda shape, dt, n: json.dumps(
+                {
+                    "inputs": [{"name": "input", "shape": shape, "datatype": dt, "data": [0.5] * n}],
+                    "parameters": {"max_latency_ms": 1e9},
+                }
+            ).encode(),
+            st.lists(st.integers(-2, 40), max_size=5),
+            st.sampled_from(["FP32", "FP16", "INT8", "BYTES", "x"]),
+            st.integers(0, 800),
+        ),
+    )
+    statuses = []
+
+    def send(method, path, body, header_len):
+        conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+        headers = {"Authorization": f"Bearer {served['token']}", "Content-Type": "application/json"}
+        if header_len is not None:
+            headers["Inference-Header-Content-Length"] = str(header_len)
+        conn.request(method, path, body=body if method == "POST" else None, headers=headers)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(routes, names, st.sampled_from(["1", "", "2", "x"]), bodies, st.none() | st.integers(-5, 4096))
+    def one(route, name, version, body, header_len):
+        method, path = route
+        path = path.replace("{n}", urllib.parse.quote(name, safe="")).replace("{v}", version or "1")
+        status = send(method, path, body, header_len)
+        statuses.append(status)
+        assert status < 500, (method, path, body[:200], header_len, status)
+
+    one()
+    assert len(statuses) >= 80
+    status = send("POST", f"/v2/models/{pool_name}/infer", json.dumps(good).encode(), None)
+    assert status == 200  # alive and serving after all of them
