@@ -318,19 +318,11 @@ def test_the_onnxruntime_server_answers_as_the_exported_children(served, tmp_pat
             p.wait()
 
 
-def test_sigterm_drains_and_exits_143(served):
-    p = served["proc"]
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=60)
-    assert p.returncode == 143, served["log"].read_text()[-2000:]
-    assert served["log"].read_text().strip().splitlines()[-1] == "learngene: interrupted"
-    assert get(f"{served['base']}/v2/health/live")[0] is None  # nothing listens any more
-
-
 def test_fuzzing_every_route_finds_no_5xx_and_the_server_still_answers(served):
     """Property-based requests to every route (hypothesis; loopback, bounded in count and
     time): model names, versions, bodies and the binary-extension header drawn at random. No
-    answer is a 5xx, and a good request is answered after them all."""
+    answer is a 5xx (but the designed 503 + Retry-After of a budget the load leaves nothing
+    within), and a good request is answered after them all."""
     import http.client
 
     from hypothesis import HealthCheck, given, settings
@@ -378,25 +370,37 @@ def test_fuzzing_every_route_finds_no_5xx_and_the_server_still_answers(served):
     statuses = []
 
     def send(method, path, body, header_len):
-        conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=60)
         headers = {"Authorization": f"Bearer {served['token']}", "Content-Type": "application/json"}
         if header_len is not None:
             headers["Inference-Header-Content-Length"] = str(header_len)
         conn.request(method, path, body=body if method == "POST" else None, headers=headers)
-        status = conn.getresponse().status
+        r = conn.getresponse()
+        status, retry, text = r.status, r.getheader("Retry-After"), r.read()[:300]
         conn.close()
-        return status
+        return status, retry, text
 
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(routes, names, st.sampled_from(["1", "", "2", "x"]), bodies, st.none() | st.integers(-5, 4096))
     def one(route, name, version, body, header_len):
         method, path = route
         path = path.replace("{n}", urllib.parse.quote(name, safe="")).replace("{v}", version or "1")
-        status = send(method, path, body, header_len)
+        status, retry, text = send(method, path, body, header_len)
         statuses.append(status)
-        assert status < 500, (method, path, body[:200], header_len, status)
+        # the one 5xx by design: 503 + Retry-After when the load leaves no member within budget
+        assert status < 500 or (status == 503 and retry), (method, path, body[:200], header_len, status, text)
 
     one()
     assert len(statuses) >= 80
-    status = send("POST", f"/v2/models/{pool_name}/infer", json.dumps(good).encode(), None)
-    assert status == 200  # alive and serving after all of them
+    status, _, text = send("POST", f"/v2/models/{pool_name}/infer", json.dumps(good).encode(), None)
+    assert status == 200, text  # alive and serving after all of them
+
+
+def test_sigterm_drains_and_exits_143(served):
+    # last in the module: it stops the server the tests above share
+    p = served["proc"]
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    assert p.returncode == 143, served["log"].read_text()[-2000:]
+    assert served["log"].read_text().strip().splitlines()[-1] == "learngene: interrupted"
+    assert get(f"{served['base']}/v2/health/live")[0] is None  # nothing listens any more
