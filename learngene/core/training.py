@@ -138,6 +138,27 @@ def resolve_epochs(epochs, default: int, flag: str = "--epochs"):
     return default if epochs is None else bounded(epochs, flag)
 
 
+def resumable(ckpt_dir: str | os.PathLike, callbacks=()) -> dict:
+    """`fit` keywords that checkpoint every epoch in ``ckpt_dir`` (the newest epoch only;
+    last.ckpt links to it: no second copy of a large model) and continue from its last.ckpt
+    when one is there: a run cut off resumes with its optimizer, schedule, best-so-far state
+    and patience count (all in Lightning's checkpoint)."""
+    from pathlib import Path
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    last = Path(ckpt_dir) / "last.ckpt"
+    ckpt = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_last="link", save_top_k=1
+    )
+    return dict(
+        enable_checkpointing=True,
+        callbacks=[ckpt, *callbacks],
+        ckpt_path=str(last) if last.is_file() else None,
+        weights_only=True,
+    )
+
+
 def fit(
     module: L.LightningModule,
     dm,
@@ -192,10 +213,8 @@ def fit(
     with plain_attention(module, _on_cpu(trainer)):
         if validate_first:
             trainer.validate(module, datamodule=dm, verbose=False)
-        if is_auto or targs.max_epochs > 0 or (steps or 0) > 0:
+        if is_auto or (targs.max_epochs if steps is None else steps) > 0:
             trainer.fit(module, datamodule=dm, **fit_kw)
-        elif restore and keep.state is not None:  # no epoch to train: the validated state stands
-            keep.on_fit_end(trainer, module)
     rec = {
         "epochs": epochs if is_auto or epochs is None else int(epochs),
         "epochs_run": int(trainer.current_epoch),

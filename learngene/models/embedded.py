@@ -149,7 +149,7 @@ def train_embedded(
     from learngene.core.data import LearngeneDataModule
     from learngene.core.evaluation import evaluate
     from learngene.core.io import check_output
-    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit
+    from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit, resumable
 
     folder = Path(folder)
     check_output(
@@ -175,22 +175,11 @@ def train_embedded(
     prior = _seconds_before(ckpt_dir / "seconds.json") if resume else 0.0
     if resume:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        last = ckpt_dir / "last.ckpt"
-        # the newest epoch only; last.ckpt links to it
-        ckpt = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_last="link", save_top_k=1
-        )
         resume_kw = dict(
-            default_root_dir=ckpt_dir,
-            enable_checkpointing=True,
-            callbacks=[ckpt, _elapsed_keeper(ckpt_dir / "seconds.json", prior)],
-            ckpt_path=str(last) if last.is_file() else None,
-            weights_only=True,
+            default_root_dir=ckpt_dir, **resumable(ckpt_dir, [_elapsed_keeper(ckpt_dir / "seconds.json", prior)])
         )
-        if last.is_file():
-            print(f"learngene: {targs.label} resumes from {last}", file=sys.stderr)
+        if resume_kw["ckpt_path"]:
+            print(f"learngene: {targs.label} resumes from {resume_kw['ckpt_path']}", file=sys.stderr)
     t0 = time.perf_counter()
     record, _ = fit(
         Classifier(model, optim),

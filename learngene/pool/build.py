@@ -27,7 +27,7 @@ from learngene.core.errors import UserError
 from learngene.core.evaluation import evaluate
 from learngene.core.io import check_finite, check_output, save_tensors, write_json_atomic
 from learngene.core.processes import lock
-from learngene.core.training import TrainerArgs, fit
+from learngene.core.training import TrainerArgs, fit, resumable
 from learngene.core.vit import ViTView, is_block_piece, split_pieces
 from learngene.models.loading import LoadedModel
 from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
@@ -193,7 +193,6 @@ def say_what_force_deletes(out: Path) -> None:
 def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> dict:
     """Distil every auxiliary model of the recipe not finished yet; their manifest fragments."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     fragments = {}
     for spec in rec.auxiliary:
@@ -205,13 +204,8 @@ def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> d
         student = make_student(spec, ancestor.model, rec.distill.seed)
         module = DistillModule(student, ancestor.model, spec, rec.distill)
         ckpt_dir = stage / "checkpoints" / spec.name
-        # The newest epoch only; last.ckpt links to it (no second copy of a large model).
-        ckpt = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_last="link", save_top_k=1
-        )
         targs.label = f"build-pool {spec.name}"
         extra = {"max_steps": rec.distill.max_steps} if rec.distill.max_steps > 0 else {}
-        last = ckpt_dir / "last.ckpt"
         t0 = time.perf_counter()
         # the W maps go with the student: they initialise stitches later
         record, trainer = fit(
@@ -223,10 +217,7 @@ def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> d
             auto=DISTILL_AUTO,
             part=lambda m: nn.ModuleDict({"student": m.student, "W": m.W, "V": m.V}),
             default_root_dir=stage,
-            enable_checkpointing=True,
-            callbacks=[ckpt, *(callbacks or [])],
-            ckpt_path=str(last) if last.is_file() else None,
-            weights_only=True,
+            **resumable(ckpt_dir, callbacks or ()),
             **extra,
         )
         seconds = time.perf_counter() - t0
