@@ -198,6 +198,8 @@ def test_a_triton_client_lists_the_models_reads_their_config_and_statistics(serv
     assert len(client.get_inference_statistics(headers=dict(auth))["model_stats"]) == 10
     with pytest.raises(InferenceServerException, match="404|unknown"):
         client.get_model_config("no-such-model", headers=dict(auth))
+    with pytest.raises(InferenceServerException, match="no version '2'"):
+        client.get_model_metadata(names[1], model_version="2", headers=dict(auth))
 
 
 def test_the_virtual_model_honours_a_budget_and_a_floor(served):

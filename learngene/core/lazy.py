@@ -1,4 +1,4 @@
-"""Lazy exports, written once: a package lists ``{name: submodule}`` and gets a module-level
+"""Lazy exports, written once: a package lists ``{submodule: "name name ..."}`` and gets a module-level
 ``__getattr__`` that imports the submodule on first use (PEP 562), so importing a package
 never drags in torch, timm or Lightning through a name nobody asked for."""
 

@@ -115,6 +115,15 @@ class KServeV2(LitSpec):
     def _names(self) -> list[str]:
         return [self.pool_name, *self.frontier]
 
+    def _unknown(self, name: str, version: str) -> str | None:
+        """Why a (model, version) of a route is not served (every model has one version, 1;
+        "" is a client's unversioned form), or None."""
+        if name not in self._names():
+            return f"unknown model {name!r} (serving {', '.join(self._names()[:4])}, ...)"
+        if version not in ("", "1"):
+            return f"model {name!r} has no version {version!r} (only 1)"
+        return None
+
     async def models(self):
         return {"models": [{"name": n, "versions": ["1"], "state": "READY"} for n in self._names()]}
 
@@ -126,8 +135,8 @@ class KServeV2(LitSpec):
     async def model_config(self, name: str, version: str = "1"):
         """A Triton model configuration for each member and the virtual model: its tensors,
         batching (LitServe's dynamic batching), and, for the virtual model, what it chooses among."""
-        if name not in self._names() or version not in ("", "1"):
-            return error(404, f"unknown model {name!r} version {version!r}")
+        if why := self._unknown(name, version):
+            return error(404, why)
         cfg = {
             "name": name,
             "platform": self.platform,
@@ -164,8 +173,8 @@ class KServeV2(LitSpec):
         return {"model_stats": out}
 
     async def model_meta(self, name: str, version: str = "1"):
-        if name not in self._names():
-            return error(404, f"unknown model {name!r} (serving {', '.join(self._names()[:4])}, ...)")
+        if why := self._unknown(name, version):
+            return error(404, why)
         meta = {
             "name": name,
             "versions": ["1"],
@@ -194,10 +203,8 @@ class KServeV2(LitSpec):
         t0 = time.perf_counter()
         if self.shared[0].value:
             return self._count(name, None, error(503, "shutting down", {"Retry-After": "5"}))
-        if name not in self._names():
-            return self._count(
-                name, None, error(400, f"unknown model {name!r}: a member id or the pool's name {self.pool_name!r}")
-            )
+        if why := self._unknown(name, version):
+            return self._count(name, None, error(400, f"{why}: a member id or the pool's name {self.pool_name!r}"))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return self._count(name, None, error(413, f"request body over {self.max_body} bytes"))
