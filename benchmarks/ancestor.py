@@ -182,8 +182,9 @@ def write_md(res: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(res["runs"], key=lambda r: (r["testbed"], r.get("arch", "ancestor"), r["seed"])):
+        params = f"{r['params'] / 1e6:.2f}M" if "params" in r else "-"  # not recorded by the first runs
         lines.append(
-            f"| {r['testbed']} | {r.get('arch', 'ancestor')} | {r['seed']} | {r.get('params', 2370000) / 1e6:.2f}M | "
+            f"| {r['testbed']} | {r.get('arch', 'ancestor')} | {r['seed']} | {params} | "
             f"{r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['epochs_run']} | "
             f"{r['best_epoch']} | {r['steps']} | {r['seconds']:.0f} | {r['threads']} |"
         )
