@@ -95,33 +95,29 @@ def quiet():
     return TrainerArgs(progress=False, accelerator="cpu")
 
 
-def save_tiny_ancestor(folder, seed: int = 0):
-    """A tiny random-init DeiT-architecture ancestor for the digits, as a timm local-dir."""
+def save_tiny_ancestor(folder, seed: int = 0, model=None):
+    """A tiny DeiT-architecture ancestor for the digits (``model``, of TINY_ANCESTOR_ARGS, or
+    one at random init from ``seed``), as a timm local-dir."""
     import timm
 
     from learngene.core.data import digits_data_config
     from learngene.core.localdir import save_local_dir
 
-    torch.manual_seed(seed)
+    if model is None:
+        torch.manual_seed(seed)
+        model = timm.create_model("deit_tiny_patch16_224", **TINY_ANCESTOR_ARGS)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    return save_local_dir(
-        timm.create_model("deit_tiny_patch16_224", **TINY_ANCESTOR_ARGS),
-        folder,
-        "deit_tiny_patch16_224",
-        TINY_ANCESTOR_ARGS,
-        {**cfg, "num_classes": 10},
-    )
-
-
-def fresh_pool(setup_dir, tmp_path):
-    """A private copy of the shared test pool, for a test that writes to it."""
-    shutil.copytree(setup_dir / "pool", tmp_path / "pool")
-    return tmp_path / "pool"
+    return save_local_dir(model, folder, "deit_tiny_patch16_224", TINY_ANCESTOR_ARGS, {**cfg, "num_classes": 10})
 
 
 def copy_of(pool, tmp_path):
-    shutil.copytree(pool, tmp_path / "pool")
-    return tmp_path / "pool"
+    """A private copy of a pool in tmp_path, for a test that writes to it."""
+    return shutil.copytree(pool, tmp_path / "pool")
+
+
+def fresh_pool(setup_dir, tmp_path):
+    """A private copy of the shared test pool."""
+    return copy_of(setup_dir / "pool", tmp_path)
 
 
 def make_image_folder(root, classes=("cat", "dog"), per_class=12, size=20, seed=0):

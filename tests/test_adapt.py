@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli
+from helpers import assert_one_line_error, cli, save_tiny_ancestor
 
 from learngene.core.io import state_dict_sha256
 from learngene.deltas import delta as D
@@ -17,13 +17,7 @@ pytest.importorskip("peft")
 
 @pytest.fixture
 def base_dir(tmp_path, tiny_vit):
-    from learngene.core.data import digits_data_config
-    from learngene.core.localdir import save_local_dir
-
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    save_local_dir(tiny_vit, tmp_path / "base", "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
-    return tmp_path / "base"
+    return save_tiny_ancestor(tmp_path / "base", model=tiny_vit)
 
 
 def out(model, seed=0):

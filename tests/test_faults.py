@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from helpers import RECIPE3 as TINY3
-from helpers import assert_one_line_error, cli, fresh_pool, start, wait_for
+from helpers import assert_one_line_error, cli, fresh_pool, save_tiny_ancestor, start, wait_for
 
 
 def tree(folder):
@@ -129,12 +129,7 @@ def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_pat
 
 def test_two_adapts_at_once(tmp_path, tiny_vit):
     pytest.importorskip("peft")
-    from learngene.core.data import digits_data_config
-    from learngene.core.localdir import save_local_dir
-
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    save_local_dir(tiny_vit, tmp_path / "base", "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
+    save_tiny_ancestor(tmp_path / "base", model=tiny_vit)
     common = (
         "adapt",
         "--model",
@@ -255,17 +250,12 @@ def test_revision_cycles_symlinks_and_escaping_files(setup_dir, tmp_path):
 def test_non_finite_weights_stop_the_run_and_pool_verify_finds_them(setup_dir, tmp_path, tiny_vit):
     from safetensors.torch import load_file, save_file
 
-    from learngene.core.data import digits_data_config
     from learngene.core.io import file_sha256
-    from learngene.core.localdir import save_local_dir
 
     bad = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
     bad["blocks.1.attn.qkv.weight"][0, 0] = float("nan")
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
     torch.save(bad, tmp_path / "nan.pth")
-    anc = tmp_path / "anc"
-    save_local_dir(tiny_vit, anc, "deit_tiny_patch16_224", args, {**cfg, "num_classes": 10})
+    anc = save_tiny_ancestor(tmp_path / "anc", model=tiny_vit)
     save_file({k: v.contiguous() for k, v in bad.items()}, str(anc / "model.safetensors"))
     r = cli(
         "build-pool", "--recipe", setup_dir / "tiny3.yaml", "--ancestor", f"local-dir:{anc}", "--out", tmp_path / "p"
