@@ -2,33 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from learngene.api._common import _targs
+from learngene.api._common import Request, _targs, verb
 from learngene.core.errors import UserError
 from learngene.zoo import resolve
 
+if TYPE_CHECKING:
+    from learngene.core.training import TrainerArgs
+    from learngene.pool.store import Pool
 
-def adapt(
-    model: str,
-    *,
-    data,
-    name: str,
-    pool="pools/embedded",
-    method: str = "lora",
-    rank: int = 8,
-    targets="qkv,proj,fc1,fc2",
-    train_head: bool = False,
-    epochs=10,
-    lr: float | None = None,
-    fraction: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 64,
-    force: bool = False,
-    checkpoint=None,
-    trainer_args=None,
-    progress: bool = True,
-) -> dict:
+
+@dataclass(frozen=True)
+class AdaptRequest(Request):
+    model: str
+    _: KW_ONLY
+    data: str | Path
+    name: str
+    pool: str | Path | Pool = "pools/embedded"
+    method: str = "lora"
+    rank: int = 8
+    targets: str | Sequence = "qkv,proj,fc1,fc2"
+    train_head: bool = False
+    epochs: int | str | None = 10
+    lr: float | None = None
+    fraction: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    force: bool = False
+    checkpoint: str | Path | None = None
+    trainer_args: TrainerArgs | None = None
+    progress: bool = True
+    adapters: Path | None = field(default=None, init=False)  # where the delta goes
+
+    def check(self):
+        from learngene.deltas import tasks
+
+        self._set("adapters", tasks.adapters_for(self.model, self.pool))
+        lr = tasks.check_request(
+            name=self.name, method=self.method, lr=self.lr, rank=self.rank, adapters=self.adapters, force=self.force
+        )
+        self._set("lr", lr)
+
+
+@verb(AdaptRequest)
+def adapt(r: AdaptRequest) -> dict:
     """Fit a model to a new task with a small stored delta (LoRA through PEFT, or a bottleneck
     adapter); the delta is stored as ``POOL/adapters/<name>`` (the pool the model belongs to).
 
@@ -46,41 +67,47 @@ def adapt(
     """
     from learngene.deltas import tasks
 
-    adapters = tasks.adapters_for(model, pool)
-    tasks.check_request(name=name, method=method, lr=lr, rank=rank, adapters=adapters, force=force)
-    member = resolve(model, pool=pool, checkpoint=checkpoint, progress=False)
+    member = resolve(r.model, pool=r.pool, checkpoint=r.checkpoint, progress=False)
     return tasks.adapt(
         member.load(),
-        data,
-        name=name,
-        adapters=adapters,
-        ref=tasks.base_ref(model, member),
-        method=method,
-        rank=rank,
-        targets=targets,
-        train_head=train_head,
-        epochs=epochs,
-        lr=lr,
-        train_fraction=fraction,
-        seed=seed,
-        force=force,
-        trainer_args=_targs(trainer_args, "adapt", progress),
-        progress=progress,
-        batch_size=batch_size,
+        r.data,
+        name=r.name,
+        adapters=r.adapters,
+        ref=tasks.base_ref(r.model, member),
+        method=r.method,
+        rank=r.rank,
+        targets=r.targets,
+        train_head=r.train_head,
+        epochs=r.epochs,
+        lr=r.lr,
+        train_fraction=r.fraction,
+        seed=r.seed,
+        force=r.force,
+        trainer_args=_targs(r.trainer_args, "adapt", r.progress),
+        progress=r.progress,
+        batch_size=r.batch_size,
     )
 
 
-def apply_delta(
-    model: str,
-    delta: str,
-    *,
-    pool="pools/embedded",
-    merge: bool = False,
-    out=None,
-    data=None,
-    force: bool = False,
-    checkpoint=None,
-) -> dict:
+@dataclass(frozen=True)
+class ApplyDeltaRequest(Request):
+    model: str
+    delta: str
+    _: KW_ONLY
+    pool: str | Path | Pool = "pools/embedded"
+    merge: bool = False
+    out: str | Path | None = None
+    data: str | Path | None = None
+    force: bool = False
+    checkpoint: str | Path | None = None
+
+    def check(self):
+        if self.out and not self.merge:
+            raise UserError("adapt apply: --out writes a merged model; add --merge")
+
+
+@verb(ApplyDeltaRequest)
+def apply_delta(r: ApplyDeltaRequest) -> dict:
     """Apply a stored delta to its base (``merge``: fold a LoRA delta into the weights, written
     to ``out`` as a timm local-dir) and measure it on its task's test split.
 
@@ -97,36 +124,40 @@ def apply_delta(
     from learngene.deltas import tasks
     from learngene.deltas.delta import read_meta
 
-    if out and not merge:
-        raise UserError("adapt apply: --out writes a merged model; add --merge")
-    adapters = tasks.adapters_for(model, pool)
-    if out:
-        check_output(out, force)
-    folder = tasks.resolve_delta(delta, adapters)
+    adapters = tasks.adapters_for(r.model, r.pool)
+    if r.out:
+        check_output(r.out, r.force)
+    folder = tasks.resolve_delta(r.delta, adapters)
     read_meta(folder)  # a broken delta is refused before the base is loaded
-    base = resolve(model, pool=pool, checkpoint=checkpoint, progress=False).load()
-    merged, ad = tasks.apply(base, folder, merge=merge)
-    dm = data_for(data or ad.meta.get("data"), base.data_config, augment=False)
+    base = resolve(r.model, pool=r.pool, checkpoint=r.checkpoint, progress=False).load()
+    merged, ad = tasks.apply(base, folder, merge=r.merge)
+    dm = data_for(r.data or ad.meta.get("data"), base.data_config, augment=False)
     acc = evaluate(merged, dm.test_dataloader())
     res = {
         "task": ad.meta.get("task"),
         "method": ad.method,
         "data": dm.name,
         "test_top1": round(acc["top1"], 2),
-        "merged": merge,
+        "merged": r.merge,
     }
-    if merge:
+    if r.merge:
         res["merge_max_logit_diff"] = tasks.max_diff(ad.model, merged, input_size(base.model))
-        if out:
-            res["out"] = str(tasks.export_merged(merged, ad, base, Path(out), force))
+        if r.out:
+            res["out"] = str(tasks.export_merged(merged, ad, base, Path(r.out), r.force))
     return res
 
 
-def list_deltas(pool="pools/embedded") -> list[dict]:
+@dataclass(frozen=True)
+class ListDeltasRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+
+
+@verb(ListDeltasRequest)
+def list_deltas(r: ListDeltasRequest) -> list[dict]:
     """One row per delta stored in ``POOL/adapters`` (its task, method, base, accuracy, size)."""
     from learngene.deltas import tasks
 
-    return tasks.ls(Path(pool) / "adapters")
+    return tasks.ls(Path(r.pool) / "adapters")
 
 
 adapt.apply = apply_delta

@@ -3,27 +3,61 @@
 
 from __future__ import annotations
 
-from learngene.api._common import _open, _targs
+import dataclasses
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from learngene.api._common import Request, _open, _targs, verb
 from learngene.zoo import resolve
 
+if TYPE_CHECKING:
+    from learngene.assembly.pipeline import AssembleSpec
+    from learngene.assembly.select import Selection
+    from learngene.core.training import TrainerArgs
+    from learngene.pool.store import Pool
 
-def assemble(
-    pool="pools/embedded",
-    selection=None,
-    *,
-    spec=None,
-    data=None,
-    model: str | None = None,
-    pretrained: bool = False,
-    checkpoint=None,
-    allow_download: bool = False,
-    out=None,
-    force: bool = False,
-    trainer_args=None,
-    workers: int | None = None,
-    progress=None,
-    **settings,
-):
+
+@dataclass(frozen=True)
+class AssembleRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+    selection: Selection | None = None
+    _: KW_ONLY
+    spec: AssembleSpec | None = None
+    data: str | Path | None = None
+    model: str | None = None
+    pretrained: bool = False
+    checkpoint: str | Path | None = None
+    allow_download: bool = False
+    out: str | Path | None = None
+    force: bool = False
+    trainer_args: TrainerArgs | None = None
+    workers: int | None = None
+    progress: Callable | None = None
+
+    @classmethod
+    def build(cls, *args, **kwargs) -> AssembleRequest:
+        """``spec``'s fields given as keywords (``epochs=40``, ``train="all"``) replace its own."""
+        from learngene.assembly.pipeline import AssembleSpec
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        if "export_program" in settings:  # the first spelling of fmt=timm
+            settings.setdefault("fmt", None if settings.pop("export_program") else "timm")
+        if settings or kwargs.get("spec") is None:
+            kwargs["spec"] = dataclasses.replace(kwargs.get("spec") or AssembleSpec(), **settings)
+        return cls(*args, **kwargs)
+
+    def check(self):
+        from learngene.core import limits
+
+        self._set("spec", self.spec.check())
+        limits.workers(self.workers)
+
+
+@verb(AssembleRequest)
+def assemble(r: AssembleRequest):
     """Stitch a pool's instances into descendants, train what is not trained yet, write a pool
     revision and, with a ``selection``, export the child.
 
@@ -46,28 +80,34 @@ def assemble(
     from learngene.assembly.pipeline import assemble as run
 
     anc = None
-    if model or pretrained or checkpoint:
-        anc = resolve(model, pretrained=pretrained, checkpoint=checkpoint, allow_download=allow_download).load()
+    if r.model or r.pretrained or r.checkpoint:
+        anc = resolve(r.model, pretrained=r.pretrained, checkpoint=r.checkpoint, allow_download=r.allow_download).load()
     return run(
-        pool,
-        selection,
-        spec=spec,
-        data=data,
+        r.pool,
+        r.selection,
+        spec=r.spec,
+        data=r.data,
         ancestor=anc,
-        out=out,
-        force=force,
-        trainer_args=_targs(trainer_args, "assemble", progress is not None),
-        num_workers=workers,
-        progress=progress or (lambda m: None),
-        **settings,
+        out=r.out,
+        force=r.force,
+        trainer_args=_targs(r.trainer_args, "assemble", r.progress is not None),
+        num_workers=r.workers,
+        progress=r.progress or (lambda m: None),
     )
 
 
-def descendants(pool="pools/embedded", revision: str | None = "latest") -> list[dict]:
+@dataclass(frozen=True)
+class DescendantsRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+    revision: str | None = "latest"
+
+
+@verb(DescendantsRequest)
+def descendants(r: DescendantsRequest) -> list[dict]:
     """Every descendant of a pool with its static numbers (blocks, params, FLOPs) and the
     accuracy the revision measured (``assemble --list``)."""
     from learngene.assembly.pipeline import descendant_rows
 
-    p = _open(pool)
-    pm, _ = p.model(revision)
-    return descendant_rows(p, pm, p.revision(revision))
+    p = _open(r.pool)
+    pm, _ = p.model(r.revision)
+    return descendant_rows(p, pm, p.revision(r.revision))

@@ -4,11 +4,13 @@ precision) into a frontier report; `_frontier`: the newest such report, or one m
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import torch
 
-from learngene.api._common import _open
+from learngene.api._common import Request, _open, verb
 from learngene.core.errors import UserError
 from learngene.pool.store import Pool, Revision
 from learngene.zoo import ancestor_of, children, of_model, pool_data, pool_zoo, resolve
@@ -42,23 +44,46 @@ def pool_members(pool: Pool, dm, *, revision: str | None = "latest", include=())
     return members, meta
 
 
-def bench(
-    pool="pools/embedded",
-    *,
-    runtimes=("torch",),
-    precisions=("fp32",),
-    device: str = "cpu",
-    threads: int | None = None,
-    batch_sizes=(1, 32),
-    data=None,
-    include=(),
-    revision: str | None = "latest",
-    out=None,
-    min_run_time: float = 0.3,
-    num_workers: int | None = None,
-    write: bool = True,
-    progress: bool = False,
-):
+@dataclass(frozen=True)
+class BenchRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+    _: KW_ONLY
+    runtimes: str | Sequence = ("torch",)
+    precisions: str | Sequence = ("fp32",)
+    device: str = "cpu"
+    threads: int | None = None
+    batch_sizes: str | Sequence = (1, 32)
+    data: str | Path | None = None
+    include: str | Sequence = ()
+    revision: str | None = "latest"
+    out: str | Path | None = None
+    min_run_time: float = 0.3
+    num_workers: int | None = None
+    write: bool = True
+    progress: bool = False
+
+    def check(self):
+        from learngene.core import limits
+        from learngene.measure.members import parse_batch_sizes, resolve_device
+        from learngene.measure.runtimes import plan
+
+        resolve_device(self.device)  # bad flags are refused before the pool is read
+        parse_batch_sizes(self.batch_sizes)
+        plan(self.runtimes, self.precisions)
+        limits.threads(self.threads)
+        limits.workers(self.num_workers)
+        limits.float_in(self.min_run_time, "--min-run-time", 0.0, 600.0)
+        inc = [self.include] if isinstance(self.include, str) else self.include
+        self._set("include", tuple(i for i in inc or () if i))
+        bad = [i for i in self.include if i not in INCLUDE]
+        if bad:
+            raise UserError(f"unknown --include {bad[0]!r} (choose from {', '.join(INCLUDE)})")
+        if self.out is not None and self.write and Path(self.out).exists():
+            raise UserError(f"report folder exists: {self.out}")
+
+
+@verb(BenchRequest)
+def bench(r: BenchRequest):
     """Measure a pool's members on this device: accuracy in each runtime and precision, the kNN
     probe, params, FLOPs, latency (median, p90, spread) per batch size; the frontier report
     goes to ``POOL/reports/<device>-<time>/`` (``out``: elsewhere; ``write=False``: nowhere).
@@ -77,37 +102,31 @@ def bench(
     ``.report``: where it went).
     """
     from learngene.measure.members import bench as measure
-    from learngene.measure.members import parse_batch_sizes, resolve_device, set_threads
-    from learngene.measure.runtimes import plan
+    from learngene.measure.members import resolve_device, set_threads
 
-    dev = resolve_device(device)  # bad flags are refused before the pool is read
-    parse_batch_sizes(batch_sizes)
-    plan(runtimes, precisions)
-    set_threads(threads)
-    include = [i for i in ([include] if isinstance(include, str) else include) if i]
-    pool = _open(pool)
-    if out is not None and write and Path(out).exists():
-        raise UserError(f"report folder exists: {out}")
-    dm = pool_data(pool, data, 64, num_workers, augment=False)
-    members, meta = pool_members(pool, dm, revision=revision, include=include)
+    dev = resolve_device(r.device)
+    set_threads(r.threads)
+    pool = _open(r.pool)
+    dm = pool_data(pool, r.data, 64, r.num_workers, augment=False)
+    members, meta = pool_members(pool, dm, revision=r.revision, include=r.include)
     res = measure(
         members,
         dm,
-        runtimes=runtimes,
-        precisions=precisions,
-        device=device,
-        batch_sizes=batch_sizes,
-        out=out,
-        min_run_time=min_run_time,
+        runtimes=r.runtimes,
+        precisions=r.precisions,
+        device=r.device,
+        batch_sizes=r.batch_sizes,
+        out=r.out,
+        min_run_time=r.min_run_time,
         meta=meta,
         write=False,
-        progress=progress,
+        progress=r.progress,
     )
-    res.report = Path(out) if out else pool.folder("reports") / f"{dev.type}-{res.meta['created']}"
-    if write:
+    res.report = Path(r.out) if r.out else pool.folder("reports") / f"{dev.type}-{res.meta['created']}"
+    if r.write:
         from learngene.measure.report import write_report
 
-        res.report = write_report(res.df, res.meta, res.report, unique=out is None)
+        res.report = write_report(res.df, res.meta, res.report, unique=r.out is None)
     return res
 
 

@@ -2,33 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from learngene.api._common import _targs
+from learngene.api._common import Request, _targs, verb
 from learngene.pool.store import Pool
 from learngene.zoo import resolve
 
+if TYPE_CHECKING:
+    from learngene.core.training import TrainerArgs
+    from learngene.pool.recipe import Recipe
 
-def build_pool(
-    recipe=None,
-    *,
-    model: str | None = None,
-    data=None,
-    out=None,
-    epochs=None,
-    overrides=(),
-    lr: float | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
-    resume: bool = False,
-    force: bool = False,
-    pretrained: bool = False,
-    checkpoint=None,
-    allow_download: bool = False,
-    trainer_args=None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> Pool | None:
+
+@dataclass(frozen=True)
+class BuildPoolRequest(Request):
+    recipe: str | Path | Recipe | None = None
+    _: KW_ONLY
+    model: str | None = None
+    data: str | Path | None = None
+    out: str | Path | None = None
+    epochs: int | str | None = None
+    overrides: Sequence[str] = ()
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    resume: bool = False
+    force: bool = False
+    pretrained: bool = False
+    checkpoint: str | Path | None = None
+    allow_download: bool = False
+    trainer_args: TrainerArgs | None = None
+    workers: int | None = None
+    progress: bool = True
+
+    def check(self):
+        from learngene.core import limits
+
+        limits.workers(self.workers)
+        if self.epochs is not None:
+            self._set("epochs", limits.epochs(self.epochs))
+        self._set("overrides", tuple(self.overrides or ()))
+
+
+@verb(BuildPoolRequest)
+def build_pool(r: BuildPoolRequest) -> Pool | None:
     """Distil the ancestor into the auxiliary models of a recipe and store their blocks as a pool.
 
     Args:
@@ -47,7 +66,6 @@ def build_pool(
 
     Returns the opened `Pool` (None on a DDP rank other than 0).
     """
-    from learngene.core import limits
     from learngene.core.data import LearngeneDataModule
     from learngene.core.io import check_output
     from learngene.pool.build import build_pool as build
@@ -56,27 +74,28 @@ def build_pool(
 
     flags = [
         f"{k}={v}"
-        for k, v in (("auxiliary.*.lr", lr), ("distill.batch_size", batch_size), ("distill.seed", seed))
+        for k, v in (("auxiliary.*.lr", r.lr), ("distill.batch_size", r.batch_size), ("distill.seed", r.seed))
         if v is not None
     ]
-    limits.workers(workers)
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(resolve_recipe_path(recipe), [*overrides, *flags])
-    out = Path(out).expanduser() if out else Path("pools") / rec.name
-    if not resume:
-        check_output(out, force, "pool")  # before loading (or training) any ancestor
-    dm = LearngeneDataModule(data or rec.data or None, num_workers=workers)  # checks the folder now, too
-    ref = model or (None if rec.ancestor == "embedded" else rec.ancestor)
+    rec = (
+        r.recipe if isinstance(r.recipe, Recipe) else load_recipe(resolve_recipe_path(r.recipe), [*r.overrides, *flags])
+    )
+    out = Path(r.out).expanduser() if r.out else Path("pools") / rec.name
+    if not r.resume:
+        check_output(out, r.force, "pool")  # before loading (or training) any ancestor
+    dm = LearngeneDataModule(r.data or rec.data or None, num_workers=r.workers)  # checks the folder now, too
+    ref = r.model or (None if rec.ancestor == "embedded" else rec.ancestor)
     anc = resolve(
-        ref, pretrained=pretrained, checkpoint=checkpoint, allow_download=allow_download, progress=progress
+        ref, pretrained=r.pretrained, checkpoint=r.checkpoint, allow_download=r.allow_download, progress=r.progress
     ).load()
     return build(
         rec,
         out=out,
         ancestor=anc,
         data=dm,
-        epochs=epochs,
-        resume=resume,
-        force=force,
-        trainer_args=_targs(trainer_args, "build-pool", progress),
-        num_workers=workers,
+        epochs=r.epochs,
+        resume=r.resume,
+        force=r.force,
+        trainer_args=_targs(r.trainer_args, "build-pool", r.progress),
+        num_workers=r.workers,
     )

@@ -2,30 +2,55 @@
 
 from __future__ import annotations
 
-from learngene.api._common import _targs
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from learngene.api._common import Request, _targs, verb
 from learngene.zoo import resolve
 
+if TYPE_CHECKING:
+    from learngene.core.training import TrainerArgs
 
-def grow(
-    model: str,
-    *,
-    method: str,
-    out,
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    heads: int | None = None,
-    head_dim: int | None = None,
-    mlp_ratio: float | None = None,
-    data=None,
-    steps: int = 100,
-    noise: float = 0.0,
-    seed: int = 0,
-    force: bool = False,
-    checkpoint=None,
-    pretrained: bool = False,
-    trainer_args=None,
-    progress: bool = True,
-) -> dict:
+
+@dataclass(frozen=True)
+class GrowRequest(Request):
+    model: str
+    _: KW_ONLY
+    method: str
+    out: str | Path
+    embed_dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    head_dim: int | None = None
+    mlp_ratio: float | None = None
+    data: str | Path | None = None
+    steps: int = 100
+    noise: float = 0.0
+    seed: int = 0
+    force: bool = False
+    checkpoint: str | Path | None = None
+    pretrained: bool = False
+    trainer_args: TrainerArgs | None = None
+    progress: bool = True
+
+    def check(self):
+        from learngene.growth import methods
+
+        out = methods.check_request(
+            method=self.method,
+            out=self.out,
+            force=self.force,
+            steps=self.steps,
+            noise=self.noise,
+            data=self.data,
+            seed=self.seed,
+        )
+        self._set("out", out)
+
+
+@verb(GrowRequest)
+def grow(r: GrowRequest) -> dict:
     """A larger model that computes what the smaller one did, as a timm local-dir.
 
     Args:
@@ -40,19 +65,18 @@ def grow(
     """
     from learngene.growth import methods
 
-    out = methods.check_request(method=method, out=out, force=force, steps=steps, noise=noise, data=data, seed=seed)
-    src = resolve(model, checkpoint=checkpoint, pretrained=pretrained, progress=progress).load()
-    target = methods.resolve_target(src.model, method, embed_dim, depth, heads, mlp_ratio, head_dim)
-    dm = methods.datamodule(src, data, seed=seed) if method == "ligo" else None
+    src = resolve(r.model, checkpoint=r.checkpoint, pretrained=r.pretrained, progress=r.progress).load()
+    target = methods.resolve_target(src.model, r.method, r.embed_dim, r.depth, r.heads, r.mlp_ratio, r.head_dim)
+    dm = methods.datamodule(src, r.data, seed=r.seed) if r.method == "ligo" else None
     return methods.grow_to_dir(
         src,
-        method,
-        out,
+        r.method,
+        r.out,
         target,
         dm=dm,
-        steps=steps,
-        noise=noise,
-        seed=seed,
-        force=force,
-        trainer_args=_targs(trainer_args, "grow", progress),
+        steps=r.steps,
+        noise=r.noise,
+        seed=r.seed,
+        force=r.force,
+        trainer_args=_targs(r.trainer_args, "grow", r.progress),
     )

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from learngene.api._common import _open
+from learngene.api._common import Request, _open, verb
 from learngene.core.errors import UserError
 from learngene.zoo import pool_data, pool_zoo
 
+if TYPE_CHECKING:
+    from learngene.pool.store import Pool
 
-def kit(
-    pool="pools/embedded",
-    *,
-    out,
-    precisions=("fp32", "int8"),
-    batch_sizes=(1, 8),
-    members=None,
-    data=None,
-    force: bool = False,
-    progress=lambda m: None,
-) -> Path:
+
+@dataclass(frozen=True)
+class KitRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+    _: KW_ONLY
+    out: str | Path
+    precisions: str | Sequence = ("fp32", "int8")
+    batch_sizes: str | Sequence = (1, 8)
+    members: str | Sequence = None
+    data: str | Path | None = None
+    force: bool = False
+    progress: Callable | None = lambda m: None
+
+
+@verb(KitRequest)
+def kit(r: KitRequest) -> Path:
     """A folder to copy to a device: every descendant of the latest revision (``members``: only
     these ids) as ONNX at each precision, kit.json (checksums, the host's accuracy of each file)
     and probe.py, which times them there with onnxruntime and numpy alone.
@@ -32,14 +42,14 @@ def kit(
     """
     from learngene.measure.kit import write_kit
 
-    pool = _open(pool)
+    pool = _open(r.pool)
     rev = pool.revision("latest")
     if rev is None:
         raise UserError(
             f"pool {pool.path} has no assembled revision yet (its stitches are not stored): "
             "run `learngene assemble` first"
         )
-    dm = pool_data(pool, data, 64, augment=False)
+    dm = pool_data(pool, r.data, 64, augment=False)
     identity = {
         "pool": str(pool.path.resolve()),
         "pool_revision": rev["id"],
@@ -47,15 +57,15 @@ def kit(
         "revision_files": {e["file"]: e["sha256"] for e in rev["files"]},
     }
     zoo = pool_zoo(pool, dm=dm)
-    ids = [m.strip() for m in (members.split(",") if isinstance(members, str) else members or []) if m.strip()]
+    ids = [m.strip() for m in (r.members.split(",") if isinstance(r.members, str) else r.members or []) if m.strip()]
     chosen = [zoo.get(i) for i in ids] if ids else list(zoo)
     return write_kit(
         chosen,
         dm,
-        out,
+        r.out,
         identity=identity,
-        precisions=precisions,
-        batch_sizes=batch_sizes,
-        force=force,
-        progress=progress,
+        precisions=r.precisions,
+        batch_sizes=r.batch_sizes,
+        force=r.force,
+        progress=r.progress,
     )

@@ -2,36 +2,71 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from learngene.api._common import _open
+from learngene.api._common import Request, _open, verb
 from learngene.api.assemble import descendants
 from learngene.api.bench import _frontier
 from learngene.core.errors import UserError
 from learngene.zoo import pool_data, pool_zoo
 
+if TYPE_CHECKING:
+    from learngene.pool.store import Pool
 
-def serve(
-    pool="pools/embedded",
-    *,
-    members=None,
-    runtime: str = "torch",
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    slo_ms: float | None = None,
-    token_file=None,
-    threads: int | None = None,
-    max_batch_size: int = 16,
-    batch_timeout_ms: float = 2.0,
-    max_queue: int = 64,
-    max_body_mb: float = 16.0,
-    revision: str | None = "latest",
-    data=None,
-    log_level: str = "warning",
-    on_ready=None,
-) -> None:
+
+@dataclass(frozen=True)
+class ServeRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+    _: KW_ONLY
+    members: str | Sequence = None
+    runtime: str = "torch"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    slo_ms: float | None = None
+    token_file: str | Path | None = None
+    threads: int | None = None
+    max_batch_size: int = 16
+    batch_timeout_ms: float = 2.0
+    max_queue: int = 64
+    max_body_mb: float = 16.0
+    revision: str | None = "latest"
+    data: str | Path | None = None
+    log_level: str = "warning"
+    on_ready: Callable | None = None
+    token: str | None = field(default=None, init=False, repr=False)  # read from token_file
+
+    def check(self):
+        from learngene.core import limits
+
+        if self.runtime not in ("torch", "onnxruntime"):
+            raise UserError(f"--runtime {self.runtime!r}: serve runs the members in torch or onnxruntime")
+        self._set("port", limits.int_in(self.port, "--port", 1, 65535))
+        self._set("threads", limits.threads(self.threads) or limits.cores())
+        self._set("max_batch_size", limits.int_in(self.max_batch_size, "--max-batch-size", 1, 256))
+        self._set("max_queue", limits.int_in(self.max_queue, "--max-queue", 1, 10_000))
+        self._set("batch_timeout_ms", limits.float_in(self.batch_timeout_ms, "--batch-timeout-ms", 0.0, 1000.0))
+        self._set("max_body_mb", limits.float_in(self.max_body_mb, "--max-body-mb", 0.001, 1024.0))
+        if self.slo_ms is not None:
+            self._set("slo_ms", limits.float_in(self.slo_ms, "--slo-ms", 0.0, 600_000.0, low_open=True))
+        if self.token_file is not None:
+            try:
+                token = Path(self.token_file).read_text().strip()
+            except OSError as e:
+                raise UserError(f"--token-file {self.token_file}: {e.strerror}") from None
+            if not token or len(token) > 4096 or any(c.isspace() for c in token):
+                raise UserError(
+                    f"--token-file {self.token_file}: expected one token (no spaces, at most 4096 characters)"
+                )
+            self._set("token", token)
+
+
+@verb(ServeRequest)
+def serve(r: ServeRequest) -> None:
     """Serve a pool's members behind one Open Inference Protocol (KServe v2) endpoint until
     SIGINT / SIGTERM (which drain the requests in flight first).
 
@@ -52,8 +87,6 @@ def serve(
         revision, data: the pool revision served; the data its frontier is measured on when this
             host has no bench report of that revision yet (one is made then).
     """
-    from learngene.core import limits
-
     try:
         from learngene.serving.engine import frontier_from_rows
         from learngene.serving.engine import serve as run
@@ -61,28 +94,15 @@ def serve(
         need = f"learngene serve needs LitServe ({e.name} is missing)"
         raise UserError(f"{need}: pip install 'learngene[serve]'") from None
 
-    if runtime not in ("torch", "onnxruntime"):
-        raise UserError(f"--runtime {runtime!r}: serve runs the members in torch or onnxruntime")
-    port = limits.int_in(port, "--port", 1, 65535)
-    threads = limits.threads(threads) or limits.cores()
-    max_batch_size = limits.int_in(max_batch_size, "--max-batch-size", 1, 256)
-    max_queue = limits.int_in(max_queue, "--max-queue", 1, 10_000)
-    batch_timeout_ms = limits.float_in(batch_timeout_ms, "--batch-timeout-ms", 0.0, 1000.0)
-    max_body = int(limits.float_in(max_body_mb, "--max-body-mb", 0.001, 1024.0) * 2**20)
-    if slo_ms is not None:
-        slo_ms = limits.float_in(slo_ms, "--slo-ms", 0.0, 600_000.0, low_open=True)
-    token = None
-    if token_file is not None:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise UserError(f"--token-file {token_file}: {e.strerror}") from None
-        if not token or len(token) > 4096 or any(c.isspace() for c in token):
-            raise UserError(f"--token-file {token_file}: expected one token (no spaces, at most 4096 characters)")
-    pool = _open(pool)
-    rev = pool.head(revision).id
-    ids = [s["id"] for s in descendants(pool, revision)]
-    wanted = ids if not members else [m.strip() for m in (members.split(",") if isinstance(members, str) else members)]
+    threads = r.threads
+    pool = _open(r.pool)
+    rev = pool.head(r.revision).id
+    ids = [s["id"] for s in descendants(pool, r.revision)]
+    wanted = (
+        ids
+        if not r.members
+        else [m.strip() for m in (r.members.split(",") if isinstance(r.members, str) else r.members)]
+    )
     unknown = [m for m in wanted if m not in ids]
     if unknown:
         raise UserError(f"--members: {unknown[0]!r} is not a descendant of {pool.path} (e.g. {', '.join(ids[:3])})")
@@ -90,18 +110,20 @@ def serve(
     # batch 1 for each member's latency, batch 32 (bench's default second size, when the report
     # has it) for what each further image of a request adds
     # in the runtime that will serve them
-    _, rows, measured = _frontier(pool, rev, runtime, "fp32", (1, 32), "cpu", data=data, threads=threads)
+    _, rows, measured = _frontier(pool, rev, r.runtime, "fp32", (1, 32), "cpu", data=r.data, threads=threads)
     front = frontier_from_rows(rows, wanted)
     if len(front) < len(wanted) and not measured:  # a report that lacks a member: measure now
-        _, rows, _ = _frontier(pool, rev, runtime, "fp32", (1, 32), "cpu", data=data, threads=threads, remeasure=True)
+        _, rows, _ = _frontier(
+            pool, rev, r.runtime, "fp32", (1, 32), "cpu", data=r.data, threads=threads, remeasure=True
+        )
         front = frontier_from_rows(rows, wanted)
     onnx = None
-    if runtime == "onnxruntime":  # the very files bench timed (cached by graph and weights)
+    if r.runtime == "onnxruntime":  # the very files bench timed (cached by graph and weights)
         from learngene.onnx_cache import member_onnx_files
         from learngene.onnx_sessions import shared_ort_sessions
         from learngene.serving.engine import time_sessions
 
-        zoo = pool_zoo(pool, rev, dm=pool_data(pool, data, 64, augment=False))
+        zoo = pool_zoo(pool, rev, dm=pool_data(pool, r.data, 64, augment=False))
         onnx = member_onnx_files([zoo.get(m) for m in front])
 
         sessions, _ = shared_ort_sessions(onnx, threads)  # the worker's sessions, timed as it will run them
@@ -115,16 +137,16 @@ def serve(
         front,
         tuple(cfg["input_size"]),
         pool.num_classes,
-        host=host,
-        port=port,
-        slo_ms=slo_ms,
-        token=token,
+        host=r.host,
+        port=r.port,
+        slo_ms=r.slo_ms,
+        token=r.token,
         threads=threads,
-        max_batch_size=max_batch_size,
-        batch_timeout_ms=batch_timeout_ms,
-        max_queue=max_queue,
-        max_body=max_body,
+        max_batch_size=r.max_batch_size,
+        batch_timeout_ms=r.batch_timeout_ms,
+        max_queue=r.max_queue,
+        max_body=int(r.max_body_mb * 2**20),
         onnx=onnx,
-        log_level=log_level,
-        on_ready=on_ready,
+        log_level=r.log_level,
+        on_ready=r.on_ready,
     )

@@ -3,10 +3,10 @@ latency.json, exported (trained first when it is still at its stitch initialisat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
-from learngene.api._common import _open, _targs
+from learngene.api._common import Request, _open, _targs, verb
 from learngene.api.bench import _frontier
 from learngene.core.errors import UserError
 from learngene.measure.budget import Budget
@@ -103,23 +103,45 @@ def _child_out(pool: Pool, out, name: str, force: bool, member: str, revision: s
     return check_output(folder, force, "child"), False
 
 
-def target(
-    pool="pools/embedded",
-    budget: Budget | None = None,
-    *,
-    runtime: str = "torch",
-    precision: str | None = None,
-    device: str = "cpu",
-    threads: int | None = None,
-    data=None,
-    out=None,
-    force: bool = False,
-    remeasure: bool = False,
-    train: bool = True,
-    fmt: str | None = None,
-    latency_file=None,
-    progress: bool = False,
-) -> TargetResult:
+@dataclass(frozen=True)
+class TargetRequest(Request):
+    pool: str | Path | Pool = "pools/embedded"
+    budget: Budget | None = None
+    _: KW_ONLY
+    runtime: str = "torch"
+    precision: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    data: str | Path | None = None
+    out: str | Path | None = None
+    force: bool = False
+    remeasure: bool = False
+    train: bool = True
+    fmt: str | None = None
+    latency_file: str | Path | None = None
+    progress: bool = False
+
+    def check(self):
+        from learngene.core import limits
+        from learngene.core.registries import FORMATS
+        from learngene.measure.members import resolve_device
+        from learngene.measure.runtimes import plan
+
+        if not isinstance(self.budget, Budget):
+            raise UserError("target needs a Budget (at least --max-latency-ms)")
+        if self.fmt is not None:
+            FORMATS.check(self.fmt, "--format")
+        if self.latency_file is None:  # on this host: a bad runtime, precision or device refused before any work
+            self._set("precision", self.precision or "fp32")
+            plan([self.runtime], [self.precision])
+            resolve_device(self.device)
+            limits.threads(self.threads)
+        on_ort = self.latency_file is not None or self.runtime == "onnxruntime"
+        self._set("fmt", self.fmt or ("onnx" if on_ort else "pt2"))
+
+
+@verb(TargetRequest)
+def target(r: TargetRequest) -> TargetResult:
     """The most accurate descendant within ``budget``, exported.
 
     Args:
@@ -137,66 +159,65 @@ def target(
         latency_file: a device's latency.json (probe.py): pick from its timings, export exactly the
             revision and weights it measured, with the host's own accuracy.
     """
-    from learngene.core.registries import FORMATS
     from learngene.measure.budget import pick
-    from learngene.measure.members import resolve_device, set_threads
-    from learngene.measure.runtimes import plan
+    from learngene.measure.members import set_threads
 
-    if not isinstance(budget, Budget):
-        raise UserError("target needs a Budget (at least --max-latency-ms)")
-    if fmt is not None:
-        FORMATS.check(fmt, "--format")
-    pool = _open(pool)
-    if latency_file is not None:
+    pool = _open(r.pool)
+    if r.latency_file is not None:
         return _target_on_device(
             pool,
-            latency_file,
-            budget,
-            precision=precision,
-            data=data,
-            out=out,
-            force=force,
-            train=train,
-            fmt=fmt or "onnx",
-            progress=progress,
+            r.latency_file,
+            r.budget,
+            precision=r.precision,
+            data=r.data,
+            out=r.out,
+            force=r.force,
+            train=r.train,
+            fmt=r.fmt,
+            progress=r.progress,
         )
-    precision = precision or "fp32"
-    plan([runtime], [precision])  # a bad runtime, precision or device: refused before any work
-    resolve_device(device)
-    set_threads(threads)
-    fmt = fmt or ("onnx" if runtime == "onnxruntime" else "pt2")
+    set_threads(r.threads)
+    fmt, precision = r.fmt, r.precision
     rev = pool.head("latest").id
-    if out is not None and Path(out).exists() and not force:
+    if r.out is not None and Path(r.out).exists() and not r.force:
         from learngene.core.io import check_output, learngene_output
 
-        if learngene_output(out) != "model folder":  # taken by something else: refused before anything is measured
-            check_output(out, force, "child")
+        if learngene_output(r.out) != "model folder":  # taken by something else: refused before anything is measured
+            check_output(r.out, r.force, "child")
     report, rows, measured = _frontier(
-        pool, rev, runtime, precision, budget.batch_size, device, data=data, remeasure=remeasure, progress=progress
+        pool,
+        rev,
+        r.runtime,
+        precision,
+        r.budget.batch_size,
+        r.device,
+        data=r.data,
+        remeasure=r.remeasure,
+        progress=r.progress,
     )
     rows = [r for r in rows if r["kind"] in DESCENDANT_KINDS]
     from learngene.measure.budget import WIDE_SPREAD
 
-    best, alts, notes = pick(rows, budget)
+    best, alts, notes = pick(rows, r.budget)
     if (best.get("infer_step_spread") or 0) > WIDE_SPREAD:  # measured here: say so, --remeasure on a quiet spell
         notes.append(
             f"the pick's timing spread is {best['infer_step_spread']:.0%} in {report.name}: "
             "pass --remeasure on a quieter machine to be sure of it"
         )
-    folder, reused = _child_out(pool, out, best["model"], force, best["model"], rev, fmt, precision)
+    folder, reused = _child_out(pool, r.out, best["model"], r.force, best["model"], rev, fmt, precision)
     if reused:
         return TargetResult(best, alts, folder, report, measured, notes=notes, reused=True)
     child, trained, _ = _finish(
         pool,
         best,
         revision=rev,
-        data=data,
+        data=r.data,
         out=folder,
-        force=force,
-        train=train,
+        force=r.force,
+        train=r.train,
         fmt=fmt,
         precision=precision,
-        progress=progress,
+        progress=r.progress,
     )
     return TargetResult(best, alts, child, report, measured, trained, notes)
 

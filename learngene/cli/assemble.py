@@ -11,6 +11,7 @@ from learngene.cli.common import (
     add_model_args,
     add_pool_arg,
     add_trainer_args,
+    call,
     data_arg,
     print_table,
     say,
@@ -120,19 +121,15 @@ def run(ns) -> int:
         precision=ns.export_precision,
         **{k: v for k, v in given.items() if v is not None},
     )
-    res = assemble(
+    res = call(
+        assemble,
+        ns,
         ns.pool,
         Selection(size=ns.size, params=ns.params, flops=ns.flops, config=ns.config),
         spec=spec,
         data=data_arg(ns),
         model=ns.ancestor,
-        pretrained=ns.pretrained,
-        checkpoint=ns.checkpoint,
-        allow_download=ns.allow_download,
-        out=ns.out,
-        force=ns.force,
         trainer_args=trainer_args_from(ns, "assemble"),
-        workers=ns.workers,
         progress=say(ns),
     )
     if ns.json:

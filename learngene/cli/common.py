@@ -238,21 +238,8 @@ def print_facts(info: dict, as_json: bool) -> None:
 
 
 def call(fn, ns, *args, **given):
-    """Call the API function ``fn`` as the flags ask: each keyword parameter it takes comes from
-    ``given`` when there, else from the parsed flag of the same name, else its default. So a
-    verb's module names only what differs between its flags and the API (``model=ns.ancestor``,
-    ``data=data_arg(ns)``, the progress and Trainer settings), and a new API argument with a
-    flag of its name needs no line here."""
-    import inspect
-
-    kw = {}
-    for name, p in inspect.signature(fn).parameters.items():
-        if p.kind is not p.KEYWORD_ONLY:
-            continue  # positional: the caller passes them
-        if name in given:
-            kw[name] = given.pop(name)
-        elif name in vars(ns):
-            kw[name] = getattr(ns, name)
-    if given:
-        raise TypeError(f"{fn.__name__} takes no {', '.join(given)}")
-    return fn(*args, **kw)
+    """Run the API verb ``fn`` as the flags ask: its typed request built from them
+    (`Request.from_flags`: ``given`` first, else the flag of each field's name, else its
+    default), checked, and run. A verb's module names only what differs between its flags and
+    the API (``model=ns.ancestor``, ``data=data_arg(ns)``, the progress and Trainer settings)."""
+    return fn.Request.from_flags(ns, *args, **given).run()
