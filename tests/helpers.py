@@ -95,9 +95,10 @@ def quiet():
     return TrainerArgs(progress=False, accelerator="cpu")
 
 
-def save_tiny_ancestor(folder, seed: int = 0, model=None):
+def save_tiny_ancestor(folder, seed: int = 0, model=None, **config):
     """A tiny DeiT-architecture ancestor for the digits (``model``, of TINY_ANCESTOR_ARGS, or
-    one at random init from ``seed``), as a timm local-dir."""
+    one at random init from ``seed``), as a timm local-dir; ``config`` replaces entries of its
+    data config (``label_names=...``, ``mean=...``)."""
     import timm
 
     from learngene.core.data import digits_data_config
@@ -107,7 +108,16 @@ def save_tiny_ancestor(folder, seed: int = 0, model=None):
         torch.manual_seed(seed)
         model = timm.create_model("deit_tiny_patch16_224", **TINY_ANCESTOR_ARGS)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in digits_data_config().items()}
-    return save_local_dir(model, folder, "deit_tiny_patch16_224", TINY_ANCESTOR_ARGS, {**cfg, "num_classes": 10})
+    cfg = {**cfg, "num_classes": 10, **config}
+    return save_local_dir(model, folder, "deit_tiny_patch16_224", TINY_ANCESTOR_ARGS, cfg)
+
+
+def adapt_args(model, pool, name="rot", epochs=1, fraction=0.2) -> tuple:
+    """``learngene adapt`` of ``model`` to the rotated digits, quick and quiet (no --name when
+    ``name`` is None)."""
+    named = ("--name", name) if name else ()
+    return ("adapt", "--model", model, "--pool", pool, "--data", "digits:rot90", *named, "--epochs", str(epochs),
+            "--fraction", str(fraction), "-q", "--accelerator", "cpu")  # fmt: skip
 
 
 def copy_of(pool, tmp_path):

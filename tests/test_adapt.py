@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, save_tiny_ancestor
+from helpers import adapt_args, assert_one_line_error, cli, save_tiny_ancestor
 
 from learngene.core.io import state_dict_sha256
 from learngene.deltas import delta as D
@@ -97,25 +97,7 @@ def test_cli_adapt_ls_apply_merge_export(base_dir, tmp_path):
     import timm
 
     pool = tmp_path / "pool"
-    r = cli(
-        "adapt",
-        "--model",
-        base_dir,
-        "--pool",
-        pool,
-        "--data",
-        "digits:rot90",
-        "--name",
-        "rot",
-        "--epochs",
-        "1",
-        "--fraction",
-        "0.2",
-        "--json",
-        "-q",
-        "--accelerator",
-        "cpu",
-    )
+    r = cli(*adapt_args(base_dir, pool), "--json")
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
     r = cli("adapt", "ls", "--pool", pool, "--json")

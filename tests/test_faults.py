@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from helpers import RECIPE3 as TINY3
-from helpers import assert_one_line_error, cli, fresh_pool, save_tiny_ancestor, start, wait_for
+from helpers import adapt_args, assert_one_line_error, cli, fresh_pool, save_tiny_ancestor, start, wait_for
 
 
 def tree(folder):
@@ -130,22 +130,7 @@ def test_a_second_builder_of_the_same_pool_is_refused_at_once(setup_dir, tmp_pat
 def test_two_adapts_at_once(tmp_path, tiny_vit):
     pytest.importorskip("peft")
     save_tiny_ancestor(tmp_path / "base", model=tiny_vit)
-    common = (
-        "adapt",
-        "--model",
-        tmp_path / "base",
-        "--pool",
-        tmp_path / "pool",
-        "--data",
-        "digits:rot90",
-        "--epochs",
-        "2",
-        "--fraction",
-        "0.2",
-        "-q",
-        "--accelerator",
-        "cpu",
-    )
+    common = adapt_args(tmp_path / "base", tmp_path / "pool", name=None, epochs=2)
     runs = [start(*common, "--name", n) for n in ("a", "b", "a")]
     codes = []
     for p in runs:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, fresh_pool
+from helpers import adapt_args, assert_one_line_error, cli, fresh_pool
 
 # --------------------------------------------------------------------------- documented paths
 
@@ -23,24 +23,7 @@ def test_adapt_apply_merge_and_describe_an_assembled_child(setup_dir, tmp_path):
         cli("assemble", "--pool", pool, "--descendant", "1,2", "--epochs", "0", "--format", "timm", "-q").returncode
         == 0
     )
-    r = cli(
-        "adapt",
-        "--pool",
-        pool,
-        "--model",
-        "stitch-1-2",
-        "--data",
-        "digits:rot90",
-        "--name",
-        "rot",
-        "--epochs",
-        "1",
-        "--fraction",
-        "0.3",
-        "-q",
-        "--accelerator",
-        "cpu",
-    )
+    r = cli(*adapt_args("stitch-1-2", pool, fraction=0.3))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "merged"
     r = cli(

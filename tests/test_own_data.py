@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, learngene
+from helpers import assert_one_line_error, cli, learngene, save_tiny_ancestor
 from PIL import Image
 
 CLASSES = ("ant", "bee", "cow")
@@ -38,22 +38,8 @@ def folder(root, per_class=10, save=None, classes=CLASSES):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny local-dir ViT with a 10-class head, reading 16x16 images."""
-    import timm
-
-    from learngene.core.localdir import save_local_dir
-
     d = tmp_path_factory.mktemp("own")
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {
-        "input_size": [3, 16, 16],
-        "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-        "num_classes": 10,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-    }
-    save_local_dir(timm.create_model("deit_tiny_patch16_224", **args), d / "m", "deit_tiny_patch16_224", args, cfg)
+    save_tiny_ancestor(d / "m", mean=[0.5] * 3, std=[0.5] * 3)
     return d / "m"
 
 
@@ -282,22 +268,7 @@ def test_fitted_ancestor_is_cached_and_build_pool_takes_it(tmp_path, tiny_dir):
 def test_ten_classes_of_other_names_are_not_the_ancestors_ten(tmp_path):
     """The embedded ancestor knows ten digits; a folder of ten animals has as many classes but
     not the same ones: build-pool must not distil the digit head into the pool."""
-    import timm
-
-    from learngene.core.localdir import save_local_dir
-
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-    cfg = {
-        "input_size": [3, 16, 16],
-        "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-        "num_classes": 10,
-        "crop_pct": 1.0,
-        "label_names": [str(i) for i in range(10)],
-    }
-    save_local_dir(
-        timm.create_model("deit_tiny_patch16_224", **args), tmp_path / "digits", "deit_tiny_patch16_224", args, cfg
-    )
+    save_tiny_ancestor(tmp_path / "digits", mean=[0.5] * 3, std=[0.5] * 3, label_names=[str(i) for i in range(10)])
     animals = folder(tmp_path / "animals", per_class=3, classes=tuple(f"animal{i}" for i in range(10)))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -9,9 +9,7 @@ from learngene.cli.common import (
     add_pool_arg,
     add_trainer_args,
     call,
-    data_arg,
     print_table,
-    trainer_args_from,
 )
 from learngene.core.errors import UserError
 from learngene.core.registries import DELTA_METHODS
@@ -68,16 +66,14 @@ def run(ns) -> int:
     if ns.action == "apply":
         if not ns.delta:
             raise UserError("adapt apply: give --delta (a task of the pool or a delta folder)")
-        res = call(adapt.apply, ns, ns.model, ns.delta, data=data_arg(ns))
+        res = call(adapt.apply, ns, ns.model, ns.delta)
         print(json.dumps(res, indent=2) if ns.json else ", ".join(f"{k}: {v}" for k, v in res.items()))
         return 0
     if ns.delta or ns.merge or ns.out:
         raise UserError("--delta / --merge / --out belong to `adapt apply`")
     if not ns.name:
         raise UserError("adapt: give --name TASK (the delta is stored as POOL/adapters/TASK)")
-    res = call(
-        adapt, ns, ns.model, data=data_arg(ns), trainer_args=trainer_args_from(ns, "adapt"), progress=not ns.quiet
-    )
+    res = call(adapt, ns, ns.model, progress=not ns.quiet)
 
     if ns.json:
         print(json.dumps(res, indent=2))

@@ -7,9 +7,7 @@ from learngene.cli.common import (
     add_model_args,
     add_trainer_args,
     call,
-    data_arg,
     print_facts,
-    trainer_args_from,
 )
 
 HELP = "show the ancestor (training the embedded one when needed)"
@@ -42,8 +40,6 @@ def run(ns) -> int:
         ancestor,
         ns,
         ns.ancestor,
-        data=data_arg(ns),
-        trainer_args=trainer_args_from(ns, "ancestor"),
         progress=not ns.quiet,
     )
     print_facts(info, ns.json)

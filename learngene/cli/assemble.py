@@ -12,10 +12,8 @@ from learngene.cli.common import (
     add_pool_arg,
     add_trainer_args,
     call,
-    data_arg,
     print_table,
     say,
-    trainer_args_from,
 )
 from learngene.core.registries import FORMATS, SAMPLING, STITCH_INITS, TRAIN_MODES, TUNE
 
@@ -127,9 +125,7 @@ def run(ns) -> int:
         ns.pool,
         Selection(size=ns.size, params=ns.params, flops=ns.flops, config=ns.config),
         spec=spec,
-        data=data_arg(ns),
         model=ns.ancestor,
-        trainer_args=trainer_args_from(ns, "assemble"),
         progress=say(ns),
     )
     if ns.json:

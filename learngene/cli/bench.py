@@ -8,7 +8,6 @@ from learngene.cli.common import (
     add_pool_arg,
     add_runtime_args,
     call,
-    data_arg,
     print_table,
     progress_on,
 )
@@ -44,7 +43,6 @@ def run(ns) -> int:
         ns.pool,
         runtimes=ns.runtime,
         precisions=ns.precision,
-        data=data_arg(ns),
         include=[i.strip() for i in ns.include.split(",")],
         num_workers=ns.workers,
         progress=progress_on(ns),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learngene.cli.common import add_data_arg, add_model_args, add_trainer_args, call, data_arg, trainer_args_from
+from learngene.cli.common import add_data_arg, add_model_args, add_trainer_args, call
 
 HELP = "distil the ancestor into auxiliary models and store their blocks as a pool"
 
@@ -42,9 +42,7 @@ def run(ns) -> int:
         ns,
         ns.recipe,
         model=ns.ancestor,
-        data=data_arg(ns),
         overrides=ns.set,
-        trainer_args=trainer_args_from(ns, "build-pool"),
         progress=not ns.quiet,
     )
     if pool is None:  # a DDP rank other than 0

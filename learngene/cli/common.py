@@ -240,6 +240,14 @@ def print_facts(info: dict, as_json: bool) -> None:
 def call(fn, ns, *args, **given):
     """Run the API verb ``fn`` as the flags ask: its typed request built from them
     (`Request.from_flags`: ``given`` first, else the flag of each field's name, else its
-    default), checked, and run. A verb's module names only what differs between its flags and
-    the API (``model=ns.ancestor``, ``data=data_arg(ns)``, the progress and Trainer settings)."""
+    default), checked, and run. ``data`` comes from --data (scanned now, `data_arg`) and
+    ``trainer_args`` from Lightning's flags, where the verb has them; so a verb's module names
+    only what differs between its flags and the API (``model=ns.ancestor``, the progress)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(fn.Request)}
+    if "data" in fields and "data" in vars(ns):
+        given.setdefault("data", data_arg(ns))
+    if "trainer_args" in fields and "accelerator" in vars(ns):
+        given.setdefault("trainer_args", trainer_args_from(ns, fn.__name__.replace("_", "-")))
     return fn.Request.from_flags(ns, *args, **given).run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import PRECISION_HELP, add_data_arg, add_pool_arg, call, data_arg
+from learngene.cli.common import PRECISION_HELP, add_data_arg, add_pool_arg, call
 from learngene.core.errors import UserError
 from learngene.core.registries import FORMATS
 
@@ -48,7 +48,7 @@ def run(ns) -> int:
         raise UserError("export: give the model once, as MODEL or --model MODEL")
     ns.model = ns.model or ns.model_flag
     precision = {"int8": "int8", "dynamic": "int8", "static": "int8-static"}.get(ns.int8, ns.precision)
-    out = call(export, ns, ns.model, fmt=ns.format, precision=precision, data=data_arg(ns))
+    out = call(export, ns, ns.model, fmt=ns.format, precision=precision)
     rec = out.record
     if ns.json:
         print(json.dumps(out.to_dict(), indent=2))

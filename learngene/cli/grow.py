@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from learngene.cli.common import add_data_arg, add_trainer_args, call, data_arg, trainer_args_from
+from learngene.cli.common import add_data_arg, add_trainer_args, call
 from learngene.core.registries import GROWTH_METHODS
 
 HELP = "make a model larger without changing what it computes"
@@ -48,9 +48,7 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import grow
 
-    res = call(
-        grow, ns, ns.source, data=data_arg(ns), trainer_args=trainer_args_from(ns, "grow"), progress=not ns.quiet
-    )
+    res = call(grow, ns, ns.source, progress=not ns.quiet)
     if ns.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learngene.cli.common import add_data_arg, add_pool_arg, call, data_arg, say
+from learngene.cli.common import add_data_arg, add_pool_arg, call, say
 
 HELP = "write a device kit: every member as ONNX, kit.json and probe.py (needs only onnxruntime + numpy)"
 
@@ -32,7 +32,7 @@ def add_arguments(sp) -> None:
 def run(ns) -> int:
     from learngene.api import kit
 
-    out = call(kit, ns, ns.pool, precisions=ns.precision, data=data_arg(ns), progress=say(ns))
+    out = call(kit, ns, ns.pool, precisions=ns.precision, progress=say(ns))
     print(
         f"kit: {out} (copy it to the device, then run there: python probe.py [--threads N] --out latency.json; "
         f"back here: learngene target --pool {ns.pool} --latency-file latency.json --max-latency-ms X)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from learngene.cli.common import add_data_arg, call, data_arg
+from learngene.cli.common import add_data_arg, call
 
 HELP = "serve every member of a pool behind one KServe v2 endpoint, picked per request by a latency budget"
 
@@ -46,5 +46,5 @@ def run(ns) -> int:
             flush=True,
         )
 
-    call(serve, ns, ns.pool_flag or ns.pool, data=data_arg(ns), on_ready=ready)
+    call(serve, ns, ns.pool_flag or ns.pool, on_ready=ready)
     return 0

@@ -10,7 +10,6 @@ from learngene.cli.common import (
     add_pool_arg,
     add_runtime_args,
     call,
-    data_arg,
     progress_on,
 )
 from learngene.core.registries import FORMATS, LATENCY_STATS
@@ -62,7 +61,6 @@ def run(ns) -> int:
         ns,
         ns.pool,
         budget,
-        data=data_arg(ns),
         train=not ns.no_train,
         fmt=ns.format,
         progress=progress_on(ns),
