@@ -46,7 +46,22 @@ from common import RESULTS, cpu_name, ensure_animals, quiet
 
 KEPT = RESULTS  # the runs the overview lists (RESULTS may be moved with --out)
 
-METHODS = ("pool", "snnet-plateau", "snnet-distilled", "snnet", "vanilla", "scratch", "vanilla-each", "scratch-each")
+METHODS = (
+    "pool",
+    "snnet-plateau",
+    "snnet-distilled",
+    "snnet",
+    "kd",
+    "prune-kd",
+    "kd-plateau",
+    "vanilla",
+    "scratch",
+    "vanilla-each",
+    "scratch-each",
+)
+SHORT = {"kd": "KD", "prune-kd": "Prune+KD", "kd-plateau": "KD to plateau"}  # table headings
+# the methods that give a member per size from the same ancestor: what the pool must beat
+ALTERNATIVES = ("snnet-plateau", "snnet-distilled", "snnet", "kd", "prune-kd", "kd-plateau")
 LABEL = {
     "pool": "Learngene Pool",
     "snnet": "SN-Net (c), anchor 30 epochs from scratch",
@@ -56,6 +71,9 @@ LABEL = {
     "scratch": "scratch",
     "vanilla-each": "vanilla learngene, E epochs each",
     "scratch-each": "scratch, E epochs each",
+    "kd": "KD per size, the pool's steps shared",
+    "prune-kd": "Torch-Pruning + KD per size, the pool's steps shared",
+    "kd-plateau": "KD per size, each to its plateau",
 }
 SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
 TESTBEDS = {
@@ -80,7 +98,20 @@ TESTBEDS = {
         "and recipe, 12 blocks, width 128, 2.37M params) and the animal-mnist silhouettes (16 px; 3,000 "
         "train, 800 val, 2,000 test images)",
     ),
+    "clutter": dict(
+        ancestor="embedded:clutter",
+        data="clutter",
+        recipe="clutter",
+        stem="methods_clutter",
+        budgets=[15, 40],
+        anchors=["plateau", "distilled"],
+        about="the clutter testbed's embedded ancestor (the digits' architecture and recipe, 12 blocks, width "
+        "128, 2.39M params, trained to its plateau and shipped) and the animal silhouettes among clutter, drawn "
+        "anew every epoch (16 px; 7,200 train, 800 val, 2,000 test images; learngene.core.clutter)",
+    ),
 }
+for _name, _bed in TESTBEDS.items():
+    _bed["name"] = _name
 
 
 def log(msg: str) -> None:
@@ -283,6 +314,14 @@ def main():
         help="SN-Net narrow anchors: plateau (a), distilled (b), fixed (c: 30 epochs from scratch); default: "
         "the testbed's",
     )
+    ap.add_argument(
+        "--units",
+        action="store_true",
+        help="run as resumable units (testbed, method, budget, seed), each appended to "
+        "results/units_TESTBED.jsonl when it finishes; a rerun skips them (method_units.py)",
+    )
+    ap.add_argument("--status", action="store_true", help="the units done and left, with the time left")
+    ap.add_argument("--methods", nargs="+", help="--units / --status: only these methods")
     a = ap.parse_args()
     bed = TESTBEDS[a.testbed]
     if bed["data"] == "animals":
@@ -290,6 +329,27 @@ def main():
     budgets, anchors = a.budgets or bed["budgets"], a.anchors or bed["anchors"]
     RESULTS = a.out
     raw = RESULTS / f"{bed['stem']}.json"
+    if a.units or a.status:
+        import method_units as mu
+
+        todo = mu.plan(
+            a.seeds,
+            budgets,
+            [m for m in mu.UNIT_METHODS if not a.methods or m in a.methods],
+            [m for m in mu.PLATEAU_METHODS if not a.methods or m in a.methods],
+        )
+        if a.status:
+            print(mu.status(RESULTS, a.testbed, todo))
+            return None
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        RESULTS.mkdir(exist_ok=True)
+        for unit in todo:  # one at a time, the outputs rewritten after each
+            mu.run(bed, [unit], RESULTS, a.pre_epochs, quiet)
+            res = from_units(bed, mu.done(RESULTS, a.testbed), budgets)
+            raw.write_text(json.dumps(res, indent=2))
+            if res["seeds"]:
+                write_outputs(res)
+        return None
     if a.each:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         res = json.loads(raw.read_text())
@@ -357,6 +417,38 @@ def main():
 # -- outputs ------------------------------------------------------------------------------------
 
 
+def from_units(bed: dict, units: list[dict], budgets: list[int]) -> dict:
+    """The units of a testbed as the run record the outputs read: seeds -> budget -> method ->
+    record, the slope's two ends from benchmarks/results/ancestor.json (each trained to its
+    plateau by ancestor.py)."""
+    anc_runs = json.loads((KEPT / "ancestor.json").read_text())["runs"] if (KEPT / "ancestor.json").is_file() else []
+    mine = [r for r in anc_runs if r["testbed"] == bed["name"]]
+    anc = next((r for r in mine if r.get("arch", "ancestor") == "ancestor"), None)
+    res = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "command": f"python benchmarks/compare_methods.py --testbed {bed['name']} --units",
+        "testbed": bed["name"],
+        "budgets": budgets + (["plateau"] if any(u["budget"] == "plateau" for u in units) else []),
+        "seeds": {},
+    }
+    if anc:
+        res["ancestor"] = {"test_top1": anc["test_top1"], "params": anc.get("params"), "epochs": anc["epochs_run"]}
+    for u in units:
+        seed = res["seeds"].setdefault(str(u["seed"]), {})
+        seed.setdefault(str(u["budget"]), {})[u["method"]] = {k: v for k, v in u.items() if k not in ("testbed",)}
+    for sd, rec in res["seeds"].items():
+        alone = [r["test_top1"] for r in mine if r.get("arch") == "narrow" and str(r["seed"]) == sd]
+        if alone:
+            rec["narrow_alone"] = alone[0]
+    # the per-size students at their plateau stand beside every budget (they have none)
+    for rec in res["seeds"].values():
+        for m, r in rec.pop("plateau", {}).items():
+            for b in budgets:
+                rec.setdefault(str(b), {})[m] = r
+    res["budgets"] = budgets
+    return res
+
+
 def table(res: dict, budget: int) -> list[dict]:
     """One row per method and member: params, FLOPs, latency, test top1 per seed, mean, std."""
     seeds = list(res["seeds"])
@@ -401,7 +493,8 @@ def write_outputs(res: dict) -> None:
     budgets = [b for b in res["budgets"] if all(str(b) in res["seeds"][s] for s in seeds)]
     all_rows = [r for b in budgets for r in table(res, b)]
     pd.DataFrame(all_rows).to_csv(RESULTS / f"{bed['stem']}.csv", index=False)
-    steps = res["seeds"][seeds[0]][str(budgets[0])]["pool"]["steps"]
+    first = res["seeds"][seeds[0]][str(budgets[0])]["pool"]
+    steps = first.get("joint_steps", first["steps"])  # a unit's steps include the distillation
     lines = [
         f"# Learngene Pool against SN-Net, vanilla learngene and scratch: the {name}",
         "",
@@ -506,7 +599,8 @@ def slope_section(res: dict, budgets: list[int]) -> list[str]:
     out = [
         "## Slope: does size buy accuracy",
         "",
-        f"- The ancestor ({res['ancestor']['params'] / 1e6:.2f}M params, the embedded recipe, 30 epochs, seed 0): "
+        f"- The ancestor ({(res['ancestor'].get('params') or 0) / 1e6:.2f}M params, the embedded recipe, "
+        f"{res['ancestor'].get('epochs', 30)} epochs, seed 0): "
         f"**{anc:.2f}**; the pool recipe's narrow auxiliary architecture trained alone from scratch with the same "
         f"recipe: **{statistics.mean(alone):.2f} ± {(statistics.stdev(alone) if len(alone) > 1 else 0):.2f}** "
         f"(seeds {', '.join(seeds)}): **{anc - statistics.mean(alone):+.2f} points** for the ancestor.",
@@ -530,9 +624,9 @@ def summary_section(res: dict, budget: int) -> list[str]:
     out = [
         f"## Budget: {budget} epochs of member training",
         "",
-        "| method | members | params (M) | mean top1 | worst member | stored params (M) | steps | wall per "
-        "stage (s, median over seeds) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | members | params (M) | mean top1 | worst member | stored params (M) | steps | training "
+        "FLOPs | wall per stage (s, median over seeds) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         recs = [res["seeds"][s][str(budget)][m] for s in seeds]
@@ -542,19 +636,25 @@ def summary_section(res: dict, budget: int) -> list[str]:
         )
         worst = min(by[m], key=lambda r: r["top1_mean"])
         sd = statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0
+        have = all("train_flops" in r for r in recs)
+        flops = f"{statistics.median(r['train_flops'] for r in recs):.3g}" if have else "-"
         out.append(
             f"| {LABEL[m].replace('E epochs', f'{budget} epochs')} | {len(by[m])} | "
             f"{by[m][0]['params'] / 1e6:.2f}-{by[m][-1]['params'] / 1e6:.2f} | "
             f"{statistics.mean(seed_means):.2f} ± {sd:.2f} | {worst['id']} {pm(worst)} | "
-            f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | {stages} |"
+            f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | "
+            f"{flops} | {stages} |"
         )
     # pool vs scratch (same architectures) and vs each SN-Net at or below each size
-    sns = [m for m in methods if m.startswith("snnet")]
-    sc = {r["id"]: r for r in by["scratch"]}
+    sns = [m for m in methods if m in ALTERNATIVES]
+    if "pool" not in by or not sns:  # a partial run: the table above is all there is yet
+        return out + [""]
+    snn = [m for m in sns if m.startswith("snnet")] or sns  # SN-Net's anchor sets "below the anchor"
+    sc = {r["id"]: r for r in by.get("scratch", [])}
     each = {r["id"]: r for r in by.get("scratch-each", [])}
-    smallest = by[sns[0]][0]
-    anchor_params = next(r for r in by[sns[0]] if r["id"] == "narrow")["params"]
-    short = {m: LABEL[m].split(",")[0] for m in sns}  # "SN-Net (a)"
+    smallest = by[snn[0]][0]
+    anchor_params = next((r for r in by[snn[0]] if r["id"] == "narrow"), by[snn[0]][0])["params"]
+    short = {m: SHORT.get(m, LABEL[m].split(",")[0]) for m in sns}  # "SN-Net (a)"
     first = res["seeds"][seeds[0]][str(budget)]
     out += [
         "",
@@ -576,9 +676,20 @@ def summary_section(res: dict, budget: int) -> list[str]:
         sum(r["params"] >= anchor_params for r in by["pool"]),
     )
     below_ok, overlap_ok, fit_ok = dict.fromkeys(sns, 0), dict.fromkeys(sns, 0), dict.fromkeys(sns, 0)
-    fit_n = sum(r["params"] >= smallest["params"] for r in by["pool"])
+    fit_of = {m: sum(r["params"] >= by[m][0]["params"] for r in by["pool"]) for m in sns}
+    best_ok, best_n, best_by = 0, 0, {}
     for r in by["pool"]:
-        above_scratch += r["top1_mean"] > sc[r["id"]]["top1_mean"]
+        refs = []
+        for m in sns:
+            fits = [x for x in by[m] if x["params"] <= r["params"]]
+            if fits:
+                refs.append((max(fits, key=lambda x: x["top1_mean"]), m))
+        if refs:
+            best, who = max(refs, key=lambda t: t[0]["top1_mean"])
+            best_n += 1
+            best_ok += r["top1_mean"] >= best["top1_mean"]
+            best_by[r["id"]] = (best, who)
+        above_scratch += bool(sc) and r["top1_mean"] > sc[r["id"]]["top1_mean"]
         above_each += bool(each) and r["top1_mean"] > each[r["id"]]["top1_mean"]
         cells = []
         for m in sns:
@@ -590,22 +701,28 @@ def summary_section(res: dict, budget: int) -> list[str]:
             cells.append(f"{pm(ref)} ({ref['id']}) | {d:+.2f}")
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
         out.append(
-            f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']])} | "
+            f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']]) if sc else '-'} | "
             + " | ".join(cells)
             + " |"
             + (f" {pm(each[r['id']])} |" if each else "")
         )
     n = len(by["pool"])
     out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants."]
+    if best_n:
+        out.append(
+            f"- **Pool at least as accurate as the best alternative** (the most accurate member no larger of any of "
+            f"{', '.join(short[m] for m in sns)}): **{best_ok}/{best_n}** descendants (those with an "
+            f"alternative no larger)."
+        )
     for m in sns:
         rec = res["seeds"][seeds[0]][str(budget)][m].get("anchor")
         how = f" (anchor: {', '.join(f'{k} {v}' for k, v in rec.items())}, seed {seeds[0]})" if rec else ""
         out.append(
             f"- Against {LABEL[m]}{how}: pool at least as accurate below the anchor's size in "
             f"**{below_ok[m]}/{below}** descendants, from the anchor's size up (its best member no larger) in "
-            f"**{overlap_ok[m]}/{overlap}**; at the sizes where SN-Net has a member no larger "
-            f"(>= {smallest['params'] / 1e6:.3f}M) in **{fit_ok[m]}/{fit_n}**"
-            + (" (where it is not, the pool loses: see the table)." if fit_ok[m] < fit_n else ".")
+            f"**{overlap_ok[m]}/{overlap}**; at the sizes where {short[m]} has a member no larger "
+            f"(>= {by[m][0]['params'] / 1e6:.3f}M) in **{fit_ok[m]}/{fit_of[m]}**"
+            + (" (where it is not, the pool loses: see the table)." if fit_ok[m] < fit_of[m] else ".")
         )
     if each:
         out.append(
@@ -643,6 +760,9 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
         "scratch": "tab:gray",
         "vanilla-each": "tab:olive",
         "scratch-each": "black",
+        "kd": "tab:cyan",
+        "prune-kd": "tab:brown",
+        "kd-plateau": "tab:pink",
     }
     fig, axes = plt.subplots(len(budgets), 2, figsize=(12, 4.6 * len(budgets)), squeeze=False)
     for i, b in enumerate(budgets):
@@ -664,7 +784,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
                     label=LABEL[m].replace("E epochs", f"{b} epochs"),
                     alpha=0.85,
                 )
-            if x == "params" and res and "ancestor" in res:  # the slope's two ends
+            if x == "params" and res and (res.get("ancestor") or {}).get("params"):  # the slope's two ends
                 ax.plot(
                     [res["ancestor"]["params"] / 1e6], [res["ancestor"]["test_top1"]], "k*", ms=11, label="ancestor"
                 )

@@ -117,3 +117,32 @@ def test_scratch_trains_the_pool_architectures_from_random_init(setup_dir, tmp_p
     assert not torch.equal(zoo.models["narrow"].blocks[0].attn.qkv.weight, pm.narrow.blocks[0].attn.qkv.weight)
     # the pool under the same interface
     assert set(pz.models) == set(zoo.models) and pz.stored_params == sum(p.numel() for p in pm.parameters())
+
+
+def test_per_size_students_prune_the_ancestor_to_a_plain_deit_and_distil_it(tiny_vit, dm):
+    """Torch-Pruning's pruned ancestor is a plain DeiT of the width asked (loadable as the
+    timm model of that width) and leaves the ancestor as it was; both
+    per-size methods come back as a Zoo whose training FLOPs and steps are counted."""
+    pytest.importorskip("torch_pruning")
+    from learngene.baselines import per_size, pruned, width_for
+    from learngene.baselines.one_per_size import params_at
+
+    full = params_at(tiny_vit, 32)
+    w = width_for(tiny_vit, full // 2)
+    assert w % 2 == 0 and params_at(tiny_vit, w) <= full // 2 < params_at(tiny_vit, w + 2)
+    small = pruned(tiny_vit, w)
+    assert small.blocks[0].attn.qkv.weight.shape == (3 * w, w) and small.num_classes == 10
+    before = params_of(tiny_vit)
+    x = torch.randn(4, 3, 16, 16)
+    assert small(x).shape == (4, 10)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_vit.state_dict().items())  # the ancestor is untouched
+    zoos = {
+        init: per_size(tiny_vit, dm, [w], init=init, steps=3, seed=0, trainer_args=quiet())
+        for init in ("random", "pruned")
+    }
+    for init, z in zoos.items():
+        (m,) = z.members
+        assert m.id == f"{'kd' if init == 'random' else 'prune'}-w{w}" and m.params == params_at(tiny_vit, w)
+        assert z.steps == 3 and z.train_flops > 3 * 3 * m.flops  # forward + backward of 32 images, a teacher too
+    with pytest.raises(UserError, match="steps or epochs"):
+        per_size(tiny_vit, dm, [w], seed=0)

@@ -76,6 +76,7 @@ DATA_SOURCES = Registry(
     {
         "digits": "learngene.core.sources:DigitsSource",
         "animals": "learngene.core.sources:AnimalsSource",
+        "clutter": "learngene.core.clutter:ClutterSource",
     },
 )
 # runtimes bench and target measure members in

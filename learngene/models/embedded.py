@@ -67,6 +67,9 @@ class Testbed:
 TESTBEDS = {
     "digits": Testbed("digits", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE),
     "animals": Testbed("animals", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE),
+    # the silhouettes among clutter, drawn anew every epoch (learngene.core.clutter): where
+    # the plain silhouettes gave no slope between sizes, capacity is the limit here
+    "clutter": Testbed("clutter", EMBEDDED_MODEL_ARGS, EMBEDDED_RECIPE),
 }
 DEFAULT_TESTBED = "digits"
 
