@@ -67,24 +67,40 @@ class CoreBudget(L.Callback):
 
 
 class EpochLines(L.Callback):
-    """One line per epoch on stderr (rank 0): what a log wants instead of a progress bar."""
+    """One line per epoch on stderr (rank 0): what a log wants instead of a progress bar,
+    with the time this stage has left at the pace so far (at most that, when it may stop early)."""
 
     def __init__(self, label: str):
-        self.label, self.t0 = label, 0.0
+        self.label, self.t0, self.step0 = label, 0.0, 0
 
     def on_train_start(self, trainer, pl_module):
-        self.t0 = time.perf_counter()
+        self.t0, self.step0 = time.perf_counter(), trainer.global_step  # a resumed run counts from here
+
+    def left(self, trainer) -> str:
+        done = trainer.global_step - self.step0
+        try:
+            total = int(trainer.estimated_stepping_batches)
+        except Exception:  # an iterable of unknown length: no estimate
+            return ""
+        if done <= 0 or not 0 < total < 10**12:
+            return ""
+        secs = (time.perf_counter() - self.t0) / done * max(0, total - trainer.global_step)
+        return f", {'at most ' if self.auto(trainer) else ''}~{secs:.0f} s left"
+
+    @staticmethod
+    def auto(trainer) -> bool:
+        return any(isinstance(c, EarlyStopping) for c in trainer.callbacks)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.is_global_zero:
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             vals = ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
             total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-            if any(isinstance(c, EarlyStopping) for c in trainer.callbacks):
+            if self.auto(trainer):
                 total = f"<={total} (auto)"
             print(
                 f"{self.label}: epoch {trainer.current_epoch + 1}/{total}, step {trainer.global_step}"
-                f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s)",
+                f"{', ' + vals if vals else ''} ({time.perf_counter() - self.t0:.0f} s{self.left(trainer)})",
                 file=sys.stderr,
                 flush=True,
             )
