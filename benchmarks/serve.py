@@ -10,11 +10,13 @@ worker's resident memory while serving every member on shared blocks, and the by
 members' weights held once (the pool) against one copy per member (separate models).
 
     python benchmarks/serve.py [--pool pools/embedded] [--slo-ms auto] [--seconds 8]
-        [--concurrency 1,2,4,8,16] [--threads 2] [--images 1] [--runtime torch|onnxruntime]
+        [--concurrency 1,2,3,4,6,8,12,16] [--threads 2] [--images 1] [--runtimes onnxruntime,torch]
 
-Writes benchmarks/results/serve.{json,md} (``--images N`` > 1: serve_images<N>.{json,md};
-``--runtime onnxruntime``: ..._onnxruntime.{json,md}, with the sessions' memory shared against
-one session per member).
+Both runtimes side by side in one run, each at its own SLO (2x its largest member's idle p50),
+one server after the other; the first (onnxruntime) is what `learngene serve` runs by default
+where it is installed. Writes benchmarks/results/serve.{json,md} (``--images N`` > 1:
+serve_images<N>.{json,md}), with ONNX Runtime's sessions' memory shared against one session
+per member.
 ``--images``: images per request. At the embedded scale one 16 px image costs a member 1-5
 ms against ~12 ms of HTTP and queues, so with one image per request no choice of member can
 change the load a server holds; a request of 16 images (a client sending a batch, or as
@@ -190,14 +192,17 @@ def main() -> None:
     ap.add_argument("--pool", default="pools/embedded")
     ap.add_argument("--slo-ms", default="auto", help="auto: 2x the largest member's idle end-to-end p50")
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--concurrency", default="1,2,4,8,16")
+    ap.add_argument("--concurrency", default="1,2,3,4,6,8,12,16")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--images", type=int, default=1, help="images per request (1..64)")
-    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
+    ap.add_argument("--runtimes", default="onnxruntime,torch", help="each served in turn, the default first")
     a = ap.parse_args()
     if not 1 <= a.images <= 64:
         sys.exit("--images: 1..64")
-    stem = ("serve" if a.images == 1 else f"serve_images{a.images}") + ("" if a.runtime == "torch" else f"_{a.runtime}")
+    runtimes = [r.strip() for r in a.runtimes.split(",") if r.strip()]
+    if not runtimes or any(r not in ("torch", "onnxruntime") for r in runtimes):
+        sys.exit("--runtimes: torch and/or onnxruntime")
+    stem = "serve" if a.images == 1 else f"serve_images{a.images}"
     if not (Path(a.pool) / "pool.json").exists():
         for argv in (["build-pool", "--out", a.pool], ["assemble", "--pool", a.pool, "--all"]):
             subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
@@ -207,8 +212,36 @@ def main() -> None:
     rows = lg.descendants(pool)
     largest = max(rows, key=lambda r: r["params"])["id"]
     smallest = min(rows, key=lambda r: r["params"])["id"]
+    out = {
+        "runs": {},
+        "pool": a.pool,
+        "images": a.images,
+        "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+    }
+    for runtime in runtimes:
+        out["runs"][runtime] = serve_and_load(a, pool, largest, smallest, runtime)
+    mem = subprocess.run([sys.executable, "-c", MEMORY, a.pool], capture_output=True, text=True, check=True)
+    out["memory"] = json.loads(mem.stdout)
+    if "onnxruntime" in runtimes:
+        for mode in ("separate", "shared"):
+            ort = subprocess.run(
+                [sys.executable, "-c", MEMORY_ORT, a.pool, mode, str(a.images), str(a.threads)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            out["memory"][f"ort_{mode}"] = json.loads(ort.stdout.strip().splitlines()[-1])
+    res = out
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    write_md(res, stem)
+    print(f"wrote {RESULTS / f'{stem}.md'}")
+
+
+def serve_and_load(a, pool, largest: str, smallest: str, runtime: str) -> dict:
+    """One server of ``runtime``: its SLO, then every way at every concurrency."""
     port = free_port()
-    server = start(a.pool, port, a.threads, a.runtime)  # its frontier is measured now if this host has no report
+    server = start(a.pool, port, a.threads, runtime)  # its frontier is measured now if this host has no report
     meta = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{pool.path.name}").read())
     front = meta["parameters"]["members"]
     shape = tuple(pool.data_config["input_size"])
@@ -221,10 +254,8 @@ def main() -> None:
         # the cores this run may use (taskset pins it to fewer than the machine has)
         "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, "
         f"{a.threads} inference thread(s)",
-        "pool": a.pool,
         "slo_ms": round(slo, 3),
-        "images": a.images,
-        "runtime": a.runtime,
+        "runtime": runtime,
         "largest": largest,
         "smallest": smallest,
         "frontier": front,
@@ -240,28 +271,15 @@ def main() -> None:
                 r["mean_top1"] = round(sum(front[m]["top1"] * k for m, k in r["served"].items()) / n, 2)
                 res["ways"][way].append(r)
                 print(
-                    f"{way} c={c}: {r['throughput']}/s p99 {r['p99_ms']} ms, attainment {r['attainment']:.1%}",
+                    f"{runtime} {way} c={c}: {r['throughput']}/s p99 {r['p99_ms']} ms, "
+                    f"attainment {r['attainment']:.1%}",
                     flush=True,
                 )
         res["worker_rss_mib"] = worker_rss_mib(server)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
-    mem = subprocess.run([sys.executable, "-c", MEMORY, a.pool], capture_output=True, text=True, check=True)
-    res["memory"] = json.loads(mem.stdout)
-    if a.runtime == "onnxruntime":
-        for mode in ("separate", "shared"):
-            out = subprocess.run(
-                [sys.executable, "-c", MEMORY_ORT, a.pool, mode, str(a.images), str(a.threads)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            res["memory"][f"ort_{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    write_md(res, stem)
-    print(f"wrote {RESULTS / f'{stem}.md'}")
+    return res
 
 
 def held(rows: list[dict]) -> float:
@@ -270,40 +288,49 @@ def held(rows: list[dict]) -> float:
 
 
 def write_md(res: dict, stem: str = "serve") -> None:
+    runs = res["runs"]
+    first = next(iter(runs.values()))
     lines = [
         "# learngene serve under load",
         "",
-        f"`python benchmarks/serve.py` on {res['machine']}, runtime {res.get('runtime', 'torch')}; pool "
-        f"`{res['pool']}`, SLO {res['slo_ms']:.2f} ms "
-        f"(2x the largest member's idle end-to-end p50 through the server); closed loops through tritonclient.http on "
-        f"localhost, {res.get('images', 1)} image(s) per request (the adaptive way's requests carry the SLO as "
-        "`max_latency_ms`), "
-        "LitServe's dynamic batching on the server.",
+        f"`{res.get('command', 'python benchmarks/serve.py')}` on {first['machine']}; pool `{res['pool']}`; "
+        f"closed loops through tritonclient.http on localhost, {res.get('images', 1)} image(s) per request (the "
+        "adaptive way's requests carry the SLO as `max_latency_ms`), LitServe's dynamic batching on the server. "
+        "Each runtime in turn, in one run, at its own SLO: 2x its largest member's idle end-to-end p50 through the "
+        f"server. `learngene serve` runs {next(iter(runs))} by default where it is installed (`--runtime auto`).",
         "",
-        "| way | concurrency | req/s | p50 ms | p99 ms | SLO attainment | mean top1 served | answered by |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for way, rows in res["ways"].items():
-        for r in rows:
-            by = ", ".join(f"{m} {k}" for m, k in sorted(r["served"].items(), key=lambda kv: -kv[1])[:3])
-            lines.append(
-                f"| {way} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | "
-                f"{r['attainment']:.1%} | {r['mean_top1']} | {by} |"
-            )
-    h = {w: held(rows) for w, rows in res["ways"].items()}
-    big = res["frontier"][res["largest"]]["top1"]
-    ada = [r for r in res["ways"].get("adaptive", []) if r["attainment"] >= 0.95]
-    ada_top1 = max(ada, key=lambda r: r["throughput"])["mean_top1"] if ada else float("nan")
+    for runtime, run in runs.items():
+        h = {w: held(rows) for w, rows in run["ways"].items()}
+        big = run["frontier"][run["largest"]]["top1"]
+        ada = [r for r in run["ways"].get("adaptive", []) if r["attainment"] >= 0.95]
+        ada_top1 = max(ada, key=lambda r: r["throughput"])["mean_top1"] if ada else float("nan")
+        lines += [
+            f"## {runtime}, SLO {run['slo_ms']:.2f} ms",
+            "",
+            f"- **Load held at >= 95% attainment: adaptive {h.get('adaptive', 0)} req/s, "
+            f"{h.get('adaptive', 0) / max(h.get('largest', 0), 1e-9):.2f}x the largest member alone** "
+            f"({h.get('largest', 0)} req/s; the smallest alone {h.get('smallest', 0)}); goal >= 2x. Mean top1 served "
+            f"there {ada_top1} vs the largest's {big} (goal: within 2 points).",
+            f"- The inference worker's resident memory while serving all of them: {run.get('worker_rss_mib')} MiB.",
+            "",
+            "| way | concurrency | req/s | p50 ms | p99 ms | SLO attainment | mean top1 served | answered by |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for way, rows in run["ways"].items():
+            for r in rows:
+                by = ", ".join(f"{m} {k}" for m, k in sorted(r["served"].items(), key=lambda kv: -kv[1])[:3])
+                lines.append(
+                    f"| {way} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | "
+                    f"{r['attainment']:.1%} | {r['mean_top1']} | {by} |"
+                )
+        lines.append("")
     m = res["memory"]
     lines += [
+        "## Memory",
         "",
-        f"- Load held at >= 95% attainment: largest {h.get('largest', 0)} req/s, smallest {h.get('smallest', 0)}, "
-        f"adaptive {h.get('adaptive', 0)} ({h.get('adaptive', 0) / max(h.get('largest', 0), 1e-9):.2f}x the "
-        f"largest; goal >= 2x), mean top1 served there {ada_top1} vs the largest's {big} (goal: within 2 points).",
-        f"- Memory: the {m['members']} members' weights held once (the pool) {m['shared_mib']:.2f} MiB against "
-        f"{m['separate_mib']:.2f} MiB as separate models ({m['shared_mib'] / m['separate_mib']:.2f}x; goal <= 0.6x); "
-        f"the inference worker's resident memory while serving all of them {res.get('worker_rss_mib')} MiB "
-        "(mostly torch itself).",
+        f"- The {m['members']} members' weights held once (the pool) {m['shared_mib']:.2f} MiB against "
+        f"{m['separate_mib']:.2f} MiB as separate models ({m['shared_mib'] / m['separate_mib']:.2f}x; goal <= 0.6x).",
     ]
     if "ort_shared" in m:
         sh, sep = m["ort_shared"], m["ort_separate"]

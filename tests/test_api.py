@@ -54,6 +54,7 @@ def test_a_request_is_checked_in_one_place_before_any_work(tmp_path):
             make()
     assert not missing.exists()
     r = lg.serve.Request(missing, port=8123)
+    assert r.runtime == "onnxruntime"  # auto: the faster at one image a request, installed here
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.port = 1
     assert r.to_dict()["port"] == 8123 and "token" not in r.to_dict()

@@ -133,7 +133,7 @@ def served(setup_dir, tmp_path_factory):
     log = open(d / "serve.log", "w")
     p = subprocess.Popen(
         [sys.executable, "-m", "learngene.cli", "serve", str(pool), "--port", str(port)]
-        + ["--token-file", str(d / "token"), "--threads", "1"],
+        + ["--token-file", str(d / "token"), "--threads", "1", "--runtime", "torch"],  # ONNX Runtime: its own test
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "LEARNGENE_NO_LOAD_WARNING": "1"},

@@ -46,6 +46,33 @@ def test_animals_split_is_fixed_and_stratified():
 
 
 @needs_animals
+def test_clutter_draws_training_images_anew_and_keeps_its_evaluation_splits_fixed():
+    """The clutter testbed: the same val / test images on every call (fixed seeds, their
+    clutter from their own split), training images drawn anew per sample, at 16 px only."""
+    import torch
+
+    from learngene.core import clutter
+    from learngene.core.data import open_source
+
+    src = open_source("clutter")
+    cfg = src.config_for(None)
+    a, b = src.datasets(cfg, augment=True), src.datasets(cfg, augment=False)
+    assert {k: len(v) for k, v in a.items()} == {"train": 7200, "val": 800, "test": 2000}
+    clutter._FIXED.clear()
+    again = src.datasets(cfg, augment=False)
+    assert torch.equal(b["test"][5][0], again["test"][5][0]) and b["test"][5][1] == again["test"][5][1]
+    torch.manual_seed(0)
+    x1, y1 = a["train"][3]
+    x2, y2 = a["train"][3]
+    assert y1 == y2 and not torch.equal(x1, x2) and x1.shape == (3, 16, 16)  # a new draw each time
+    batch = a["train"].__getitems__([0, 1, 2])
+    assert [y for _, y in batch] == [a["train"].labels()[i] for i in range(3)]
+    assert src.fingerprint()["source"] == "clutter" and "clutter16" in src.fingerprint()["files"]
+    with pytest.raises(UserError, match="drawn at 16x16"):
+        src.config_for({"input_size": (3, 32, 32)})
+
+
+@needs_animals
 def test_animals_ancestor_pool_and_stages_find_their_data(tmp_path, monkeypatch):
     """The animals' ancestor trains and caches under its own name, records its classes, is
     refused on the digits, and a pool built from it reads the animals with no --data."""

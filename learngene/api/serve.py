@@ -24,7 +24,7 @@ class ServeRequest(Request):
     pool: str | Path | Pool = "pools/embedded"
     _: KW_ONLY
     members: str | Sequence = None
-    runtime: str = "torch"
+    runtime: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     slo_ms: float | None = None
@@ -43,6 +43,10 @@ class ServeRequest(Request):
     def check(self):
         from learngene.core import limits
 
+        if self.runtime == "auto":  # the faster where it is installed (benchmarks/serve.py)
+            import importlib.util
+
+            self._set("runtime", "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch")
         if self.runtime not in ("torch", "onnxruntime"):
             raise UserError(f"--runtime {self.runtime!r}: serve runs the members in torch or onnxruntime")
         self._set("port", limits.int_in(self.port, "--port", 1, 65535))
@@ -75,8 +79,9 @@ def serve(r: ServeRequest) -> None:
         members: the member ids served (default: every descendant); each is a v2 model, and the
             pool's name is a virtual model that picks one per request from its ``parameters``
             ``max_latency_ms`` / ``min_top1`` (see `learngene.serving.policy`).
-        runtime: ``torch`` (the members as paths through the pool's blocks, held once) or
-            ``onnxruntime`` (a session per member, initializers with the same bytes held once).
+        runtime: ``onnxruntime`` (a session per member, initializers with the same bytes held
+            once) or ``torch`` (the members as paths through the pool's blocks, held once);
+            ``auto`` (default): onnxruntime when it is installed, else torch.
         host, port: where to listen (127.0.0.1 unless told otherwise).
         slo_ms: the latency budget of a virtual-model request that names none: under load a
             smaller member answers, beyond what the smallest holds the answer is 503 + Retry-After.

@@ -16,9 +16,11 @@ def add_arguments(sp) -> None:
     sp.add_argument("--members", default=None, help="member ids served, comma separated (default: every descendant)")
     sp.add_argument(
         "--runtime",
-        default="torch",
-        choices=["torch", "onnxruntime"],
-        help="what runs the members (default torch); onnxruntime: a session per member on shared initializers",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="what runs the members: onnxruntime (a session per member on shared initializers, the faster "
+        "at one image a request) or torch (paths through the pool's blocks); default auto: onnxruntime when "
+        "installed, else torch",
     )
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
