@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from learngene.core.errors import UserError
-from learngene.core.sources import ANIMALS, AnimalsSource, Split, TensorImages, animal_splits
+from learngene.core.sources import ANIMALS, AnimalsSource, Split, TensorImages, animal_splits, gray_config
 
 CANVAS = 16
 # The object: 55-85% of the canvas, turned up to +-0.5 rad, moved up to +-35% of the canvas;
@@ -108,16 +108,7 @@ class ClutterSource(AnimalsSource):
         img = int(model_config["input_size"][-1]) if model_config else CANVAS
         if img != CANVAS:
             raise UserError(f"the clutter testbed is drawn at {CANVAS}x{CANVAS}; this model reads {img}x{img}")
-        val = fixed_split("val").images
-        mean, std = float(val.mean()), float(val.std())
-        return {
-            "input_size": (3, CANVAS, CANVAS),
-            "interpolation": "bilinear",
-            "mean": (mean,) * 3,
-            "std": (std,) * 3,
-            "crop_pct": 1.0,
-            "crop_mode": "center",
-        }
+        return gray_config(CANVAS, fixed_split("val").images)  # the training split is drawn anew
 
     def datasets(self, data_config: dict, augment: bool) -> dict[str, Dataset]:
         mean, std = data_config["mean"], data_config["std"]

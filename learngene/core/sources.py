@@ -85,10 +85,10 @@ def digits_splits(img_size: int = DIGITS_IMG_SIZE) -> dict[str, Split]:
     }
 
 
-def digits_data_config(img_size: int = DIGITS_IMG_SIZE) -> dict:
-    """timm-style data config of the embedded data (mean/std of its training split)."""
-    train = digits_splits(img_size)["train"].images
-    mean, std = float(train.mean()), float(train.std())
+def gray_config(img_size: int, images: torch.Tensor) -> dict:
+    """timm-style data config of in-memory gray images at ``img_size``, normalised by the
+    mean / std of ``images`` (a split of them)."""
+    mean, std = float(images.mean()), float(images.std())
     return {
         "input_size": (3, img_size, img_size),
         "interpolation": "bilinear",
@@ -97,6 +97,11 @@ def digits_data_config(img_size: int = DIGITS_IMG_SIZE) -> dict:
         "crop_pct": 1.0,
         "crop_mode": "center",
     }
+
+
+def digits_data_config(img_size: int = DIGITS_IMG_SIZE) -> dict:
+    """timm-style data config of the embedded data (mean/std of its training split)."""
+    return gray_config(img_size, digits_splits(img_size)["train"].images)
 
 
 class TensorImages(Dataset):
@@ -268,16 +273,7 @@ class AnimalsSource(DigitsSource):
 
     def config_for(self, model_config: dict | None) -> dict:
         img = int(model_config["input_size"][-1]) if model_config else DIGITS_IMG_SIZE
-        train = animal_splits(img)["train"].images
-        mean, std = float(train.mean()), float(train.std())
-        return {
-            "input_size": (3, img, img),
-            "interpolation": "bilinear",
-            "mean": (mean,) * 3,
-            "std": (std,) * 3,
-            "crop_pct": 1.0,
-            "crop_mode": "center",
-        }
+        return gray_config(img, animal_splits(img)["train"].images)
 
     def datasets(self, data_config: dict, augment: bool) -> dict[str, Dataset]:
         splits = animal_splits(int(data_config["input_size"][-1]))
