@@ -32,16 +32,8 @@ INITS = ("random", "pruned")
 
 
 def student_args(ancestor: nn.Module, width: int) -> dict:
-    s = ViTView(ancestor).shape
-    return dict(
-        img_size=s.img_size,
-        patch_size=s.patch_size,
-        embed_dim=width,
-        depth=ViTView(ancestor).depth,
-        num_heads=s.num_heads,
-        mlp_ratio=s.mlp_hidden / s.embed_dim,
-        num_classes=s.num_classes,
-    )
+    """The ancestor's shape at ``width`` (its depth, heads, MLP ratio, input and classes)."""
+    return {**ViTView(ancestor).model_args(), "embed_dim": width}
 
 
 def params_at(ancestor: nn.Module, width: int) -> int:

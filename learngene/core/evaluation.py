@@ -16,6 +16,12 @@ def topk_hits(logits: torch.Tensor, labels: torch.Tensor, topk=(1, 5)) -> dict[i
 
 
 @torch.no_grad()
+def split_metrics(model: nn.Module, dm) -> dict[str, float]:
+    """What every trained model records of itself: test top1 / top5 and validation top1 (rounded)."""
+    test, val = evaluate(model, dm.test_dataloader()), evaluate(model, dm.val_dataloader())
+    return {"test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2), "val_top1": round(val["top1"], 2)}
+
+
 def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", topk=(1, 5)) -> dict[str, float]:
     """top-k accuracy (percent) of a classifier over a loader."""
     model.eval().to(device)

@@ -150,7 +150,7 @@ def train_embedded(
 
     from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule
-    from learngene.core.evaluation import evaluate
+    from learngene.core.evaluation import split_metrics
     from learngene.core.io import check_output
     from learngene.core.training import Classifier, OptimConfig, TrainerArgs, fit, resumable
 
@@ -194,11 +194,8 @@ def train_embedded(
     )
     wall = prior + time.perf_counter() - t0
     model = model.cpu().eval()
-    test, val = evaluate(model, dm.test_dataloader()), evaluate(model, dm.val_dataloader())
     metrics = {
-        "test_top1": round(test["top1"], 2),
-        "test_top5": round(test["top5"], 2),
-        "val_top1": round(val["top1"], 2),
+        **split_metrics(model, dm),
         "train_seconds": round(wall, 1),
         "epochs": record["epochs_run"],
         "best_epoch": record["best_epoch"],

@@ -223,7 +223,7 @@ def fit_ancestor(
 
     from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule, data_for
-    from learngene.core.evaluation import evaluate
+    from learngene.core.evaluation import evaluate, split_metrics
     from learngene.core.limits import epochs as bounded
     from learngene.core.training import TrainerArgs
 
@@ -293,12 +293,9 @@ def fit_ancestor(
     )
     record = _train(model, dm, lr, r, r["epochs"], targs, "ancestor (fitting)", auto=auto)
     model = model.cpu().eval()
-    test, val = evaluate(model, evald.test_dataloader()), evaluate(model, evald.val_dataloader())
     metrics = {
         **before,
-        "test_top1": round(test["top1"], 2),
-        "test_top5": round(test["top5"], 2),
-        "val_top1": round(val["top1"], 2),
+        **split_metrics(model, evald),
         "knn_top1": probe_top1(model, evald),
         **baselines,
         "lr": lr,

@@ -25,16 +25,9 @@ STUDENT_ARCH = "deit_tiny_patch16_224"  # timm entry point of the DeiT architect
 
 
 def student_args(spec: AuxSpec, ancestor: nn.Module) -> dict:
-    s = ViTView(ancestor).shape
-    return dict(
-        img_size=s.img_size,
-        patch_size=s.patch_size,
-        embed_dim=spec.embed_dim,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        mlp_ratio=spec.mlp_ratio,
-        num_classes=s.num_classes,
-    )
+    """The ancestor's input and classes, the auxiliary's width, depth, heads and MLP."""
+    sizes = dict(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio)
+    return {**ViTView(ancestor).model_args(), **sizes}
 
 
 def make_student(spec: AuxSpec, ancestor: nn.Module, seed: int) -> nn.Module:
