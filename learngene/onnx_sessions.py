@@ -46,6 +46,11 @@ def shared_ort_sessions(paths: dict, threads: int | None = None) -> tuple[dict, 
         model = onnx.load(str(path))
         so = _session_options(threads)
         so.add_session_config_entry("session.disable_prepacking", "1")
+        # each session has its own intra-op threads, which by default spin for a while after a
+        # run: with many members served in turn on a few cores, the pools of the last ones run
+        # still spin beside the one that works (measured: the adaptive way at 2 clients fell to
+        # 61% SLO attainment when its requests went to two members)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.enable_cpu_mem_arena = False  # an arena per session grows to its largest batch and stays
         for init in model.graph.initializer:
             arr = numpy_helper.to_array(init)
