@@ -49,54 +49,19 @@ class ZooAPI(ls.LitAPI):
         self.onnx = onnx  # member -> ONNX file: ONNX Runtime runs them, on shared initializers
 
     def setup(self, device):
-        import torch
-
-        from learngene.pool.store import Pool
+        from learngene.serving.runner import MemberRunner
 
         die_with_parent(os.getppid())  # a server killed by SIGKILL leaves no worker behind
-        torch.set_num_threads(self.threads)
-        self.torch = torch
-        if self.onnx is not None:
-            from learngene.onnx_sessions import shared_ort_sessions
-
-            self.sessions, _ = shared_ort_sessions(self.onnx, self.threads)
-            return
-        pool = Pool.open(self.pool_path)
-        pm, has = pool.model(self.revision)
-        if not has:  # never assembled: the stitches at their least-squares init, as bench measured them
-            from learngene.stitch.init import init_stitches
-            from learngene.zoo import pool_data
-
-            init_stitches(pm, "lstsq", pool_data(pool, None, augment=False))
-        self.pm = pm.eval()
-        self.specs = {s.id: s for s in pm.specs if s.id in self.members}
+        self.runner = MemberRunner(self.pool_path, self.revision, self.members, self.threads, self.onnx)
 
     def decode_request(self, request, **kw):
-        member, arr = request
-        return member, (arr if self.onnx is not None else self.torch.from_numpy(arr))
+        return request  # (member, images): the runner takes them as they are
 
     def batch(self, inputs):
-        return list(inputs)  # members may differ: predict groups them
+        return list(inputs)  # members may differ: the runner groups them
 
     def predict(self, x, **kw):
-        items = x if isinstance(x, list) else [x]
-        out: list = [None] * len(items)
-        groups: dict[str, list[int]] = {}
-        for i, (member, _) in enumerate(items):
-            groups.setdefault(member, []).append(i)
-        with self.torch.inference_mode():
-            for member, idx in groups.items():
-                if self.onnx is not None:
-                    xs = np.concatenate([items[i][1] for i in idx])
-                    logits = self.sessions[member].run(None, {"images": xs})[0]
-                else:
-                    xs = self.torch.cat([items[i][1] for i in idx])
-                    logits = self.pm(xs, self.specs[member]).float().numpy()
-                start = 0
-                for i in idx:
-                    n = items[i][1].shape[0]
-                    out[i] = logits[start : start + n]
-                    start += n
+        out = self.runner.predict(x if isinstance(x, list) else [x])
         return out if isinstance(x, list) else out[0]
 
     def unbatch(self, output):
