@@ -48,12 +48,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(pool: str, port: int, threads: int, runtime: str = "torch") -> subprocess.Popen:
+def start(pool: str, port: int, threads: int, runtime: str = "torch", extra=(), log=None) -> subprocess.Popen:
     p = subprocess.Popen(
         [sys.executable, "-m", "learngene.cli", "serve", pool, "--port", str(port), "--threads", str(threads)]
-        + ["--max-queue", "256", "--runtime", runtime],
+        + ["--max-queue", "256", "--runtime", runtime, *extra],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log or subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
@@ -66,7 +66,7 @@ def start(pool: str, port: int, threads: int, runtime: str = "torch") -> subproc
         except OSError:
             pass
         if p.poll() is not None:
-            sys.exit(f"serve exited: {p.stderr.read()[-2000:]}")
+            sys.exit(f"serve exited: {p.stderr.read()[-2000:] if p.stderr else 'see its log'}")
         if time.monotonic() - t > 600:
             sys.exit("serve: not ready in 600 s")
         time.sleep(0.5)

@@ -406,3 +406,17 @@ def test_sigterm_drains_and_exits_143(served):
     assert p.returncode == 143, served["log"].read_text()[-2000:]
     assert served["log"].read_text().strip().splitlines()[-1] == "learngene: interrupted"
     assert get(f"{served['base']}/v2/health/live")[0] is None  # nothing listens any more
+
+
+def test_bad_ray_flags_are_one_line_and_exit_2(setup_dir):
+    pool = setup_dir / "pool"
+    for flags, culprit in (
+        (["--engine", "ray", "--replicas", "0"], "--replicas"),
+        (["--replicas", "2"], "only with --engine ray"),
+        (["--engine", "ray", "--autoscaling", "{max"], "--autoscaling: not JSON"),
+        (["--engine", "ray", "--autoscaling", '{"max_replicas": "many"}'], "--autoscaling"),
+        (["--engine", "ray", "--autoscaling", '{"no_such_setting": 1}'], "--autoscaling"),
+    ):
+        r = cli("serve", pool, *flags)
+        assert r.returncode == 2 and culprit in r.stderr, (flags, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -25,6 +25,10 @@ class ServeRequest(Request):
     _: KW_ONLY
     members: str | Sequence = None
     runtime: str = "auto"
+    engine: str = "litserve"
+    replicas: int = 1
+    autoscaling: str | dict | None = None
+    ray_address: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     slo_ms: float | None = None
@@ -50,7 +54,16 @@ class ServeRequest(Request):
         if self.runtime not in ("torch", "onnxruntime"):
             raise UserError(f"--runtime {self.runtime!r}: serve runs the members in torch or onnxruntime")
         self._set("port", limits.int_in(self.port, "--port", 1, 65535))
-        self._set("threads", limits.threads(self.threads) or limits.cores())
+        if self.engine not in ("litserve", "ray"):
+            raise UserError(f"--engine {self.engine!r}: serve runs on litserve (one process) or ray (replicas)")
+        self._set("replicas", limits.int_in(self.replicas, "--replicas", 1, 1024))
+        if self.engine == "litserve" and (self.replicas != 1 or self.autoscaling or self.ray_address):
+            raise UserError("--replicas / --autoscaling / --ray-address: only with --engine ray")
+        if self.autoscaling is not None:
+            self._set("autoscaling", _autoscaling(self.autoscaling))
+        # a replica's intra-op threads: the cores shared among the replicas started here
+        share = limits.cores() if self.engine == "litserve" else max(1, limits.cores() // self.replicas)
+        self._set("threads", limits.threads(self.threads) or share)
         self._set("max_batch_size", limits.int_in(self.max_batch_size, "--max-batch-size", 1, 256))
         self._set("max_queue", limits.int_in(self.max_queue, "--max-queue", 1, 10_000))
         self._set("batch_timeout_ms", limits.float_in(self.batch_timeout_ms, "--batch-timeout-ms", 0.0, 1000.0))
@@ -67,6 +80,32 @@ class ServeRequest(Request):
                     f"--token-file {self.token_file}: expected one token (no spaces, at most 4096 characters)"
                 )
             self._set("token", token)
+
+
+def _autoscaling(value) -> dict:
+    """Ray Serve's own ``autoscaling_config`` (a JSON object or a dict), checked by Ray's model."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--autoscaling: not JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict) or not value:
+        raise UserError('--autoscaling: expected a JSON object of Ray\'s autoscaling_config, e.g. {"max_replicas": 4}')
+    try:
+        from ray.serve.config import AutoscalingConfig
+    except ImportError:
+        raise UserError("--engine ray needs Ray Serve: pip install 'learngene[ray]'") from None
+    known = set(getattr(AutoscalingConfig, "model_fields", None) or AutoscalingConfig.__fields__)
+    if unknown := sorted(set(value) - known):  # Ray's model would ignore a misspelt setting
+        raise UserError(f"--autoscaling: {unknown[0]!r} is not a setting of Ray's autoscaling_config")
+    try:
+        AutoscalingConfig(**value)
+    except Exception as e:  # noqa: BLE001  (pydantic's ValidationError, a TypeError for a stray key)
+        first = str(e).strip().splitlines()
+        raise UserError(f"--autoscaling: {' '.join(first[:3])[:200]}") from None
+    return value
 
 
 @verb(ServeRequest)
@@ -87,17 +126,30 @@ def serve(r: ServeRequest) -> None:
             smaller member answers, beyond what the smallest holds the answer is 503 + Retry-After.
         token_file: a file holding a bearer token every request but the health probes must carry.
         threads: the inference worker's intra-op threads (default: the cores).
-        max_batch_size, batch_timeout_ms: LitServe's dynamic batching.
+        max_batch_size, batch_timeout_ms: dynamic batching (LitServe's, or each Ray replica's).
+        engine: ``litserve`` (default: one API server and one inference worker on this machine)
+            or ``ray`` (Ray Serve: ``replicas`` replicas, each holding the pool's blocks once).
+        replicas: Ray Serve replicas (``engine="ray"``); ``threads`` is then each replica's
+            (default: the cores shared among them).
+        autoscaling: Ray Serve's own ``autoscaling_config`` (a dict or a JSON object, e.g.
+            ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}``), passed through.
+        ray_address: an existing Ray cluster ("auto", "ray://HEAD:10001"; every node needs
+            learngene and the pool at the same path); default: a local instance of this
+            machine, started and stopped here.
         max_queue: requests in flight before new ones get 503; max_body_mb: the largest body.
         revision, data: the pool revision served; the data its frontier is measured on when this
             host has no bench report of that revision yet (one is made then).
     """
     try:
-        from learngene.serving.engine import frontier_from_rows
-        from learngene.serving.engine import serve as run
+        if r.engine == "ray":
+            from learngene.serving.ray_engine import serve_ray as run
+        else:
+            from learngene.serving.engine import serve as run
     except ImportError as e:
-        need = f"learngene serve needs LitServe ({e.name} is missing)"
-        raise UserError(f"{need}: pip install 'learngene[serve]'") from None
+        engine, extra = ("Ray Serve", "ray") if r.engine == "ray" else ("LitServe", "serve")
+        need = f"learngene serve --engine {r.engine} needs {engine} ({e.name} is missing)"
+        raise UserError(f"{need}: pip install 'learngene[{extra}]'") from None
+    from learngene.serving.frontier import frontier_from_rows, time_sessions
 
     threads = r.threads
     pool = _open(r.pool)
@@ -126,7 +178,6 @@ def serve(r: ServeRequest) -> None:
     if r.runtime == "onnxruntime":  # the very files bench timed (cached by graph and weights)
         from learngene.onnx_cache import member_onnx_files
         from learngene.onnx_sessions import shared_ort_sessions
-        from learngene.serving.engine import time_sessions
 
         zoo = pool_zoo(pool, rev, dm=pool_data(pool, r.data, 64, augment=False))
         onnx = member_onnx_files([zoo.get(m) for m in front])
@@ -135,6 +186,11 @@ def serve(r: ServeRequest) -> None:
         time_sessions(sessions, tuple(pool.data_config["input_size"]), front)
         del sessions
     cfg = pool.data_config
+    per_engine = (
+        dict(replicas=r.replicas, autoscaling=r.autoscaling, address=r.ray_address)
+        if r.engine == "ray"
+        else dict(log_level=r.log_level)
+    )
     run(
         str(pool.path),
         pool.path.name,
@@ -152,6 +208,6 @@ def serve(r: ServeRequest) -> None:
         max_queue=r.max_queue,
         max_body=int(r.max_body_mb * 2**20),
         onnx=onnx,
-        log_level=r.log_level,
         on_ready=r.on_ready,
+        **per_engine,
     )

@@ -28,7 +28,31 @@ def add_arguments(sp) -> None:
         "--slo-ms", type=float, default=None, help="latency budget of a request to the pool that names none"
     )
     sp.add_argument("--token-file", metavar="FILE", help="require 'Authorization: Bearer <the file's token>'")
-    sp.add_argument("--threads", type=int, default=None, help="inference intra-op threads (default: the cores)")
+    sp.add_argument(
+        "--engine",
+        default="litserve",
+        choices=["litserve", "ray"],
+        help="litserve (one inference worker on this machine) or ray (Ray Serve replicas, here or on a cluster)",
+    )
+    sp.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas, each holding the blocks once")
+    sp.add_argument(
+        "--autoscaling",
+        metavar="JSON",
+        default=None,
+        help='--engine ray: Ray Serve\'s autoscaling_config, e.g. \'{"min_replicas": 1, "max_replicas": 4}\'',
+    )
+    sp.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        default=None,
+        help="--engine ray: an existing Ray cluster ('auto', ray://HEAD:10001); default: a local instance",
+    )
+    sp.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="inference intra-op threads (default: the cores; per Ray replica: the cores shared among the replicas)",
+    )
     sp.add_argument("--max-batch-size", type=int, default=16, help="dynamic batching: most requests per batch")
     sp.add_argument("--batch-timeout-ms", type=float, default=2.0, help="dynamic batching: wait for a batch (ms)")
     sp.add_argument("--max-queue", type=int, default=64, help="requests in flight before new ones get 503")

@@ -3,8 +3,8 @@
 Why LitServe: it is the Lightning team's serving engine (this project trains with Lightning),
 it runs the model in its own worker process with dynamic batching (``max_batch_size``,
 ``batch_timeout``), and a `LitSpec` adds the endpoints of a protocol, which is how the
-KServe v2 routes are added here. Ray Serve would be the choice where replicas span machines;
-one process per host is what this serves.
+KServe v2 routes are added here. Where replicas or machines are needed, `ray_engine` serves
+the same routes and members on Ray Serve (``--engine ray``).
 
 Processes: the main one (waits, and drains on SIGTERM), one uvicorn API server (forked: the
 v2 routes, the member choice, the metrics) and one inference worker (spawned: it holds the
@@ -22,7 +22,6 @@ import os
 import time
 
 import litserve as ls
-import numpy as np
 from fastapi import Request
 
 from learngene.core.errors import UserError
@@ -81,51 +80,6 @@ class ZooAPI(ls.LitAPI):
 
         if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), self._token)):
             raise HTTPException(status_code=401, detail="a bearer token is required (Authorization: Bearer ...)")
-
-
-def frontier_from_rows(rows: list[dict], members: list[str]) -> dict[str, dict]:
-    """member -> {top1, latency_ms (p90, batch 1), per_image_ms, params} from a bench report's
-    rows (of the runtime that serves): per_image_ms is the slope from the batch-1 p90 to the largest batch measured
-    (bench measures 1 and 32), absent when only batch 1 was."""
-    out, big = {}, {}
-    p90 = lambda r: float(r.get("infer_step_time_p90") or r["infer_step_time"])  # noqa: E731
-    for r in rows:
-        if r["model"] not in members:
-            continue
-        n = int(r.get("infer_batch_size") or 1)
-        if n == 1:
-            out[r["model"]] = {
-                "top1": float(r["top1"]),
-                "latency_ms": p90(r),
-                "params": float(r["param_count"]),
-                "trained": bool(r.get("trained", True)),
-            }
-        elif n > big.get(r["model"], (0, 0.0))[0]:
-            big[r["model"]] = (n, p90(r))
-    for m, (n, ms) in big.items():
-        if m in out:
-            out[m]["per_image_ms"] = max(0.0, (ms - out[m]["latency_ms"]) / (n - 1))
-    return out
-
-
-def time_sessions(sessions: dict, input_shape: tuple, front: dict[str, dict], big: int = 32) -> None:
-    """Put into ``front`` each ONNX Runtime session's own p90 at batch 1 and its per-image slope
-    to batch ``big``: the serving sessions run with other options than bench's (no prepacking,
-    no arena: that is what lets them share weights), so bench's timings would mislead the policy."""
-    rng = np.random.default_rng(0)
-    for member, sess in sessions.items():
-        p90 = {}
-        for n, runs in ((1, 30), (big, 8)):
-            x = rng.standard_normal((n, *input_shape)).astype(np.float32)
-            sess.run(None, {"images": x})  # warm-up
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                sess.run(None, {"images": x})
-                ts.append((time.perf_counter() - t) * 1000)
-            p90[n] = float(np.percentile(ts, 90))
-        front[member]["latency_ms"] = p90[1]
-        front[member]["per_image_ms"] = max(0.0, (p90[big] - p90[1]) / (big - 1))
 
 
 def serve(
