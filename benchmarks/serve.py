@@ -203,15 +203,7 @@ def main() -> None:
     if not runtimes or any(r not in ("torch", "onnxruntime") for r in runtimes):
         sys.exit("--runtimes: torch and/or onnxruntime")
     stem = "serve" if a.images == 1 else f"serve_images{a.images}"
-    if not (Path(a.pool) / "pool.json").exists():
-        for argv in (["build-pool", "--out", a.pool], ["assemble", "--pool", a.pool, "--all"]):
-            subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
-    import learngene as lg
-
-    pool = lg.Pool.open(a.pool)
-    rows = lg.descendants(pool)
-    largest = max(rows, key=lambda r: r["params"])["id"]
-    smallest = min(rows, key=lambda r: r["params"])["id"]
+    pool, largest, smallest = served_pool(a.pool)
     out = {
         "runs": {},
         "pool": a.pool,
@@ -236,6 +228,19 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
     write_md(res, stem)
     print(f"wrote {RESULTS / f'{stem}.md'}")
+
+
+def served_pool(path: str):
+    """The pool served (built and assembled on the embedded default when it is not there yet),
+    its largest and its smallest member."""
+    if not (Path(path) / "pool.json").exists():
+        for argv in (["build-pool", "--out", path], ["assemble", "--pool", path, "--all"]):
+            subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
+    import learngene as lg
+
+    pool = lg.Pool.open(path)
+    rows = lg.descendants(pool)
+    return pool, max(rows, key=lambda r: r["params"])["id"], min(rows, key=lambda r: r["params"])["id"]
 
 
 def serve_and_load(a, pool, largest: str, smallest: str, runtime: str) -> dict:

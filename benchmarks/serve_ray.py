@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, cpu_name  # noqa: E402
-from serve import free_port, load, start  # noqa: E402
+from serve import free_port, load, served_pool, start  # noqa: E402
 
 
 def main() -> None:
@@ -31,14 +30,7 @@ def main() -> None:
     ap.add_argument("--replicas", default="1,2")
     ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"])
     a = ap.parse_args()
-    if not (Path(a.pool) / "pool.json").exists():
-        for argv in (["build-pool", "--out", a.pool], ["assemble", "--pool", a.pool, "--all"]):
-            subprocess.run([sys.executable, "-m", "learngene.cli", *argv, "-q"], check=True)
-    import learngene as lg
-
-    pool = lg.Pool.open(a.pool)
-    rows = lg.descendants(pool)
-    largest = max(rows, key=lambda r: r["params"])["id"]
+    pool, largest, _ = served_pool(a.pool)
     shape = tuple(pool.data_config["input_size"])
     out = {
         "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores",

@@ -122,18 +122,12 @@ def post(url, body: bytes, token=None):
         return e.code, e.read()
 
 
-@pytest.fixture(scope="module")
-def served(setup_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("serve")
-    pool = fresh_pool(setup_dir, d)
-    r = cli("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu")
-    assert r.returncode == 0, r.stderr[-2000:]
-    (d / "token").write_text("s3cret-token\n")
-    port = free_port()
+def start_server(pool, port: int, d, flags: list[str], limit_s: float = 240):
+    """`learngene serve POOL` in a process of its own (signals are the point), logging to
+    d/serve.log, once its ready probe answers 200: (the process, its base URL)."""
     log = open(d / "serve.log", "w")
     p = subprocess.Popen(
-        [sys.executable, "-m", "learngene.cli", "serve", str(pool), "--port", str(port)]
-        + ["--token-file", str(d / "token"), "--threads", "1", "--runtime", "torch"],  # ONNX Runtime: its own test
+        [sys.executable, "-m", "learngene.cli", "serve", str(pool), "--port", str(port), *flags],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "LEARNGENE_NO_LOAD_WARNING": "1"},
@@ -142,8 +136,21 @@ def served(setup_dir, tmp_path_factory):
     t = time.monotonic()
     while get(f"{base}/v2/health/ready")[0] != 200:
         assert p.poll() is None, (d / "serve.log").read_text()[-3000:]
-        assert time.monotonic() - t < 240, "not ready in 240 s: " + (d / "serve.log").read_text()[-3000:]
+        assert time.monotonic() - t < limit_s, f"not ready in {limit_s} s: " + (d / "serve.log").read_text()[-3000:]
         time.sleep(0.2)
+    return p, base
+
+
+@pytest.fixture(scope="module")
+def served(setup_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    pool = fresh_pool(setup_dir, d)
+    r = cli("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (d / "token").write_text("s3cret-token\n")
+    port = free_port()
+    # ONNX Runtime: its own test
+    p, base = start_server(pool, port, d, ["--token-file", str(d / "token"), "--threads", "1", "--runtime", "torch"])
     yield {"pool": pool, "port": port, "base": base, "proc": p, "token": "s3cret-token", "log": d / "serve.log"}
     if p.poll() is None:
         p.kill()

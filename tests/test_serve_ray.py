@@ -6,8 +6,6 @@ SIGTERM drains and exits 143, leaving no Ray process behind. Slow: Ray's start i
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import cli, fresh_pool
-from test_serve import free_port, get, post
+from test_serve import free_port, get, post, start_server
 
 pytest.importorskip("ray.serve")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -33,20 +31,8 @@ def ray_served(setup_dir, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-2000:]
     (d / "token").write_text("ray-token\n")
     port = free_port()
-    log = open(d / "serve.log", "w")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "learngene.cli", "serve", str(pool), "--engine", "ray", "--replicas", "2"]
-        + ["--threads", "1", "--runtime", "torch", "--port", str(port), "--token-file", str(d / "token")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "LEARNGENE_NO_LOAD_WARNING": "1"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    t = time.monotonic()
-    while get(f"{base}/v2/health/ready")[0] != 200:
-        assert p.poll() is None, (d / "serve.log").read_text()[-3000:]
-        assert time.monotonic() - t < 300, "not ready in 300 s: " + (d / "serve.log").read_text()[-3000:]
-        time.sleep(0.5)
+    flags = ["--engine", "ray", "--replicas", "2", "--threads", "1", "--runtime", "torch"]
+    p, base = start_server(pool, port, d, flags + ["--token-file", str(d / "token")], limit_s=300)
     yield {"pool": pool, "port": port, "base": base, "proc": p, "token": "ray-token", "log": d / "serve.log"}
     if p.poll() is None:
         p.kill()
