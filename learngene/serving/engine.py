@@ -27,6 +27,7 @@ from fastapi import Request
 from learngene.core.errors import UserError
 from learngene.core.processes import die_with_parent
 from learngene.serving.kserve import KServeV2, error
+from learngene.serving.routes import authorize
 
 
 class ZooAPI(ls.LitAPI):
@@ -70,16 +71,7 @@ class ZooAPI(ls.LitAPI):
         return output
 
     def authorize(self, request: Request):
-        """The bearer token, when one is set (health probes go without)."""
-        from fastapi import HTTPException
-
-        if self._token is None or request.url.path.startswith("/v2/health"):
-            return
-        got = request.headers.get("authorization", "")
-        import hmac
-
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), self._token)):
-            raise HTTPException(status_code=401, detail="a bearer token is required (Authorization: Bearer ...)")
+        authorize(request, self._token)
 
 
 def serve(

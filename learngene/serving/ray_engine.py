@@ -26,7 +26,7 @@ from fastapi import Request
 from ray import serve
 
 from learngene.core.errors import UserError
-from learngene.serving.routes import V2Routes, error
+from learngene.serving.routes import V2Routes, authorize, error
 
 APP = "learngene"
 
@@ -75,17 +75,11 @@ class ZooReplica(V2Routes):
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         token = self.token
 
-        def authorize(request: Request):
-            if token is None or request.url.path.startswith("/v2/health"):
-                return
-            import hmac
-
-            got = request.headers.get("authorization", "")
-            if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), token)):
-                raise HTTPException(status_code=401, detail="a bearer token is required (Authorization: Bearer ...)")
+        def bearer(request: Request):
+            authorize(request, token)
 
         for path, fn, methods in self.routes():
-            app.add_api_route(path, fn, methods=methods, dependencies=[Depends(authorize)])
+            app.add_api_route(path, fn, methods=methods, dependencies=[Depends(bearer)])
 
         @app.exception_handler(HTTPException)
         async def _v2_errors(request, exc):  # the protocol's {"error": ...} body
@@ -108,10 +102,10 @@ class ZooReplica(V2Routes):
 
 
 def local_ray(cpus: int) -> None:
-    """A Ray instance of this machine only: loopback, no dashboard, no usage report."""
+    """A Ray instance of this machine only: loopback, no dashboard (the caller turns off the
+    usage report)."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
@@ -153,11 +147,11 @@ def serve_ray(
 
     # the caller's handlers, taken before ray.init puts its own (a SIGTERM handler that exits 15)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
     if address is None:
         most = autoscaling.get("max_replicas", replicas) if autoscaling else replicas
         local_ray(max(os.cpu_count() or 1, most * threads))  # the replicas the user asked for all start
     else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
             ray.init(address=address, namespace=APP, log_to_driver=False, logging_level="warning")
         except (ConnectionError, ValueError, RuntimeError) as e:

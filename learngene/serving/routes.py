@@ -23,6 +23,20 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def authorize(request: Request, token: str | None) -> None:
+    """The bearer token, when one is set (health probes go without): 401 otherwise. Both
+    engines call it (LitServe's `authorize` hook, a FastAPI dependency on a Ray replica)."""
+    if token is None or request.url.path.startswith("/v2/health"):
+        return
+    import hmac
+
+    from fastapi import HTTPException
+
+    got = request.headers.get("authorization", "")
+    if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), token)):
+        raise HTTPException(status_code=401, detail="a bearer token is required (Authorization: Bearer ...)")
+
+
 class V2Routes:
     """The Open Inference Protocol's routes over the zoo, the member choice and /metrics, in
     whichever engine serves them: an engine gives `_run` (the member's logits for the images),
