@@ -106,6 +106,12 @@ def local_ray(cpus: int) -> None:
     usage report)."""
     import ray
 
+    # Ray Serve gives its HTTP proxy 5 s to report ready and kills it after three misses: on a
+    # loaded 2-core machine its start takes longer, and the server died with it (measured with a
+    # test suite beside it). Read by Ray's controller, which inherits this environment; a
+    # value the user set stands.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
