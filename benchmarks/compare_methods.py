@@ -48,6 +48,7 @@ KEPT = RESULTS  # the runs the overview lists (RESULTS may be moved with --out)
 
 METHODS = (
     "pool",
+    "pool-pruned",
     "snnet-plateau",
     "snnet-distilled",
     "snnet",
@@ -64,6 +65,7 @@ SHORT = {"kd": "KD", "prune-kd": "Prune+KD", "kd-plateau": "KD to plateau"}  # t
 ALTERNATIVES = ("snnet-plateau", "snnet-distilled", "snnet", "kd", "prune-kd", "kd-plateau")
 LABEL = {
     "pool": "Learngene Pool",
+    "pool-pruned": "Learngene Pool, narrow auxiliary from the pruned ancestor, distilled to its plateau",
     "snnet": "SN-Net (c), anchor 30 epochs from scratch",
     "snnet-plateau": "SN-Net (a), anchor from scratch to its plateau",
     "snnet-distilled": "SN-Net (b), anchor distilled like the pool's narrow",
@@ -105,6 +107,7 @@ TESTBEDS = {
         stem="methods_clutter",
         budgets=[15, 40],
         anchors=["plateau", "distilled"],
+        variants={"pool-pruned": "clutter-pruned"},  # method -> its pool recipe (method_units.py)
         about="the clutter testbed's embedded ancestor (the digits' architecture and recipe, 12 blocks, width "
         "128, 2.39M params, trained to its plateau and shipped) and the animal silhouettes among clutter, drawn "
         "anew every epoch (16 px; 7,200 train, 800 val, 2,000 test images; learngene.core.clutter)",
@@ -335,7 +338,7 @@ def main():
         todo = mu.plan(
             a.seeds,
             budgets,
-            [m for m in mu.UNIT_METHODS if not a.methods or m in a.methods],
+            [m for m in (*mu.UNIT_METHODS, *bed.get("variants", {})) if not a.methods or m in a.methods],
             [m for m in mu.PLATEAU_METHODS if not a.methods or m in a.methods],
         )
         if a.status:

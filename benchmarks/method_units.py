@@ -12,6 +12,9 @@ one), its wall time per stage and its stored parameters.
 Methods (a budget is E epochs of member training, the pool's joint run):
 - pool: the seed's distilled pool (build-pool from the testbed's plateau ancestor), then
   ``assemble --all`` for E epochs; compute: the distillation plus the joint steps;
+- pool-pruned (a testbed's ``variants``): the same with the variant's recipe, whose narrow
+  auxiliary starts from the ancestor pruned to its width and distils until validation stops
+  improving (``init: pruned``, ``epochs: auto``);
 - snnet-plateau / snnet-distilled: SN-Net with the narrow anchor trained from scratch to its
   plateau (a) or distilled like the pool's narrow auxiliary (b), stitched to the ancestor and
   trained jointly for E epochs (assemble's recipe);
@@ -36,7 +39,15 @@ PLATEAU_METHODS = ("kd-plateau",)  # budget-free: trained until validation stops
 SIZES = 4  # per-size baselines: students at this many of the pool's sizes, smallest to largest
 # a first guess of a unit's seconds on 2 cores, per method and budget epoch (from the digits
 # and animals runs); replaced by the median of finished units of the same method
-GUESS_S = {"pool": 60, "snnet-plateau": 40, "snnet-distilled": 40, "kd": 40, "prune-kd": 40, "scratch": 20}
+GUESS_S = {
+    "pool": 60,
+    "pool-pruned": 120,
+    "snnet-plateau": 40,
+    "snnet-distilled": 40,
+    "kd": 40,
+    "prune-kd": 40,
+    "scratch": 20,
+}
 GUESS_PLATEAU_S = 4 * 1800
 
 
@@ -109,16 +120,18 @@ def step_flops(model, teacher, dm) -> int:
     return train_flops(model, teacher, next(iter(dm.train_dataloader()))[0])
 
 
-def distilled_pool(bed: dict, seed: int, ancestor, dm, pre_epochs, quiet):
-    """The seed's distilled pool, built once (resumable) and kept; with its cost."""
+def distilled_pool(bed: dict, seed: int, ancestor, dm, pre_epochs, quiet, method: str = "pool"):
+    """The seed's distilled pool (``method``: pool or one of the testbed's variants), built once
+    (resumable) and kept; with its cost."""
     from learngene.pool import Pool, build_pool
 
-    folder = cache(bed["name"]) / f"pool-s{seed}"
-    meta = folder.parent / f"pool-s{seed}.cost.json"
+    recipe = bed.get("variants", {}).get(method, bed["recipe"])
+    folder = cache(bed["name"]) / f"{method}-s{seed}"
+    meta = folder.parent / f"{method}-s{seed}.cost.json"
     if not meta.is_file():
         t0 = time.perf_counter()
         pool = build_pool(
-            bed["recipe"],
+            recipe,
             out=folder,
             ancestor=ancestor,
             data=dm,
@@ -204,9 +217,11 @@ def run_unit(bed: dict, method: str, budget, seed: int, pre_epochs=None, quiet=N
     spec = AssembleSpec(seed=seed, epochs=budget) if budget != "plateau" else None
     kl = spec is not None and spec.kl_weight > 0
     stages, flops, steps, stored, extra = {}, 0, 0, 0, {}
-    if method == "pool":
+    if method == "pool" or method in bed.get("variants", {}):
         import tempfile
 
+        if method != "pool":
+            pool, pool_cost = distilled_pool(bed, seed, ancestor, dm, pre_epochs, quiet, method)
         with tempfile.TemporaryDirectory() as tmp:
             p = pool.copy_as_distilled(Path(tmp) / "pool").path
             t1 = time.perf_counter()

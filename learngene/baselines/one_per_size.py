@@ -25,6 +25,7 @@ import torch.nn as nn
 from learngene.core.training import TrainerArgs, fit
 from learngene.core.vit import ViTView
 from learngene.pool.distill import STUDENT_ARCH, DistillModule
+from learngene.pool.prune import pruned
 from learngene.pool.recipe import AuxSpec, DistillSpec
 from learngene.zoo import Zoo
 
@@ -50,36 +51,6 @@ def width_for(ancestor: nn.Module, params: int) -> int:
     while w + s.num_heads <= s.embed_dim and params_at(ancestor, w + s.num_heads) <= params:
         w += s.num_heads
     return w
-
-
-def pruned(ancestor: nn.Module, width: int) -> nn.Module:
-    """The ancestor pruned to ``width`` by Torch-Pruning, as a plain timm model of
-    `student_args` (every block keeps its heads; each head, the embedding and the MLP shrink
-    by the same ratio, so the result is a standard DeiT of that width)."""
-    import timm
-    import torch_pruning as tp
-
-    s = ViTView(ancestor).shape
-    model = copy.deepcopy(ancestor).cpu().eval()
-    heads = {blk.attn.qkv: blk.attn.num_heads for blk in model.blocks}
-    example = torch.zeros(1, 3, s.img_size, s.img_size)
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=1 - width / s.embed_dim,
-        ignored_layers=[model.head],
-        # the class token and positions are cut along their embedding (last) dimension
-        unwrapped_parameters=[(model.cls_token, -1), (model.pos_embed, -1)],
-        num_heads=heads,
-        prune_head_dims=True,
-        prune_num_heads=False,
-        global_pruning=False,
-    )
-    pruner.step()
-    out = timm.create_model(STUDENT_ARCH, **student_args(ancestor, width))
-    out.load_state_dict(model.state_dict())  # same shapes, or the pruning did not give a plain DeiT
-    return out
 
 
 def train_flops(student: nn.Module, teacher: nn.Module | None, batch: torch.Tensor) -> int:

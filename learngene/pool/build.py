@@ -30,7 +30,7 @@ from learngene.core.processes import lock
 from learngene.core.training import TrainerArgs, fit, resumable
 from learngene.core.vit import ViTView, is_block_piece, split_pieces
 from learngene.models.loading import LoadedModel
-from learngene.pool.distill import STUDENT_ARCH, DistillModule, distill_pairs, make_student, student_args
+from learngene.pool.distill import STUDENT_ARCH, DistillModule, check_init, distill_pairs, make_student, student_args
 from learngene.pool.recipe import Recipe, load_recipe, validate
 from learngene.pool.store import FORMAT, FORMAT_VERSION, MANIFEST, Pool
 
@@ -118,6 +118,8 @@ def build_pool(
         )
     check_finite(ancestor.model.state_dict(), f"ancestor {ancestor.name} ({ancestor.source})")
     validate(rec, ancestor.view.depth)
+    for a in rec.auxiliary:  # every start possible, before the first auxiliary trains
+        check_init(a, ancestor.model)
     if isinstance(data, LearngeneDataModule):
         dm = data
         dm.batch_size = rec.distill.batch_size

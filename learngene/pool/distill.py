@@ -35,9 +35,38 @@ def make_student(spec: AuxSpec, ancestor: nn.Module, seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     student = timm.create_model(STUDENT_ARCH, **student_args(spec, ancestor))
+    check_init(spec, ancestor)
     if spec.init == "ancestor":
         init_from_ancestor(student, ancestor)
+    elif spec.init == "pruned":
+        from learngene.pool.prune import pruned
+
+        # the ancestor pruned to the student's width, then its evenly spaced blocks: a narrow
+        # student that starts from what the ancestor knows instead of from noise
+        init_from_ancestor(student, pruned(ancestor, spec.embed_dim))
     return student
+
+
+def check_init(spec: AuxSpec, ancestor: nn.Module) -> None:
+    """The start ``spec.init`` names is possible from this ancestor (checked for every
+    auxiliary before the first one trains)."""
+    from learngene.core.errors import UserError
+
+    a = ViTView(ancestor).shape
+    same = (spec.embed_dim, spec.num_heads, spec.embed_dim * spec.mlp_ratio) == (a.embed_dim, a.num_heads, a.mlp_hidden)
+    if spec.init == "ancestor" and not same:
+        raise UserError(
+            f"auxiliary.{spec.name}: init: ancestor needs the ancestor's width and heads ({a.embed_dim}/"
+            f"{a.num_heads}), got {spec.embed_dim}/{spec.num_heads}"
+        )
+    if spec.init == "pruned" and (
+        spec.num_heads != a.num_heads or spec.embed_dim > a.embed_dim or spec.mlp_ratio * a.embed_dim != a.mlp_hidden
+    ):
+        raise UserError(
+            f"auxiliary.{spec.name}: init: pruned keeps the ancestor's {a.num_heads} heads and MLP ratio and "
+            f"narrows it: num_heads must be {a.num_heads}, embed_dim at most {a.embed_dim}, got "
+            f"{spec.embed_dim}/{spec.num_heads}"
+        )
 
 
 def spaced_blocks(student_depth: int, ancestor_depth: int) -> list[int]:

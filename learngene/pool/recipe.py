@@ -13,7 +13,7 @@ from learngene.core.errors import UserError
 from learngene.core.io import check_name
 
 POSITIONS = ("end", "front,end")
-AUX_INITS = ("random", "ancestor")  # how an auxiliary model starts
+AUX_INITS = ("random", "ancestor", "pruned")  # how an auxiliary model starts
 
 
 @dataclass
@@ -28,7 +28,9 @@ class AuxSpec:
     positions: str = "end"  # which blocks are distilled: 'end' or 'front,end'
     epochs: int | str = 20  # or "auto": until validation top1 stops improving (DISTILL_AUTO)
     lr: float = 5e-4
-    init: str = "random"  # 'ancestor': same-width student starts from evenly spaced ancestor blocks
+    # 'ancestor': a same-width student starts from evenly spaced ancestor blocks; 'pruned': a
+    # narrower one from those of the ancestor pruned to its width (Torch-Pruning)
+    init: str = "random"
 
 
 @dataclass
