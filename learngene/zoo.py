@@ -15,7 +15,7 @@ into a member (`learngene.models.refs` for files; the pool for ``POOL:MEMBER``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +264,12 @@ def pool_member(pool: Pool, name: str, dm=None) -> Member:
     if (folder / "config.json").is_file():
         return child(folder, name)
     return pool_zoo(pool, dm=dm).get(name)
+
+
+def member_ids(members: str | Sequence | None) -> tuple[str, ...]:
+    """Member ids as a user gives them: a list, or one comma-separated string; () for all."""
+    items = members.split(",") if isinstance(members, str) else members or ()
+    return tuple(dict.fromkeys(str(i).strip() for i in items if str(i).strip()))
 
 
 def resolve(

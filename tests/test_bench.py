@@ -86,6 +86,7 @@ def test_bench_measures_every_descendant_and_writes_the_report(setup_dir, tmp_pa
         (["--include", "grown"], "--include"),
         (["--device", "tpu"], "--device"),
         (["--threads", "0"], "--threads"),
+        (["--members", "narrow,nosuch"], "nosuch"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args, culprit):
@@ -93,6 +94,16 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path, args,
     r = cli("bench", "--pool", pool, *args)
     assert_one_line_error(r, culprit)
     assert not (pool / "reports").exists()
+
+
+def test_a_partial_report_is_never_the_pools_frontier(tmp_path):
+    from learngene.measure.budget import latest_report
+
+    meta = {"device": "cpu", "device_name": "x", "threads": 2, "revision": "r1", "runtimes": {"torch": "2"}}
+    for name, created, extra in (("full", "2026-01-01", {}), ("part", "2026-02-01", {"members": ["narrow"]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "frontier.json").write_text(json.dumps({"meta": {**meta, "created": created, **extra}}))
+    assert latest_report(tmp_path, "r1", "cpu", "x", 2, {"torch": "2"}) == tmp_path / "full"
 
 
 def test_cli_missing_pool(tmp_path):

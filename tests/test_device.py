@@ -72,14 +72,22 @@ def test_bench_measures_each_runtime_and_precision_apart(assembled, tmp_path):
     from learngene.api import bench as bench_pool
 
     pool = copy_of(assembled, tmp_path)
-    res = bench_pool(pool, runtimes="torch,onnxruntime", precisions="fp32,int8", batch_sizes=[1], min_run_time=0.02)
+    res = bench_pool(
+        pool,
+        runtimes="torch,onnxruntime",
+        precisions="fp32,int8",
+        batch_sizes=[1],
+        min_run_time=0.02,
+        members="narrow, stitch-1-2,narrow",  # three members are enough for a front; a repeat counts once
+    )
     df = res.df
     assert sorted({(r, p) for r, p in zip(df.runtime, df.precision)}) == [
         ("onnxruntime", "fp32"),
         ("onnxruntime", "int8"),
         ("torch", "fp32"),
     ]
-    assert len(df) == 3 * 9
+    assert len(df) == 3 * 2 and set(df.model) == {"narrow", "stitch-1-2"}
+    assert res.meta["members"] == ["narrow", "stitch-1-2"]
     t = df[df.runtime == "torch"].set_index("model")
     o = df[(df.runtime == "onnxruntime") & (df.precision == "fp32")].set_index("model")
     assert (abs(t.top1 - o.top1) <= 0.5).all()  # the same weights, computed by another runtime

@@ -13,7 +13,7 @@ import torch
 from learngene.api._common import Request, _open, verb
 from learngene.core.errors import UserError
 from learngene.pool.store import Pool, Revision
-from learngene.zoo import ancestor_of, children, of_model, pool_data, pool_zoo, resolve
+from learngene.zoo import ancestor_of, children, member_ids, of_model, pool_data, pool_zoo, resolve
 
 INCLUDE = ("ancestor", "children", "adapted")
 
@@ -55,6 +55,7 @@ class BenchRequest(Request):
     batch_sizes: str | Sequence = (1, 32)
     data: str | Path | None = None
     include: str | Sequence = ()
+    members: str | Sequence | None = None
     revision: str | None = "latest"
     out: str | Path | None = None
     min_run_time: float = 0.3
@@ -75,6 +76,7 @@ class BenchRequest(Request):
         limits.float_in(self.min_run_time, "--min-run-time", 0.0, 600.0)
         inc = [self.include] if isinstance(self.include, str) else self.include
         self._set("include", tuple(i for i in inc or () if i))
+        self._set("members", member_ids(self.members))
         bad = [i for i in self.include if i not in INCLUDE]
         if bad:
             raise UserError(f"unknown --include {bad[0]!r} (choose from {', '.join(INCLUDE)})")
@@ -96,6 +98,8 @@ def bench(r: BenchRequest):
         batch_sizes: the batch sizes timed; min_run_time: seconds of timing per member and size.
         data: the pool's data (default: the embedded source it was built on).
         include: also ``ancestor``, ``children``, ``adapted`` (each delta on its own task).
+        members: only these member ids (a list, or comma-separated; default: all). Such a report
+            is partial: target, serve and kit never take it for the pool's frontier.
         revision: the pool revision measured.
 
     Returns a `BenchResult` (``.df``: one row per member, runtime, precision and batch size;
@@ -109,6 +113,13 @@ def bench(r: BenchRequest):
     pool = _open(r.pool)
     dm = pool_data(pool, r.data, 64, r.num_workers, augment=False)
     members, meta = pool_members(pool, dm, revision=r.revision, include=r.include)
+    if r.members:
+        have = [m.id for m in members]
+        unknown = [i for i in r.members if i not in have]
+        if unknown:
+            raise UserError(f"--members: {unknown[0]!r} is not a member of {pool.path} (e.g. {', '.join(have[:3])})")
+        members = [m for m in members if m.id in r.members]
+        meta["members"] = list(r.members)  # a partial report (latest_report skips it)
     res = measure(
         members,
         dm,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from learngene.api._common import Request, _open, verb
 from learngene.core.errors import UserError
-from learngene.zoo import pool_data, pool_zoo
+from learngene.zoo import member_ids, pool_data, pool_zoo
 
 if TYPE_CHECKING:
     from learngene.pool.store import Pool
@@ -57,7 +57,7 @@ def kit(r: KitRequest) -> Path:
         "revision_files": {e["file"]: e["sha256"] for e in rev["files"]},
     }
     zoo = pool_zoo(pool, dm=dm)
-    ids = [m.strip() for m in (r.members.split(",") if isinstance(r.members, str) else r.members or []) if m.strip()]
+    ids = member_ids(r.members)
     chosen = [zoo.get(i) for i in ids] if ids else list(zoo)
     return write_kit(
         chosen,

@@ -28,6 +28,9 @@ def add_arguments(sp) -> None:
         default="",
         help="also measure: ancestor, children, adapted (the pool's deltas, each on its own task)",
     )
+    sp.add_argument(
+        "--members", default=None, help="only these member ids, comma separated (default: all; a partial report)"
+    )
     sp.add_argument("--revision", default="latest", help="pool revision to measure (default latest)")
     sp.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per model and batch size")
     sp.add_argument("--out", metavar="DIR", help="report folder (default: POOL/reports/<device>-<time>)")

@@ -92,6 +92,8 @@ def latest_report(
             revision,
         ):
             continue
+        if meta.get("members"):  # `bench --members`: some members only, not the pool's frontier
+            continue
         have = meta.get("runtimes") or {}
         if runtimes and any(have.get(k) != v for k, v in runtimes.items()):
             continue
