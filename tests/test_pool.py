@@ -195,6 +195,23 @@ def test_ancestor_init_copies_spaced_blocks(digits_ancestor):
         make_student(spec, digits_ancestor.model, 0)
 
 
+def test_pruned_init_starts_from_the_pruned_ancestors_spaced_blocks(digits_ancestor):
+    from learngene.pool.distill import make_student
+    from learngene.pool.prune import pruned
+
+    spec = recipe().auxiliary[0]  # narrow: width 16, 2 heads, 2 blocks; the ancestor: 32, 2 heads, 4 blocks
+    spec.init, spec.num_heads = "pruned", 4
+    with pytest.raises(UserError, match="init: pruned keeps the ancestor's 2 heads"):
+        make_student(spec, digits_ancestor.model, 0)
+    spec.num_heads = 2
+    student = make_student(spec, digits_ancestor.model, 0)
+    small = pruned(digits_ancestor.model, 16)
+    assert student.blocks[0].attn.qkv.weight.shape == (3 * 16, 16)
+    torch.testing.assert_close(student.blocks[0].attn.qkv.weight, small.blocks[1].attn.qkv.weight)
+    torch.testing.assert_close(student.blocks[1].mlp.fc1.weight, small.blocks[3].mlp.fc1.weight)
+    torch.testing.assert_close(student.head.weight, small.head.weight)
+
+
 def deit_base_params(num_classes: int) -> dict:
     """Arithmetic parameter counts of the d6 recipe's auxiliary models and SN-Net's anchors."""
 
