@@ -16,8 +16,9 @@ Methods (a budget is E epochs of member training, the pool's joint run):
   auxiliary starts from the ancestor pruned to its width and distils until validation stops
   improving (``init: pruned``, ``epochs: auto``);
 - snnet-plateau / snnet-distilled: SN-Net with the narrow anchor trained from scratch to its
-  plateau (a) or distilled like the pool's narrow auxiliary (b), stitched to the ancestor and
-  trained jointly for E epochs (assemble's recipe);
+  plateau (a: ancestor.py's, kept under results/anchors, where there is one for the seed) or
+  distilled like the pool's narrow auxiliary (b), stitched to the ancestor and trained jointly
+  for E epochs (assemble's recipe);
 - kd / prune-kd: one model per size (`learngene.baselines.per_size`), from random init or the
   ancestor pruned by Torch-Pruning, distilled from the ancestor; the pool's total steps
   (distillation and joint) shared equally among the sizes;
@@ -49,6 +50,7 @@ GUESS_S = {
     "scratch": 20,
 }
 GUESS_PLATEAU_S = 4 * 1800
+SHIPPED_ANCHORS = Path(__file__).parent / "results" / "anchors"  # ancestor.py's narrow models at their plateau
 
 
 def log(msg: str) -> None:
@@ -163,6 +165,19 @@ def anchor(bed: dict, how: str, seed: int, ancestor, dm, pre_epochs, quiet):
     wfile, meta = d / f"anchor-{how}-s{seed}.safetensors", d / f"anchor-{how}-s{seed}.json"
     import timm
 
+    shipped = SHIPPED_ANCHORS / f"{bed['name']}-narrow-s{seed}"
+    if how == "plateau" and (shipped / "config.json").is_file():
+        # the same architecture trained alone to its plateau by ancestor.py (the slope's low end),
+        # kept under results/anchors: its steps and wall time are the ones it took there
+        model = timm.create_model(f"local-dir:{shipped}", pretrained=True)
+        info = json.loads((shipped / "config.json").read_text())
+        t = info["learngene"]["training"]
+        args = {k: v for k, v in info["model_args"].items()}
+        record = {"epochs": t["epochs_run"], "best_epoch": t["best_epoch"], "val_top1": round(t["best_val"], 2),
+                  "from": f"benchmarks/results/anchors/{shipped.name}"}  # fmt: skip
+        cost = {"args": args, "record": record, "wall_s": info["learngene"]["metrics"]["train_seconds"],
+                "steps": t["steps"], "train_flops": t["steps"] * step_flops(model, None, dm)}  # fmt: skip
+        return (model.eval(), args), cost
     if not meta.is_file():
         t0 = time.perf_counter()
         model, args, record = make_anchor(
