@@ -67,7 +67,7 @@ def test_the_main_job_through_the_api_equals_the_cli(setup_dir, tmp_path):
     cli_pool = fresh_pool(setup_dir, tmp_path / "cli")
     for argv in (
         ("assemble", "--pool", cli_pool, "--size", "small", "--epochs", "1"),
-        ("bench", "--pool", cli_pool, "--batch-sizes", "1", "--out", tmp_path / "cli-report"),
+        ("bench", "--pool", cli_pool, "--batch-sizes", "1", "--min-run-time", "0.01", "--out", tmp_path / "cli-report"),
     ):
         r = cli(*argv, "-q")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -78,7 +78,7 @@ def test_the_main_job_through_the_api_equals_the_cli(setup_dir, tmp_path):
         setup_dir / "tiny3.yaml", model=f"local-dir:{setup_dir / 'anc'}", out=tmp_path / "api", progress=False
     )
     res = lg.assemble(pool, lg.Selection(size="small"), epochs=1)
-    rows = lg.bench(pool, batch_sizes=(1,), out=tmp_path / "api-report").df.to_dict("records")
+    rows = lg.bench(pool, batch_sizes=(1,), min_run_time=0.01, out=tmp_path / "api-report").df.to_dict("records")
 
     assert res.child is not None and (res.child / "config.json").exists()
     assert sorted(p.name for p in (cli_pool / "children").iterdir()) == [res.child.name]

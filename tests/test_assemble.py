@@ -339,6 +339,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(setup_dir, tmp_path):
     assert_one_line_error(cli("assemble", "--pool", pool, "--size", "tiny"), "checksum", str(victim))
 
 
+@pytest.mark.slow  # two processes and a process group: ~50 s on 2 cores; CI runs it
 def test_assemble_ddp_two_cpu_processes(setup_dir, tmp_path):
     # joint training under DDP: unused stitches must not stall the gradient sync, and only
     # rank 0 writes the revision and the child

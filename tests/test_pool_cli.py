@@ -24,6 +24,7 @@ def build(recipe_dir, out, *extra):
     )
 
 
+@pytest.mark.slow  # two processes and a process group: ~25 s on 2 cores; CI runs it
 def test_ddp_two_cpu_processes(recipe_dir, tmp_path):
     out = tmp_path / "ddp"
     r = build(recipe_dir, out, "--devices", "2", "--strategy", "ddp")

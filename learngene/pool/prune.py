@@ -32,7 +32,9 @@ def pruned(ancestor: nn.Module, width: int) -> nn.Module:
             f"the ancestor (width {s.embed_dim}, {s.num_heads} heads) prunes to a width that is a multiple "
             f"of its heads and at most its own, got {width}"
         )
-    model = copy.deepcopy(ancestor).cpu().eval()
+    # Torch-Pruning traces the autograd graph: a frozen teacher's copy (distillation freezes the
+    # ancestor it is given) would trace to nothing and come back unpruned
+    model = copy.deepcopy(ancestor).cpu().eval().requires_grad_(True)
     heads = {blk.attn.qkv: blk.attn.num_heads for blk in model.blocks}
     example = torch.zeros(1, 3, s.img_size, s.img_size)
     pruner = tp.pruner.MetaPruner(
