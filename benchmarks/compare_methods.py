@@ -77,6 +77,7 @@ LABEL = {
     "prune-kd": "Torch-Pruning + KD per size, the pool's steps shared",
     "kd-plateau": "KD per size, each to its plateau",
 }
+POOLS = ("pool", "pool-pruned")  # the pool and its recipe's variants: each compared with the alternatives
 SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
 TESTBEDS = {
     "digits": dict(
@@ -648,10 +649,30 @@ def summary_section(res: dict, budget: int) -> list[str]:
             f"{recs[0]['stored_params'] / 1e6:.2f} | {recs[0]['steps']} | "
             f"{flops} | {stages} |"
         )
-    # pool vs scratch (same architectures) and vs each SN-Net at or below each size
     sns = [m for m in methods if m in ALTERNATIVES]
-    if "pool" not in by or not sns:  # a partial run: the table above is all there is yet
-        return out + [""]
+    for pool_method in [m for m in POOLS if m in by]:
+        out += versus(res, budget, pool_method, by, sns)
+    for m in [m for m in (*sns, "vanilla", "vanilla-each") if m in by]:
+        out += [
+            f"<details><summary>{LABEL[m].replace('E epochs', f'{budget} epochs')} members</summary>",
+            "",
+            "| member | params (M) | latency ms | test top1 |",
+            "|---|---|---|---|",
+        ]
+        for r in by[m]:
+            lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
+            out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} |")
+        out += ["", "</details>", ""]
+    return out
+
+
+def versus(res: dict, budget: int, P: str, by: dict, sns: list[str]) -> list[str]:
+    """A pool method P (the pool, or a variant of its recipe) against scratch (the same
+    architectures) and each alternative at or below each descendant's size."""
+    seeds = list(res["seeds"])
+    if not sns:  # a partial run: the method table is all there is yet
+        return [""]
+    out = ["", f"### {LABEL[P]} against the alternatives"]
     snn = [m for m in sns if m.startswith("snnet")] or sns  # SN-Net's anchor sets "below the anchor"
     sc = {r["id"]: r for r in by.get("scratch", [])}
     each = {r["id"]: r for r in by.get("scratch-each", [])}
@@ -665,7 +686,7 @@ def summary_section(res: dict, budget: int) -> list[str]:
         f"member no larger than the descendant, or, below SN-Net's smallest member ({smallest['id']}, "
         f"{smallest['params'] / 1e6:.3f}M), that member (larger than the descendant). SN-Net's narrow anchor has "
         f"{anchor_params / 1e6:.3f}M params; storage pool / SN-Net: "
-        f"{first['pool']['stored_params'] / first[sns[0]]['stored_params']:.2f}.",
+        f"{first[P]['stored_params'] / first[sns[0]]['stored_params']:.2f}.",
         "",
         "| pool descendant | params (M) | latency ms | pool | scratch | "
         + " | ".join(f"{short[m]} (member) | pool - {short[m]}" for m in sns)
@@ -675,13 +696,13 @@ def summary_section(res: dict, budget: int) -> list[str]:
     ]
     above_each, above_scratch = 0, 0
     below, overlap = (
-        sum(r["params"] < anchor_params for r in by["pool"]),
-        sum(r["params"] >= anchor_params for r in by["pool"]),
+        sum(r["params"] < anchor_params for r in by[P]),
+        sum(r["params"] >= anchor_params for r in by[P]),
     )
     below_ok, overlap_ok, fit_ok = dict.fromkeys(sns, 0), dict.fromkeys(sns, 0), dict.fromkeys(sns, 0)
-    fit_of = {m: sum(r["params"] >= by[m][0]["params"] for r in by["pool"]) for m in sns}
+    fit_of = {m: sum(r["params"] >= by[m][0]["params"] for r in by[P]) for m in sns}
     best_ok, best_n, best_by = 0, 0, {}
-    for r in by["pool"]:
+    for r in by[P]:
         refs = []
         for m in sns:
             fits = [x for x in by[m] if x["params"] <= r["params"]]
@@ -692,8 +713,8 @@ def summary_section(res: dict, budget: int) -> list[str]:
             best_n += 1
             best_ok += r["top1_mean"] >= best["top1_mean"]
             best_by[r["id"]] = (best, who)
-        above_scratch += bool(sc) and r["top1_mean"] > sc[r["id"]]["top1_mean"]
-        above_each += bool(each) and r["top1_mean"] > each[r["id"]]["top1_mean"]
+        above_scratch += r["id"] in sc and r["top1_mean"] > sc[r["id"]]["top1_mean"]
+        above_each += r["id"] in each and r["top1_mean"] > each[r["id"]]["top1_mean"]
         cells = []
         for m in sns:
             fits = [x for x in by[m] if x["params"] <= r["params"]]
@@ -704,12 +725,12 @@ def summary_section(res: dict, budget: int) -> list[str]:
             cells.append(f"{pm(ref)} ({ref['id']}) | {d:+.2f}")
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
         out.append(
-            f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']]) if sc else '-'} | "
+            f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} | {pm(sc[r['id']]) if r['id'] in sc else '-'} | "
             + " | ".join(cells)
             + " |"
-            + (f" {pm(each[r['id']])} |" if each else "")
+            + (f" {pm(each[r['id']]) if r['id'] in each else '-'} |" if each else "")
         )
-    n = len(by["pool"])
+    n = len(by[P])
     out += ["", f"- Pool above scratch (same architecture, same steps): **{above_scratch}/{n}** descendants."]
     if best_n:
         out.append(
@@ -732,19 +753,7 @@ def summary_section(res: dict, budget: int) -> list[str]:
             f"- Pool above scratch with {budget} epochs per architecture ({len(each)}x the pool's steps in all): "
             f"**{above_each}/{n}**."
         )
-    out.append("")
-    for m in [m for m in (*sns, "vanilla", "vanilla-each") if m in by]:
-        out += [
-            f"<details><summary>{LABEL[m].replace('E epochs', f'{budget} epochs')} members</summary>",
-            "",
-            "| member | params (M) | latency ms | test top1 |",
-            "|---|---|---|---|",
-        ]
-        for r in by[m]:
-            lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
-            out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} |")
-        out += ["", "</details>", ""]
-    return out
+    return out + [""]
 
 
 def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = None) -> None:
@@ -756,6 +765,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
 
     colors = {
         "pool": "tab:blue",
+        "pool-pruned": "navy",
         "snnet": "tab:orange",
         "snnet-plateau": "tab:red",
         "snnet-distilled": "tab:purple",
