@@ -150,6 +150,7 @@ def serve(r: ServeRequest) -> None:
         need = f"learngene serve --engine {r.engine} needs {engine} ({e.name} is missing)"
         raise UserError(f"{need}: pip install 'learngene[{extra}]'") from None
     from learngene.serving.frontier import frontier_from_rows, time_sessions
+    from learngene.serving.routes import ZooSettings
 
     threads = r.threads
     pool = _open(r.pool)
@@ -181,29 +182,15 @@ def serve(r: ServeRequest) -> None:
         sessions, _ = shared_ort_sessions(onnx, threads)  # the worker's sessions, timed as it will run them
         time_sessions(sessions, tuple(pool.data_config["input_size"]), front)
         del sessions
-    cfg = pool.data_config
     per_engine = (
         dict(replicas=r.replicas, autoscaling=r.autoscaling, address=r.ray_address)
         if r.engine == "ray"
         else dict(log_level=r.log_level)
     )
-    run(
-        str(pool.path),
-        pool.path.name,
-        rev,
-        front,
-        tuple(cfg["input_size"]),
-        pool.num_classes,
-        host=r.host,
-        port=r.port,
-        slo_ms=r.slo_ms,
-        token=r.token,
-        threads=threads,
-        max_batch_size=r.max_batch_size,
-        batch_timeout_ms=r.batch_timeout_ms,
-        max_queue=r.max_queue,
-        max_body=int(r.max_body_mb * 2**20),
-        onnx=onnx,
-        on_ready=r.on_ready,
-        **per_engine,
-    )
+    cfg = pool.data_config
+    settings = ZooSettings(
+        str(pool.path), pool.path.name, rev, front, tuple(cfg["input_size"]), pool.num_classes, slo_ms=r.slo_ms,
+        token=r.token, threads=threads, max_batch_size=r.max_batch_size, batch_timeout_ms=r.batch_timeout_ms,
+        max_queue=r.max_queue, max_body=int(r.max_body_mb * 2**20), onnx=onnx,
+    )  # fmt: skip
+    run(settings, host=r.host, port=r.port, on_ready=r.on_ready, **per_engine)

@@ -27,32 +27,22 @@ from fastapi import Request
 from learngene.core.errors import UserError
 from learngene.core.processes import die_with_parent
 from learngene.serving.kserve import KServeV2, error
-from learngene.serving.routes import authorize
+from learngene.serving.routes import ZooSettings, authorize
 
 
 class ZooAPI(ls.LitAPI):
     """The inference worker: the pool's members on shared blocks."""
 
-    def __init__(
-        self,
-        pool: str,
-        revision: str | None,
-        members: list[str],
-        threads: int,
-        token: str | None,
-        onnx: dict[str, str] | None = None,
-        **kw,
-    ):
+    def __init__(self, z: ZooSettings, **kw):
         super().__init__(**kw)
-        self.pool_path, self.revision, self.members, self.threads = pool, revision, members, threads
-        self._token = token
-        self.onnx = onnx  # member -> ONNX file: ONNX Runtime runs them, on shared initializers
+        self.z = z
 
     def setup(self, device):
         from learngene.serving.runner import MemberRunner
 
         die_with_parent(os.getppid())  # a server killed by SIGKILL leaves no worker behind
-        self.runner = MemberRunner(self.pool_path, self.revision, self.members, self.threads, self.onnx)
+        z = self.z
+        self.runner = MemberRunner(z.pool_path, z.revision, list(z.frontier), z.threads, z.onnx)
 
     def decode_request(self, request, **kw):
         return request  # (member, images): the runner takes them as they are
@@ -71,66 +61,24 @@ class ZooAPI(ls.LitAPI):
         return output
 
     def authorize(self, request: Request):
-        authorize(request, self._token)
+        authorize(request, self.z.token)
 
 
-def serve(
-    pool_path: str,
-    pool_name: str,
-    revision: str | None,
-    frontier: dict[str, dict],
-    input_shape: tuple,
-    num_classes: int,
-    *,
-    host: str,
-    port: int,
-    slo_ms: float | None,
-    token: str | None,
-    threads: int,
-    max_batch_size: int,
-    batch_timeout_ms: float,
-    max_queue: int,
-    max_body: int,
-    onnx: dict[str, str] | None = None,
-    log_level: str = "warning",
-    on_ready=None,
-) -> None:
-    """Run the server until SIGINT / SIGTERM (the caller's handlers raise; this drains first).
-    ``onnx`` (member -> ONNX file): ONNX Runtime runs the members instead of torch."""
+def serve(z: ZooSettings, *, host: str, port: int, log_level: str = "warning", on_ready=None) -> None:
+    """Run the server until SIGINT / SIGTERM (the caller's handlers raise; this drains first)."""
     import multiprocessing as mp
     import signal
 
     shared = (mp.Value("i", 0), mp.Value("i", 0))  # draining, requests in flight
-    spec = KServeV2(
-        pool_name,
-        frontier,
-        input_shape,
-        num_classes,
-        slo_ms=slo_ms,
-        max_queue=max_queue,
-        max_body=max_body,
-        shared=shared,
-        runtime="torch" if onnx is None else "onnxruntime",
-        max_batch_size=max_batch_size,
-    )
-    api = ZooAPI(
-        pool_path,
-        revision,
-        list(frontier),
-        threads,
-        token,
-        onnx,
-        max_batch_size=max_batch_size,
-        batch_timeout=batch_timeout_ms / 1000,
-        spec=spec,
-    )
+    spec = KServeV2(z, shared=shared)
+    api = ZooAPI(z, max_batch_size=z.max_batch_size, batch_timeout=z.batch_timeout_ms / 1000, spec=spec)
     server = ls.LitServer(
         api,
         accelerator="cpu",
         devices=1,
         workers_per_device=1,
         timeout=60,
-        max_payload_size=max_body,
+        max_payload_size=z.max_body,
         disable_openapi_url=True,
         # ZeroMQ between the API server and the worker instead of multiprocessing queues
         # (LitServe's lower-latency hand-off; on 2 cores it measured level with the queues:

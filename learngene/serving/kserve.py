@@ -10,7 +10,7 @@ import numpy as np
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
-from learngene.serving.routes import V2Routes, error
+from learngene.serving.routes import V2Routes, ZooSettings, error
 
 __all__ = ["KServeV2", "error"]
 
@@ -20,9 +20,9 @@ class KServeV2(V2Routes, LitSpec):
     inference worker (dynamic batching there); ``shared`` (draining, in flight) is shared with
     the main process, which drains on SIGTERM."""
 
-    def __init__(self, *args, shared, **kw):
+    def __init__(self, z: ZooSettings, *, shared):
         LitSpec.__init__(self)
-        V2Routes.__init__(self, *args, **kw)
+        V2Routes.__init__(self, z)
         self.api_path = "/v2/infer"  # LitServe's queue key; the routes are V2Routes'
         self.shared = shared
 

@@ -26,7 +26,7 @@ from fastapi import Request
 from ray import serve
 
 from learngene.core.errors import UserError
-from learngene.serving.routes import V2Routes, authorize, error
+from learngene.serving.routes import V2Routes, ZooSettings, authorize, error
 
 APP = "learngene"
 
@@ -35,36 +35,15 @@ APP = "learngene"
 class ZooReplica(V2Routes):
     """One Ray Serve replica: the members on the pool's blocks, behind the v2 routes."""
 
-    def __init__(
-        self,
-        pool: str,
-        revision: str | None,
-        frontier: dict,
-        input_shape: tuple,
-        num_classes: int,
-        *,
-        pool_name: str,
-        slo_ms: float | None,
-        token: str | None,
-        threads: int,
-        max_batch_size: int,
-        batch_timeout_ms: float,
-        max_queue: int,
-        max_body: int,
-        onnx: dict | None,
-    ):
+    def __init__(self, z: ZooSettings):
         from learngene.serving.runner import MemberRunner
 
-        runtime = "torch" if onnx is None else "onnxruntime"
-        V2Routes.__init__(
-            self, pool_name, frontier, input_shape, num_classes, slo_ms=slo_ms, max_queue=max_queue,
-            max_body=max_body, runtime=runtime, max_batch_size=max_batch_size,
-        )  # fmt: skip
-        self.runner = MemberRunner(pool, revision, list(frontier), threads, onnx)
-        self.token = token
+        V2Routes.__init__(self, z)
+        self.runner = MemberRunner(z.pool_path, z.revision, list(z.frontier), z.threads, z.onnx)
+        self.token = z.token
         self.extra = {"replica": os.getpid()}  # which replica answered (a client may log it)
-        self._batch.set_max_batch_size(max_batch_size)
-        self._batch.set_batch_wait_timeout_s(batch_timeout_ms / 1000)
+        self._batch.set_max_batch_size(z.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(z.batch_timeout_ms / 1000)
         # the model runs in a thread (torch and ONNX Runtime release the GIL): the replica's
         # event loop keeps reading requests and forming the next batch meanwhile
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="learngene-infer")
@@ -123,23 +102,10 @@ def local_ray(cpus: int) -> None:
 
 
 def serve_ray(
-    pool_path: str,
-    pool_name: str,
-    revision: str | None,
-    frontier: dict[str, dict],
-    input_shape: tuple,
-    num_classes: int,
+    z: ZooSettings,
     *,
     host: str,
     port: int,
-    slo_ms: float | None,
-    token: str | None,
-    threads: int,
-    max_batch_size: int,
-    batch_timeout_ms: float,
-    max_queue: int,
-    max_body: int,
-    onnx: dict[str, str] | None,
     replicas: int,
     autoscaling: dict | None,
     address: str | None,
@@ -156,7 +122,7 @@ def serve_ray(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
     if address is None:
         most = autoscaling.get("max_replicas", replicas) if autoscaling else replicas
-        local_ray(max(os.cpu_count() or 1, most * threads))  # the replicas the user asked for all start
+        local_ray(max(os.cpu_count() or 1, most * z.threads))  # the replicas the user asked for all start
     else:
         try:
             ray.init(address=address, namespace=APP, log_to_driver=False, logging_level="warning")
@@ -168,9 +134,9 @@ def serve_ray(
     try:
         serve.start(http_options={"host": host, "port": port})
         options = dict(
-            name=pool_name,
-            ray_actor_options={"num_cpus": threads},
-            max_ongoing_requests=max_queue,  # the member choice refuses beyond its queue itself
+            name=z.pool_name,
+            ray_actor_options={"num_cpus": z.threads},
+            max_ongoing_requests=z.max_queue,  # the member choice refuses beyond its queue itself
             graceful_shutdown_timeout_s=30,
             health_check_period_s=2,
         )
@@ -178,11 +144,7 @@ def serve_ray(
             options["autoscaling_config"] = autoscaling
         else:
             options["num_replicas"] = replicas
-        app = serve.deployment(ZooReplica).options(**options).bind(
-            pool_path, revision, frontier, input_shape, num_classes, pool_name=pool_name, slo_ms=slo_ms,
-            token=token, threads=threads, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
-            max_queue=max_queue, max_body=max_body, onnx=onnx,
-        )  # fmt: skip
+        app = serve.deployment(ZooReplica).options(**options).bind(z)
         for s in previous:
             signal.signal(s, lambda signum, frame: got.setdefault("signal", signum))
         serve.run(app, name=APP, route_prefix="/", blocking=False)

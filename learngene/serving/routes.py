@@ -7,6 +7,7 @@ kserve.py, Ray Serve's replica in ray_engine.py)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Request, Response
@@ -37,34 +38,49 @@ def authorize(request: Request, token: str | None) -> None:
         raise HTTPException(status_code=401, detail="a bearer token is required (Authorization: Bearer ...)")
 
 
+@dataclass(frozen=True)
+class ZooSettings:
+    """What every engine serves and how: the pool (its folder, name, revision), the members'
+    frontier (latency, accuracy per member) and input, and the server's limits. One object from
+    the API to the engine, its routes and its workers or replicas (it pickles: Ray ships it)."""
+
+    pool_path: str
+    pool_name: str
+    revision: str | None
+    frontier: dict
+    input_shape: tuple
+    num_classes: int
+    slo_ms: float | None
+    token: str | None
+    threads: int
+    max_batch_size: int
+    batch_timeout_ms: float
+    max_queue: int
+    max_body: int
+    onnx: dict | None = None  # member -> ONNX file: ONNX Runtime runs the members instead of torch
+
+    @property
+    def runtime(self) -> str:
+        return "torch" if self.onnx is None else "onnxruntime"
+
+
 class V2Routes:
     """The Open Inference Protocol's routes over the zoo, the member choice and /metrics, in
     whichever engine serves them: an engine gives `_run` (the member's logits for the images),
     `_workers_ready` and `_draining` (LitServe's spec below; a Ray Serve replica in ray_engine)."""
 
-    def __init__(
-        self,
-        pool_name: str,
-        frontier: dict[str, dict],
-        input_shape: tuple,
-        num_classes: int,
-        *,
-        slo_ms: float | None,
-        max_queue: int,
-        max_body: int,
-        runtime: str = "torch",
-        max_batch_size: int = 16,
-    ):
-        self.max_batch_size = max_batch_size
-        self.platform = {"torch": "pytorch_learngene", "onnxruntime": "onnxruntime_learngene"}[runtime]
-        self.pool_name, self.frontier = pool_name, frontier
-        self.input_shape, self.num_classes, self.max_body = tuple(input_shape), num_classes, max_body
+    def __init__(self, z: ZooSettings):
+        self.max_batch_size = z.max_batch_size
+        self.platform = {"torch": "pytorch_learngene", "onnxruntime": "onnxruntime_learngene"}[z.runtime]
+        self.pool_name, self.frontier = z.pool_name, z.frontier
+        self.input_shape, self.num_classes, self.max_body = tuple(z.input_shape), z.num_classes, z.max_body
+        frontier = z.frontier
         self.scheduler = Scheduler(
             {m: f["latency_ms"] for m, f in frontier.items()},
             {m: f["top1"] for m, f in frontier.items()},
             per_image_ms={m: f["per_image_ms"] for m, f in frontier.items() if "per_image_ms" in f},
-            slo_ms=slo_ms,
-            max_queue=max_queue,
+            slo_ms=z.slo_ms,
+            max_queue=z.max_queue,
         )
         self.served: dict[tuple[str, str, int], int] = {}
         self.hist = {m: [0] * (len(BUCKETS_MS) + 1) for m in frontier}
