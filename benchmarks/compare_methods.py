@@ -49,6 +49,7 @@ KEPT = RESULTS  # the runs the overview lists (RESULTS may be moved with --out)
 METHODS = (
     "pool",
     "pool-pruned",
+    "pool-pruned-60",
     "snnet-plateau",
     "snnet-distilled",
     "snnet",
@@ -66,6 +67,7 @@ ALTERNATIVES = ("snnet-plateau", "snnet-distilled", "snnet", "kd", "prune-kd", "
 LABEL = {
     "pool": "Learngene Pool",
     "pool-pruned": "Learngene Pool, narrow auxiliary from the pruned ancestor, distilled to its plateau",
+    "pool-pruned-60": "Learngene Pool, narrow auxiliary from the pruned ancestor, distilled 60 epochs",
     "snnet": "SN-Net (c), anchor 30 epochs from scratch",
     "snnet-plateau": "SN-Net (a), anchor from scratch to its plateau",
     "snnet-distilled": "SN-Net (b), anchor distilled like the pool's narrow",
@@ -77,7 +79,7 @@ LABEL = {
     "prune-kd": "Torch-Pruning + KD per size, the pool's steps shared",
     "kd-plateau": "KD per size, each to its plateau",
 }
-POOLS = ("pool", "pool-pruned")  # the pool and its recipe's variants: each compared with the alternatives
+POOLS = ("pool", "pool-pruned", "pool-pruned-60")  # the pool and its variants: each compared with the alternatives
 SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
 TESTBEDS = {
     "digits": dict(
@@ -108,7 +110,8 @@ TESTBEDS = {
         stem="methods_clutter",
         budgets=[15, 40],
         anchors=["plateau", "distilled"],
-        variants={"pool-pruned": "clutter-pruned"},  # method -> its pool recipe (method_units.py)
+        variants={"pool-pruned": "clutter-pruned", "pool-pruned-60": "clutter-pruned-60"},  # method -> recipe
+        per_size_steps="pool-pruned-60",  # kd / prune-kd share this pool method's steps (method_units.py)
         about="the clutter testbed's embedded ancestor (the digits' architecture and recipe, 12 blocks, width "
         "128, 2.39M params, trained to its plateau and shipped) and the animal silhouettes among clutter, drawn "
         "anew every epoch (16 px; 7,200 train, 800 val, 2,000 test images; learngene.core.clutter)",
@@ -766,6 +769,7 @@ def plot(rows: list[dict], budgets: list[int], path: Path, res: dict | None = No
     colors = {
         "pool": "tab:blue",
         "pool-pruned": "navy",
+        "pool-pruned-60": "tab:purple",
         "snnet": "tab:orange",
         "snnet-plateau": "tab:red",
         "snnet-distilled": "tab:purple",

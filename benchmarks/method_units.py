@@ -20,8 +20,10 @@ Methods (a budget is E epochs of member training, the pool's joint run):
   distilled like the pool's narrow auxiliary (b), stitched to the ancestor and trained jointly
   for E epochs (assemble's recipe);
 - kd / prune-kd: one model per size (`learngene.baselines.per_size`), from random init or the
-  ancestor pruned by Torch-Pruning, distilled from the ancestor; the pool's total steps
-  (distillation and joint) shared equally among the sizes;
+  ancestor pruned by Torch-Pruning, distilled from the ancestor; a pool method's total steps
+  (distillation and joint) shared equally among the sizes: the plain pool's, or those of the
+  testbed's ``per_size_steps`` (the pool method it is compared with at equal steps), recorded
+  as ``steps_of``;
 - kd-plateau (budget "plateau"): the same students, each until its validation stops improving;
 - scratch: every pool descendant architecture from random init, the joint steps shared.
 """
@@ -43,6 +45,7 @@ SIZES = 4  # per-size baselines: students at this many of the pool's sizes, smal
 GUESS_S = {
     "pool": 60,
     "pool-pruned": 120,
+    "pool-pruned-60": 50,
     "snnet-plateau": 40,
     "snnet-distilled": 40,
     "kd": 40,
@@ -268,14 +271,18 @@ def run_unit(bed: dict, method: str, budget, seed: int, pre_epochs=None, quiet=N
                 trainer_args=quiet(),
             )  # fmt: skip
         else:
-            total = pool_unit_steps(bed, budget, seed, pool_cost, dm)  # the pool's, distillation and joint
+            of = bed.get("per_size_steps", "pool")
+            if of != "pool":
+                _, of_cost = distilled_pool(bed, seed, ancestor, dm, pre_epochs, quiet, of)
+            total = pool_unit_steps(bed, budget, seed, pool_cost if of == "pool" else of_cost, dm)
+            extra["steps_of"] = of
             zoo = per_size(
                 ancestor.model, dm, widths, init=init, steps=max(1, total // len(widths)), seed=seed,
                 trainer_args=quiet(),
             )  # fmt: skip
         stages = {"train": time.perf_counter() - t1}
         rows, steps, flops, stored = zoo.rows, zoo.steps, zoo.train_flops, zoo.stored_params
-        extra = {"widths": widths, "records": zoo.records}
+        extra |= {"widths": widths, "records": zoo.records}
     elif method == "scratch":
         from learngene.baselines.one_per_size import train_flops
 
