@@ -34,6 +34,13 @@ from learngene.models import fitted
 OUT = RESULTS / "fit_tail.jsonl"
 
 
+def _json_or(v: str):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
 def main() -> None:
     kind, start = sys.argv[1], int(sys.argv[2])
     tag = sys.argv[3] if len(sys.argv) > 3 and "=" not in sys.argv[3] else kind
@@ -52,7 +59,8 @@ def main() -> None:
             ImageFolderSource.flip_invariant = lambda self, cfg: False
         else:
             old = fitted.FIT_RECIPE[k]
-            fitted.FIT_RECIPE[k] = type(old)(float(v)) if isinstance(old, (int, float)) else v
+            # numbers as numbers; the rest as JSON where it parses (starts=[[1.0,3.5e-4]])
+            fitted.FIT_RECIPE[k] = type(old)(float(v)) if isinstance(old, (int, float)) else _json_or(v)
         overrides[k] = v
     if not (work / "folders" / kind).is_dir():
         folders.write(work / "folders", [kind])

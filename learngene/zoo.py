@@ -272,6 +272,18 @@ def member_ids(members: str | Sequence | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(i).strip() for i in items if str(i).strip()))
 
 
+def pick_members(members: Sequence, ids: Sequence[str], where) -> list:
+    """The ``members`` (members, or their ids) whose ids are ``ids`` (all when empty), in the
+    members' order; an unknown id is one line naming it and a few that are there (bench, kit
+    and serve alike)."""
+    have = [m if isinstance(m, str) else m.id for m in members]
+    unknown = [i for i in ids if i not in have]
+    if unknown:
+        more = ", ..." if len(have) > 5 else ""
+        raise UserError(f"--members: {unknown[0]!r} is not a member of {where} (has: {', '.join(have[:5])}{more})")
+    return [m for m, i in zip(members, have) if not ids or i in ids]
+
+
 def resolve(
     ref: str | os.PathLike | None,
     *,

@@ -13,7 +13,7 @@ import torch
 from learngene.api._common import Request, _open, verb
 from learngene.core.errors import UserError
 from learngene.pool.store import Pool, Revision
-from learngene.zoo import ancestor_of, children, member_ids, of_model, pool_data, pool_zoo, resolve
+from learngene.zoo import ancestor_of, children, member_ids, of_model, pick_members, pool_data, pool_zoo, resolve
 
 INCLUDE = ("ancestor", "children", "adapted")
 
@@ -114,11 +114,7 @@ def bench(r: BenchRequest):
     dm = pool_data(pool, r.data, 64, r.num_workers, augment=False)
     members, meta = pool_members(pool, dm, revision=r.revision, include=r.include)
     if r.members:
-        have = [m.id for m in members]
-        unknown = [i for i in r.members if i not in have]
-        if unknown:
-            raise UserError(f"--members: {unknown[0]!r} is not a member of {pool.path} (e.g. {', '.join(have[:3])})")
-        members = [m for m in members if m.id in r.members]
+        members = pick_members(members, r.members, pool.path)
         meta["members"] = list(r.members)  # a partial report (latest_report skips it)
     res = measure(
         members,

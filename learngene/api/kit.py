@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from learngene.api._common import Request, _open, verb
 from learngene.core.errors import UserError
-from learngene.zoo import member_ids, pool_data, pool_zoo
+from learngene.zoo import member_ids, pick_members, pool_data, pool_zoo
 
 if TYPE_CHECKING:
     from learngene.pool.store import Pool
@@ -58,7 +58,7 @@ def kit(r: KitRequest) -> Path:
     }
     zoo = pool_zoo(pool, dm=dm)
     ids = member_ids(r.members)
-    chosen = [zoo.get(i) for i in ids] if ids else list(zoo)
+    chosen = pick_members(list(zoo), ids, pool.path)
     return write_kit(
         chosen,
         dm,

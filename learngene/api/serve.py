@@ -13,7 +13,7 @@ from learngene.api._common import Request, _open, verb
 from learngene.api.assemble import descendants
 from learngene.api.bench import _frontier
 from learngene.core.errors import UserError
-from learngene.zoo import member_ids, pool_data, pool_zoo
+from learngene.zoo import member_ids, pick_members, pool_data, pool_zoo
 
 if TYPE_CHECKING:
     from learngene.pool.store import Pool
@@ -156,10 +156,7 @@ def serve(r: ServeRequest) -> None:
     pool = _open(r.pool)
     rev = pool.head(r.revision).id
     ids = [s["id"] for s in descendants(pool, r.revision)]
-    wanted = list(member_ids(r.members)) or ids
-    unknown = [m for m in wanted if m not in ids]
-    if unknown:
-        raise UserError(f"--members: {unknown[0]!r} is not a descendant of {pool.path} (e.g. {', '.join(ids[:3])})")
+    wanted = pick_members(ids, member_ids(r.members), pool.path)
     torch.set_num_threads(threads)
     # batch 1 for each member's latency, batch 32 (bench's default second size, when the report
     # has it) for what each further image of a request adds

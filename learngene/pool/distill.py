@@ -35,7 +35,7 @@ def make_student(spec: AuxSpec, ancestor: nn.Module, seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     student = timm.create_model(STUDENT_ARCH, **student_args(spec, ancestor))
-    check_init(spec, ancestor)
+    check_init(spec, ancestor)  # build_pool checks every auxiliary up front; SN-Net's anchor comes here alone
     if spec.init == "ancestor":
         init_from_ancestor(student, ancestor)
     elif spec.init == "pruned":
@@ -77,13 +77,8 @@ def spaced_blocks(student_depth: int, ancestor_depth: int) -> list[int]:
 def init_from_ancestor(student: nn.Module, ancestor: nn.Module) -> None:
     """Same-width student: embedding, final norm, head and evenly spaced blocks copied."""
     s, a = ViTView(student).shape, ViTView(ancestor).shape
-    if (s.embed_dim, s.num_heads, s.mlp_hidden) != (a.embed_dim, a.num_heads, a.mlp_hidden):
-        from learngene.core.errors import UserError
-
-        raise UserError(
-            f"init: ancestor needs the ancestor's width and heads ({a.embed_dim}/{a.num_heads}), got "
-            f"{s.embed_dim}/{s.num_heads}"
-        )
+    # a user's recipe was refused by check_init before this: a mismatch here is our bug
+    assert (s.embed_dim, s.num_heads, s.mlp_hidden) == (a.embed_dim, a.num_heads, a.mlp_hidden), (s, a)
     src = split_pieces(ancestor.state_dict())
     picked = {f"b{i}": src[f"b{m}"] for i, m in enumerate(spaced_blocks(s.depth, a.depth))}
     student.load_state_dict(join_pieces({"embed": src["embed"], "head": src["head"], **picked}))
