@@ -66,12 +66,48 @@ class CoreBudget(L.Callback):
         warn_if_busy(n + workers)
 
 
+class StageClock:
+    """A stage of several training runs (a fit's probes and its run, build-pool's auxiliary
+    models): the optimizer steps planned for all of them (a run that may stop early counts
+    its cap), so that each run's lines say the time the whole stage has left at the pace so
+    far, not only the run's. Shared by the runs through `TrainerArgs.stage`."""
+
+    def __init__(self, name: str, planned: int):
+        self.name, self.planned, self.done, self.t0 = name, max(1, int(planned)), 0, time.perf_counter()
+        self.bound = False  # a run that may stop early: the estimate is at most that
+
+    def left(self, steps_in_run: int = 0) -> str:
+        done = self.done + steps_in_run
+        if done <= 0:
+            return ""
+        secs = (time.perf_counter() - self.t0) / done * max(0, self.planned - done)
+        return f"{self.name}: {'at most ' if self.bound else ''}~{secs:.0f} s left"
+
+
+class StageLines(L.Callback):
+    """The stage's time left: a line when each of its runs starts, and its steps counted when
+    the run ends (rank 0; a bar or a log alike)."""
+
+    def __init__(self, clock: StageClock, label: str):
+        self.clock, self.label, self.step0 = clock, label, 0
+
+    def on_train_start(self, trainer, pl_module):
+        self.step0 = trainer.global_step
+        self.clock.bound |= EpochLines.auto(trainer)
+        if trainer.is_global_zero and self.clock.done > 0:
+            print(f"{self.label}: starting ({self.clock.left()})", file=sys.stderr, flush=True)
+
+    def on_train_end(self, trainer, pl_module):
+        self.clock.done += trainer.global_step - self.step0
+
+
 class EpochLines(L.Callback):
     """One line per epoch on stderr (rank 0): what a log wants instead of a progress bar,
-    with the time this stage has left at the pace so far (at most that, when it may stop early)."""
+    with the time this run has left at the pace so far (at most that, when it may stop
+    early), and its stage's when it is one run of several (`StageClock`)."""
 
-    def __init__(self, label: str):
-        self.label, self.t0, self.step0 = label, 0.0, 0
+    def __init__(self, label: str, clock: StageClock | None = None):
+        self.label, self.t0, self.step0, self.clock = label, 0.0, 0, clock
 
     def on_train_start(self, trainer, pl_module):
         self.t0, self.step0 = time.perf_counter(), trainer.global_step  # a resumed run counts from here
@@ -85,7 +121,8 @@ class EpochLines(L.Callback):
         if done <= 0 or not 0 < total < 10**12:
             return ""
         secs = (time.perf_counter() - self.t0) / done * max(0, total - trainer.global_step)
-        return f", {'at most ' if self.auto(trainer) else ''}~{secs:.0f} s left"
+        stage = f"; {self.clock.left(done)}" if self.clock is not None else ""
+        return f", {'at most ' if self.auto(trainer) else ''}~{secs:.0f} s left{stage}"
 
     @staticmethod
     def auto(trainer) -> bool:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from learngene.core.callbacks import CoreBudget, EpochLines, FiniteLoss
+from learngene.core.callbacks import CoreBudget, EpochLines, FiniteLoss, StageClock, StageLines
 from learngene.core.convergence import Convergence, KeepBest, PatientStopping
 
 
@@ -128,6 +128,7 @@ class TrainerArgs:
     log_lines: bool = False  # a line per epoch on stderr (a log: no terminal to draw a bar on)
     label: str = "train"  # what the lines and errors call this run ("build-pool narrow", ...)
     threads: int | None = None  # torch intra-op threads (None: the cores the DataLoader workers leave)
+    stage: StageClock | None = None  # the stage this run is one of (its lines say the stage's time left)
     extra: dict = field(default_factory=dict)
 
 
@@ -287,7 +288,8 @@ def make_trainer(args: TrainerArgs, default_root_dir: str | os.PathLike | None =
     kw["callbacks"] = [
         FiniteLoss(args.label),
         CoreBudget(args.threads),
-        *([EpochLines(args.label)] if args.log_lines else []),
+        *([EpochLines(args.label, args.stage)] if args.log_lines else []),
+        *([StageLines(args.stage, args.label)] if args.stage is not None and (args.log_lines or args.progress) else []),
         *kw.get("callbacks", []),
     ]
     quiet_lightning()

@@ -70,6 +70,7 @@ The recipe, and why (benchmarks/own_data.py measures it on folders of three kind
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -221,6 +222,7 @@ def fit_ancestor(
     always) and after, the training record, and the pixel baselines of the same split."""
     import lightning as L
 
+    from learngene.core.callbacks import StageClock
     from learngene.core.convergence import Convergence
     from learngene.core.data import LearngeneDataModule, data_for
     from learngene.core.evaluation import evaluate, split_metrics
@@ -254,20 +256,28 @@ def fit_ancestor(
         f"kNN {baselines['pixels_knn_top1']:.2f}%, logistic regression {baselines['pixels_logreg_top1']:.2f}%"
     )
     targs = trainer_args or TrainerArgs(progress=False)
+    starts = [tuple(c) for c in r["starts"]]
+    n_train = dm.source.count("train")
+    steps_per_epoch = -(-n_train // r["batch_size"])
+    cap = int(min(r["max_epochs"], max(r["min_epochs"], r["step_budget"] // steps_per_epoch)))
+    probe_steps = -(-min(n_train, r["probe_images"]) // r["batch_size"]) * r["probe_epochs"] if len(starts) > 1 else 0
+    run_epochs = cap if r["epochs"] == "auto" else int(r["epochs"])
+    # every run's lines say what the whole fit has left: the probes' steps and the run's (its cap)
+    planned = probe_steps * len(starts) + run_epochs * steps_per_epoch
+    targs = dataclasses.replace(targs, stage=StageClock("the fit", planned))
 
     def start(keep: float):
         L.seed_everything(r["seed"], verbose=False)
         return start_model(base, dm.num_classes, keep)
 
     # the start and learning rate, chosen on validation after a short run of each candidate
-    starts = [tuple(c) for c in r["starts"]]
     probe = {}
     if len(starts) > 1:
         sub = LearngeneDataModule(
             data,
             batch_size=r["batch_size"],
             seed=r["seed"],
-            train_fraction=min(1.0, r["probe_images"] / max(1, dm.source.count("train"))),
+            train_fraction=min(1.0, r["probe_images"] / max(1, n_train)),
         )
         sub.for_model(base.data_config)
         for keep, lr in starts:
@@ -276,8 +286,6 @@ def fit_ancestor(
             probe[(keep, lr)] = round(evaluate(m.eval(), evald.val_dataloader())["top1"], 2)
     # ties: the candidate listed first
     keep, lr = max(starts, key=lambda c: (probe.get(c, 0.0), -starts.index(c)))
-    steps_per_epoch = -(-dm.source.count("train") // r["batch_size"])
-    cap = int(min(r["max_epochs"], max(r["min_epochs"], r["step_budget"] // steps_per_epoch)))
     if probe:
         say(
             f"{_start_name(keep, lr)} (validation top1 after {r['probe_epochs']} epochs: "

@@ -194,9 +194,21 @@ def say_what_force_deletes(out: Path) -> None:
 
 def _distil(rec, stage: Path, ancestor, dm, targs, resume: bool, callbacks) -> dict:
     """Distil every auxiliary model of the recipe not finished yet; their manifest fragments."""
+    import dataclasses
+
     import lightning as L
 
+    from learngene.core.callbacks import StageClock
+
     fragments = {}
+    todo = [a for a in rec.auxiliary if not (stage / f"{a.name}.done.json").is_file()]
+    if len(todo) > 1:  # each auxiliary's lines say what the whole build has left (a cap where it is auto)
+        dm.setup("fit")
+        per_epoch = len(dm.train_dataloader())
+        runs = [(DISTILL_AUTO.cap if a.epochs == "auto" else int(a.epochs)) * per_epoch for a in todo]
+        if rec.distill.max_steps > 0:
+            runs = [min(n, rec.distill.max_steps) for n in runs]
+        targs = dataclasses.replace(targs, stage=StageClock("build-pool", sum(runs)))
     for spec in rec.auxiliary:
         done = stage / f"{spec.name}.done.json"
         if done.is_file():  # finished before an interruption: keep it
