@@ -654,6 +654,8 @@ def summary_section(res: dict, budget: int) -> list[str]:
         )
     sns = [m for m in methods if m in ALTERNATIVES]
     for pool_method in [m for m in POOLS if m in by]:
+        out += in_short(res, budget, pool_method, by, sns)
+    for pool_method in [m for m in POOLS if m in by]:
         out += versus(res, budget, pool_method, by, sns)
     for m in [m for m in (*sns, "vanilla", "vanilla-each") if m in by]:
         out += [
@@ -666,6 +668,43 @@ def summary_section(res: dict, budget: int) -> list[str]:
             lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
             out.append(f"| {r['id']} | {r['params'] / 1e6:.3f} | {lat} | {pm(r)} |")
         out += ["", "</details>", ""]
+    return out
+
+
+def in_short(res: dict, budget: int, P: str, by: dict, sns: list[str]) -> list[str]:
+    """README's table: per pool descendant with an alternative no larger, the best such member
+    of any alternative, which method gave it, and each method's training FLOPs."""
+    if not sns:
+        return []
+    seeds = list(res["seeds"])
+    flops = {
+        m: statistics.median(res["seeds"][s][str(budget)][m].get("train_flops", float("nan")) for s in seeds)
+        for m in (P, *sns)
+    }
+    short = {m: SHORT.get(m, LABEL[m].split(",")[0]) for m in sns}
+    out = [
+        "",
+        f"### In short: {LABEL[P]}",
+        "",
+        f"Training FLOPs: pool {flops[P]:.3g}; " + ", ".join(f"{short[m]} {flops[m]:.3g}" for m in sns) + ".",
+        "",
+        "| size (pool descendant) | params (M) | pool | best alternative no larger (member) | which | "
+        "its FLOPs / the pool's | pool - best |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ok = n = 0
+    for r in by[P]:
+        refs = [(x, m) for m in sns for x in by[m] if x["params"] <= r["params"]]
+        if not refs:
+            continue
+        best, who = max(refs, key=lambda t: t[0]["top1_mean"])
+        n += 1
+        ok += r["top1_mean"] >= best["top1_mean"]
+        out.append(
+            f"| {r['id']} | {r['params'] / 1e6:.3f} | {pm(r)} | {pm(best)} ({best['id']}) | {short[who]} | "
+            f"{flops[who] / flops[P]:.2f} | {r['top1_mean'] - best['top1_mean']:+.2f} |"
+        )
+    out += ["", f"Pool at least as accurate as the best alternative no larger: **{ok}/{n}** sizes.", ""]
     return out
 
 
