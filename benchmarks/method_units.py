@@ -272,9 +272,8 @@ def run_unit(bed: dict, method: str, budget, seed: int, pre_epochs=None, quiet=N
             )  # fmt: skip
         else:
             of = bed.get("per_size_steps", "pool")
-            if of != "pool":
-                _, of_cost = distilled_pool(bed, seed, ancestor, dm, pre_epochs, quiet, of)
-            total = pool_unit_steps(bed, budget, seed, pool_cost if of == "pool" else of_cost, dm)
+            cost = pool_cost if of == "pool" else distilled_pool(bed, seed, ancestor, dm, pre_epochs, quiet, of)[1]
+            total = pool_unit_steps(bed, budget, seed, cost, dm)
             extra["steps_of"] = of
             zoo = per_size(
                 ancestor.model, dm, widths, init=init, steps=max(1, total // len(widths)), seed=seed,

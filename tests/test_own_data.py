@@ -311,7 +311,7 @@ def test_sigterm_while_fitting_the_ancestor_exits_143_and_caches_nothing(tmp_pat
     wait_for(lambda: lines.append(p.stderr.readline()) or "ancestor (fitting): epoch 1/" in lines[-1], proc=p)
     # the run's line says what the whole fit has left (its probes done), as its start did
     assert "; the fit: ~" in lines[-1] and lines[-1].rstrip().endswith("s left)"), lines[-1]
-    assert any(line.startswith("learngene: ") is False and "ancestor (fitting): starting (the fit: " in line
+    assert any(not line.startswith("learngene: ") and "ancestor (fitting): starting (the fit: " in line
                for line in lines), lines  # fmt: skip
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
