@@ -191,6 +191,9 @@ def _export_job(model: nn.Module, img_size: int, name: str) -> None:
     _export_cached_fp32(model, img_size, name)
 
 
+MIN_JOBS_PER_WORKER = 3
+
+
 def prefetch_onnx(jobs: list[tuple[nn.Module, int, str]]) -> None:
     """Export the fp32 ONNX files of several models (model, img_size, name) not cached yet,
     a worker process per core: the exporter is single-threaded Python, and a kit of 18
@@ -201,9 +204,12 @@ def prefetch_onnx(jobs: list[tuple[nn.Module, int, str]]) -> None:
 
     todo = [j for j in jobs if _cached(*_cache_paths(j[0], j[1])) is None]
     workers = min(len(todo), os.cpu_count() or 1, 4)
-    if workers < 2:
+    # a spawned worker pays an interpreter with torch and the exporter's first, slow export
+    # (~7 s here) before its first file: measured, 3 small members took 21 s in 2 workers and
+    # ~11 s in this process. Only a longer list repays the start.
+    if workers < 2 or len(todo) < MIN_JOBS_PER_WORKER * workers:
         for job in todo:
-            _export_job(*job)
+            _export_cached_fp32(*job)
         return
     with ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),)

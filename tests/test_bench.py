@@ -167,12 +167,13 @@ def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp
     assert len(list((pool / "reports").glob("*/frontier.json"))) == 1 and not (pool / "children").exists()
     # --no-train: the pick is exported as the revision holds it (training it would make a new
     # revision, whose members a report of this one no longer describes)
-    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
+    # (--format timm: the cheapest export; the formats have tests of their own)
+    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--format", "timm", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert not out["measured_now"] and (pool / "children" / out["chosen"]["model"]).is_dir()
     # asked again: the same pick is there already (same member, revision, format): reused, nothing written
-    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--json")
+    r = cli("target", "--pool", pool, "--max-latency-ms", "1000", "--no-train", "--format", "timm", "--json")
     again = json.loads(r.stdout)
     assert r.returncode == 0 and again["reused"] and again["chosen"]["model"] == out["chosen"]["model"]
     # a pick still at its stitch initialisation is trained before export, as quietly as the verb
@@ -191,12 +192,12 @@ def test_target_measures_once_keeps_the_measurement_and_reuses_it(setup_dir, tmp
         out=tmp_path / "picked",
         force=False,
         train=True,
-        fmt="onnx",
+        fmt="timm",
         precision="fp32",
         progress=False,
     )
     printed = capfd.readouterr()
-    assert trained and (child / "model.onnx").is_file() and "Epoch" not in printed.out + printed.err
+    assert trained and (child / "model.safetensors").is_file() and "Epoch" not in printed.out + printed.err
     # a folder that is something else is refused before anything is measured
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")

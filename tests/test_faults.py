@@ -72,8 +72,7 @@ def test_sigint_during_assemble_exits_130_and_writes_nothing(setup_dir, tmp_path
     assert p.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "learngene: interrupted"
     assert tree(pool) == before  # no revision, no child, no staging folder
-    r = cli("assemble", "--pool", pool, "--all", "--epochs", "1", "--descendant", "1,2", "-q", "--accelerator", "cpu")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert cli("pool", "verify", pool).returncode == 0  # and what was there is intact
 
 
 def test_a_log_gets_a_line_per_epoch(setup_dir, tmp_path):

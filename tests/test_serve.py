@@ -16,7 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from helpers import cli, fresh_pool
+from helpers import cli, copy_of
 
 from learngene.serving.policy import NoMember, Overloaded, Scheduler
 
@@ -146,11 +146,9 @@ def start_server(pool, port: int, d, flags: list[str], limit_s: float = 240):
 
 
 @pytest.fixture(scope="module")
-def served(setup_dir, tmp_path_factory):
+def served(assembled, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
-    pool = fresh_pool(setup_dir, d)
-    r = cli("assemble", "--pool", pool, "--all", "--epochs", "1", "-q", "--accelerator", "cpu")
-    assert r.returncode == 0, r.stderr[-2000:]
+    pool = copy_of(assembled, d)  # every member stored (at their lstsq init: what is served is not trained)
     (d / "token").write_text("s3cret-token\n")
     # the frontier the server picks by, measured here first (briefly; as a user's `bench` would
     # leave it): the server reads it instead of timing every member at start-up
