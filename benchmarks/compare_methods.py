@@ -705,6 +705,34 @@ def in_short(res: dict, budget: int, P: str, by: dict, sns: list[str]) -> list[s
             f"{flops[who] / flops[P]:.2f} | {r['top1_mean'] - best['top1_mean']:+.2f} |"
         )
     out += ["", f"Pool at least as accurate as the best alternative no larger: **{ok}/{n}** sizes.", ""]
+    return out + by_budget(P, by, sns, short, flops)
+
+
+def by_budget(P: str, by: dict, sns: list[str], short: dict, flops: dict) -> list[str]:
+    """The same sizes as budgets: at each, the most accurate member no larger on both sides
+    (what a user holding that many parameters would pick from either zoo). The table above
+    holds the pool to each of its members and the alternatives to their best; a pool member
+    that loses to a smaller member of its own pool is never the pool's pick at any budget."""
+    out = [
+        "By size budget (each side's most accurate member no larger than the size):",
+        "",
+        "| budget (params, M) | pool's pick | alternatives' pick | which | its FLOPs / the pool's | pool - best |",
+        "|---|---|---|---|---|---|",
+    ]
+    ok = n = 0
+    for r in by[P]:
+        refs = [(x, m) for m in sns for x in by[m] if x["params"] <= r["params"]]
+        if not refs:
+            continue
+        mine = max((x for x in by[P] if x["params"] <= r["params"]), key=lambda x: x["top1_mean"])
+        best, who = max(refs, key=lambda t: t[0]["top1_mean"])
+        n += 1
+        ok += mine["top1_mean"] >= best["top1_mean"]
+        out.append(
+            f"| {r['params'] / 1e6:.3f} | {pm(mine)} ({mine['id']}) | {pm(best)} ({best['id']}) | {short[who]} | "
+            f"{flops[who] / flops[P]:.2f} | {mine['top1_mean'] - best['top1_mean']:+.2f} |"
+        )
+    out += ["", f"Pool's pick at least as accurate as the alternatives' at **{ok}/{n}** budgets.", ""]
     return out
 
 
