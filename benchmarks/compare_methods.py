@@ -68,6 +68,7 @@ LABEL = {
     "pool": "Learngene Pool",
     "pool-pruned": "Learngene Pool, narrow auxiliary from the pruned ancestor, distilled to its plateau",
     "pool-pruned-60": "Learngene Pool, narrow auxiliary from the pruned ancestor, distilled 60 epochs",
+    "pool-pruned-60-deficit": "Learngene Pool, pruned start, narrow 60 epochs, joint steps by deficit",
     "snnet": "SN-Net (c), anchor 30 epochs from scratch",
     "snnet-plateau": "SN-Net (a), anchor from scratch to its plateau",
     "snnet-distilled": "SN-Net (b), anchor distilled like the pool's narrow",
@@ -79,7 +80,8 @@ LABEL = {
     "prune-kd": "Torch-Pruning + KD per size, the pool's steps shared",
     "kd-plateau": "KD per size, each to its plateau",
 }
-POOLS = ("pool", "pool-pruned", "pool-pruned-60")  # the pool and its variants: each compared with the alternatives
+# the pool and its variants: each compared with the alternatives
+POOLS = ("pool", "pool-pruned", "pool-pruned-60", "pool-pruned-60-deficit")
 SNNET = {"plateau": "snnet-plateau", "distilled": "snnet-distilled", "fixed": "snnet"}  # anchor -> method
 TESTBEDS = {
     "digits": dict(
@@ -111,6 +113,9 @@ TESTBEDS = {
         budgets=[15, 40],
         anchors=["plateau", "distilled"],
         variants={"pool-pruned": "clutter-pruned", "pool-pruned-60": "clutter-pruned-60"},  # method -> recipe
+        # the same cached pool, joint training with --sampling deficit (steps to the members that a
+        # cheaper member beats): method -> (pool method, AssembleSpec fields)
+        joint_variants={"pool-pruned-60-deficit": ("pool-pruned-60", {"sampling": "deficit"})},
         per_size_steps="pool-pruned-60",  # kd / prune-kd share this pool method's steps (method_units.py)
         about="the clutter testbed's embedded ancestor (the digits' architecture and recipe, 12 blocks, width "
         "128, 2.39M params, trained to its plateau and shipped) and the animal silhouettes among clutter, drawn "
@@ -342,7 +347,11 @@ def main():
         todo = mu.plan(
             a.seeds,
             budgets,
-            [m for m in (*mu.UNIT_METHODS, *bed.get("variants", {})) if not a.methods or m in a.methods],
+            [
+                m
+                for m in (*mu.UNIT_METHODS, *bed.get("variants", {}), *bed.get("joint_variants", {}))
+                if not a.methods or m in a.methods
+            ],
             [m for m in mu.PLATEAU_METHODS if not a.methods or m in a.methods],
         )
         if a.status:

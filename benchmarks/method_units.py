@@ -12,6 +12,9 @@ one), its wall time per stage and its stored parameters.
 Methods (a budget is E epochs of member training, the pool's joint run):
 - pool: the seed's distilled pool (build-pool from the testbed's plateau ancestor), then
   ``assemble --all`` for E epochs; compute: the distillation plus the joint steps;
+- a testbed's ``joint_variants`` (e.g. pool-pruned-60-deficit): a pool method's cached pool
+  assembled with other joint-training settings (``--sampling deficit``): the change measured
+  on the same instances, at the cost of the assemble alone;
 - pool-pruned (a testbed's ``variants``): the same with the variant's recipe, whose narrow
   auxiliary starts from the ancestor pruned to its width and distils until validation stops
   improving (``init: pruned``, ``epochs: auto``);
@@ -235,11 +238,16 @@ def run_unit(bed: dict, method: str, budget, seed: int, pre_epochs=None, quiet=N
     spec = AssembleSpec(seed=seed, epochs=budget) if budget != "plateau" else None
     kl = spec is not None and spec.kl_weight > 0
     stages, flops, steps, stored, extra = {}, 0, 0, 0, {}
-    if method == "pool" or method in bed.get("variants", {}):
+    joint = bed.get("joint_variants", {}).get(method)  # (pool method, AssembleSpec fields)
+    if method == "pool" or method in bed.get("variants", {}) or joint:
+        import dataclasses
         import tempfile
 
-        if method != "pool":
-            pool, pool_cost = distilled_pool(bed, seed, ancestor, dm, pre_epochs, quiet, method)
+        base = joint[0] if joint else method
+        if base != "pool":
+            pool, pool_cost = distilled_pool(bed, seed, ancestor, dm, pre_epochs, quiet, base)
+        if joint and spec is not None:
+            spec = dataclasses.replace(spec, **joint[1])
         with tempfile.TemporaryDirectory() as tmp:
             p = pool.copy_as_distilled(Path(tmp) / "pool").path
             t1 = time.perf_counter()

@@ -137,6 +137,37 @@ def test_training_keeps_the_best_state_and_never_ends_worse(setup_dir, tmp_path)
         assert r["val_top1"] == pytest.approx(best["acc"][r["id"]], abs=0.01)
 
 
+def test_deficit_sampling_sends_steps_to_members_a_cheaper_one_beats(setup_dir, tmp_path):
+    from learngene.assembly import AssembleSpec
+    from learngene.assembly.pipeline import assemble
+    from learngene.stitch.joint import deficit_weights
+
+    acc = {"small": 80.0, "mid": 70.0, "big": 85.0, "bigger": 60.0}
+    flops = {"small": 1, "mid": 2, "big": 3, "bigger": 4}
+    w = deficit_weights(acc, flops)
+    assert sum(w.values()) == pytest.approx(1.0)
+    # on the frontier: half a uniform share; below it: in proportion to the points below (10 and 25)
+    assert w["small"] == w["big"] == pytest.approx(0.5 / 4)
+    assert w["bigger"] - 0.5 / 4 == pytest.approx(2.5 * (w["mid"] - 0.5 / 4))
+    assert deficit_weights({"a": 1.0, "b": 2.0}, {"a": 1, "b": 2}) == {"a": 0.5, "b": 0.5}
+    # the module samples by the weights once a validation has set them
+    from learngene.pool import Pool
+    from learngene.stitch.joint import AssembleModule, JointSpec
+
+    pm, _ = Pool.open(setup_dir / "pool").model("r0")
+    mod = AssembleModule(pm, pm.specs, JointSpec(sampling="deficit"), flops={x.id: 1 for x in pm.specs})
+    mod.weights = {x.id: float(x.id == pm.specs[-1].id) for x in pm.specs}
+    assert {mod.sample().id for _ in range(20)} == {pm.specs[-1].id}
+    res = assemble(
+        fresh_pool(setup_dir, tmp_path),
+        train="all",
+        spec=AssembleSpec(epochs=1, sampling="deficit"),
+        trainer_args=quiet(),
+        progress=lambda m: None,
+    )
+    assert [h["epoch"] for h in res.trained["history"]] == [0, 1] and res.trained["steps"] > 0
+
+
 def test_assemble_revision_export_and_reuse(setup_dir, tmp_path):
     import timm
 

@@ -127,5 +127,7 @@ ANCHORS = Registry(
 PRECISIONS = ("fp32", "int8", "int8-static")  # of an exported / measured member: ONNX Runtime's quantisation
 TRAIN_MODES = ("auto", "all", "target", "none")  # what assemble trains
 TUNE = ("all", "stitches")  # what joint training updates
-SAMPLING = ("uniform", "flops")  # which descendant a joint training step samples
+# which descendant a joint training step samples: uniform; a FLOPs group, then a member; or
+# half uniform, half by how far each member is below the best member no costlier (joint.py)
+SAMPLING = ("uniform", "flops", "deficit")
 LATENCY_STATS = ("p90", "median")  # which measured latency a budget holds
